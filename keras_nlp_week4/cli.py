@@ -1,0 +1,101 @@
+"""Command line: `python -m keras_nlp_week4 {train,evaluate,generate} ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from keras_nlp_week4.training.trainer import TrainConfig, train
+
+    fields = TrainConfig.__dataclass_fields__
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    run_dir = train(config)
+    print(f"Run written to {run_dir}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from keras_nlp_week4.evaluation import evaluate_run
+    from keras_nlp_week4.runs import latest_run
+
+    evaluate_run(Path(args.run) if args.run else latest_run(), beam_size=args.beam_size)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from keras_nlp_week4.errors import UserError
+    from keras_nlp_week4.evaluation import decode_texts
+    from keras_nlp_week4.runs import latest_run, load_run
+
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
+    if not texts or any(not t.strip() for t in texts):
+        raise UserError("give non-empty input text (as arguments or one per line on stdin)")
+    run = load_run(Path(args.run) if args.run else latest_run(), compile=False)
+    options = {"beam_size": args.beam_size} if args.method == "beam" else {}
+    for text, output in zip(texts, decode_texts(run, texts, args.method, **options)):
+        print(f"{text}\t{output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from keras_nlp_week4.models.registry import MODEL_NAMES
+    from keras_nlp_week4.tasks import TASKS
+
+    parser = argparse.ArgumentParser(prog="python -m keras_nlp_week4", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model with model.fit and evaluate it")
+    train.add_argument("--task", default="dates", help=f"one of: {', '.join(TASKS)}")
+    train.add_argument("--model", default="transformer", help=f"one of: {', '.join(MODEL_NAMES)}")
+    train.add_argument("--preset", help="model size (tiny, small, medium, base, ...)")
+    train.add_argument("--out", help="run directory (default: artifacts/<task>-<model>)")
+    train.add_argument("--data", help="data file for tasks that read one")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", dest="batch_size", type=int)
+    train.add_argument("--learning-rate", dest="learning_rate", type=float, help="peak learning rate")
+    train.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    train.add_argument("--label-smoothing", dest="label_smoothing", type=float)
+    train.add_argument("--dropout", type=float)
+    train.add_argument("--teacher-forcing-ratio", dest="teacher_forcing_ratio", type=float,
+                       help="RNN models: probability of feeding the ground-truth token (1.0 = always)")
+    train.add_argument("--vocab-size", dest="vocab_size", type=int)
+    train.add_argument("--max-source-length", dest="max_source_length", type=int)
+    train.add_argument("--max-target-length", dest="max_target_length", type=int)
+    train.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    train.add_argument("--max-train-examples", dest="max_train_examples", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--verbose", type=int, help="Keras fit verbosity (0, 1, 2)")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained run, write metrics.json")
+    evaluate.add_argument("run", nargs="?", help="run directory (default: the last trained)")
+    evaluate.add_argument("--beam-size", dest="beam_size", type=int, default=0)
+    evaluate.set_defaults(func=_evaluate)
+
+    gen = sub.add_parser("generate", help="generate outputs with the Keras model")
+    gen.add_argument("text", nargs="*", help="input texts (default: lines from stdin)")
+    gen.add_argument("--run", help="run directory (default: the last trained)")
+    gen.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy")
+    gen.add_argument("--beam-size", dest="beam_size", type=int, default=4)
+    gen.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from keras_nlp_week4.errors import UserError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume from the last finished epoch",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,87 @@
+"""The interface every encoder-decoder family implements, so decoding, export and serving are written once.
+
+Decoding state is a flat dict of batch-first tensors. `encode` produces the entries computed once per
+source sequence; `initial_cache` the zero-initialised entries that grow with the output (a Transformer's
+self-attention key/value cache); `decode_step` consumes one token per sequence and returns the entries it
+changed. Because every entry has the batch on axis 0, beam search reorders or repeats hypotheses with one
+`take(..., axis=0)` per entry, whatever the family, and an exported decoder-step graph takes and returns
+the same entries by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import keras
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One entry of the decoding state, as an exporter or a numpy runtime needs to know it.
+
+    `shape` names symbolic axes ("batch", "source_length", "max_length") and gives the rest as ints.
+    `source` is "encode" (made by `encode`) or "cache" (zeros of `shape` made by the runtime).
+    `updated` says whether `decode_step` returns a new value for it.
+    """
+
+    name: str
+    shape: tuple
+    dtype: str
+    source: str
+    updated: bool
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "shape": list(self.shape)}
+
+
+class Seq2SeqModel(keras.Model):
+    """Base class of the encoder-decoder models.
+
+    Call arguments:
+        inputs: `(encoder_input, decoder_input)`, int token ids `(batch, src_len)` and `(batch, tgt_len)`,
+            0-padded; the decoder input starts with BOS (teacher forcing).
+        training: Keras' training flag.
+
+    Returns:
+        logits `(batch, tgt_len, vocab_size)`.
+    """
+
+    pad_id: int = 0
+
+    def encode(self, encoder_input, training: bool = False) -> dict:
+        """Runs the encoder once: returns the state entries whose `source` is "encode"."""
+        raise NotImplementedError
+
+    def initial_cache(self, batch_size, max_length) -> dict:
+        """Zero-initialised state entries whose `source` is "cache" (none for RNNs)."""
+        return {}
+
+    def decode_step(self, token_ids, index, state: dict, training: bool = False):
+        """Feeds one token per sequence at output position `index`.
+
+        Args:
+            token_ids: int `(batch,)`, the previous output token (BOS at index 0).
+            index: int scalar, the position of `token_ids` in the output.
+            state: the decoding state dict.
+
+        Returns:
+            `(logits (batch, vocab), updates: dict, attention)`: `updates` holds the changed state entries;
+            `attention` is the cross-attention over the source, `(batch, layers, heads, src_len)`, or `None`
+            for a model without attention.
+        """
+        raise NotImplementedError
+
+    def call_with_attention(self, inputs):
+        """Teacher-forced pass that also returns cross-attention `(batch, layers, heads, tgt_len, src_len)`.
+
+        Returns `(logits, None)` for a model without attention.
+        """
+        raise NotImplementedError
+
+    def state_specs(self) -> list[StateSpec]:
+        """Describes every decoding-state entry (for exporters and the numpy runtime)."""
+        raise NotImplementedError
+
+    @property
+    def has_attention(self) -> bool:
+        return True

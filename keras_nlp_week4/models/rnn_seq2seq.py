@@ -1,0 +1,273 @@
+"""RNN encoder-decoder (Sutskever et al., 2014; Cho et al., 2014), with or without attention.
+
+Without attention the encoder's final state is the fixed-size context vector that initialises the
+decoder. With attention the decoder also looks at every encoder state at every step:
+- Bahdanau et al. (2015): the score uses the previous decoder state s_{t-1}, and the context vector is fed
+  into the RNN together with the previous token's embedding.
+- Luong et al. (2015): the RNN runs first; the score uses the new state h_t, and the attentional hidden
+  state h~_t = tanh(W_c [c_t; h_t]) feeds the output layer (section 3, eq. 5).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from keras_nlp_week4.layers.bahdanau_attention import BahdanauAttention
+from keras_nlp_week4.layers.luong_attention import LuongAttention
+from keras_nlp_week4.layers.masks import padding_mask
+from keras_nlp_week4.models.base import Seq2SeqModel, StateSpec
+
+RNN_ATTENTIONS = ("bahdanau", "dot", "general", "concat", "location", "scaled_dot")
+
+RNN_PRESETS: dict[str, dict] = {
+    "tiny": dict(embedding_dim=32, units=64, num_layers=1),
+    "small": dict(embedding_dim=64, units=128, num_layers=1),
+    "medium": dict(embedding_dim=128, units=256, num_layers=2),
+    "base": dict(embedding_dim=256, units=512, num_layers=2),
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_nlp_week4")
+class RNNSeq2Seq(Seq2SeqModel):
+    """LSTM/GRU encoder-decoder with teacher forcing and optional attention.
+
+    Args:
+        vocab_size: size of the (shared) token vocabulary; source and target keep separate embeddings.
+        embedding_dim: token embedding width.
+        units: RNN width of the encoder (per direction); the decoder has `units * directions`.
+        num_layers: stacked RNN layers in the encoder and in the decoder.
+        cell_type: "lstm" or "gru".
+        bidirectional: run the encoder in both directions and concatenate.
+        dropout: dropout on embeddings and between stacked layers.
+        attention: None for the plain model, "bahdanau", or a Luong score: "dot", "general", "concat",
+            "location", "scaled_dot".
+        attention_units: width of the additive / concat score networks (default: decoder units).
+        max_source_length: longest source in tokens (the "location" score needs it).
+        teacher_forcing_ratio: probability, per step and sequence, of feeding the ground-truth previous
+            token during training; otherwise the model's own previous prediction is fed (scheduled
+            sampling, Bengio et al., 2015). 1.0 always feeds the ground truth.
+        seed: seed of the teacher-forcing coin flips.
+        pad_id: padding id.
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int = 128, units: int = 256, num_layers: int = 1,
+                 cell_type: str = "lstm", bidirectional: bool = False, dropout: float = 0.0,
+                 attention: str | None = None, attention_units: int | None = None,
+                 max_source_length: int | None = None, teacher_forcing_ratio: float = 1.0,
+                 seed: int | None = None, pad_id: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if cell_type not in ("lstm", "gru"):
+            raise ValueError(f"cell_type must be 'lstm' or 'gru', got {cell_type!r}.")
+        if attention is not None and attention not in RNN_ATTENTIONS:
+            raise ValueError(f"Unknown attention {attention!r}; choose one of {', '.join(RNN_ATTENTIONS)}.")
+        if not 0.0 <= teacher_forcing_ratio <= 1.0:
+            raise ValueError(f"teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}.")
+        self.vocab_size, self.embedding_dim, self.units = int(vocab_size), int(embedding_dim), int(units)
+        self.num_layers, self.cell_type, self.bidirectional = int(num_layers), cell_type, bool(bidirectional)
+        self.dropout, self.attention, self.attention_units = float(dropout), attention, attention_units
+        self.max_source_length, self.pad_id = max_source_length, int(pad_id)
+        self.teacher_forcing_ratio, self.seed = float(teacher_forcing_ratio), seed
+        self.decoder_units = self.units * (2 if self.bidirectional else 1)
+        self.states_per_layer = 2 if cell_type == "lstm" else 1
+
+        rnn_class = layers.LSTM if cell_type == "lstm" else layers.GRU
+        cell_class = layers.LSTMCell if cell_type == "lstm" else layers.GRUCell
+        self.source_embedding = layers.Embedding(self.vocab_size, self.embedding_dim,
+                                                 name="source_embedding")
+        self.target_embedding = layers.Embedding(self.vocab_size, self.embedding_dim,
+                                                 name="target_embedding")
+        self.embedding_dropout = layers.Dropout(self.dropout, seed=seed)
+        self.encoder_rnns = []
+        for i in range(self.num_layers):
+            rnn = rnn_class(self.units, return_sequences=True, return_state=True, name=f"encoder_rnn_{i}")
+            if self.bidirectional:
+                rnn = layers.Bidirectional(rnn, name=f"encoder_birnn_{i}")
+            self.encoder_rnns.append(rnn)
+        self.decoder_cells = [cell_class(self.decoder_units, name=f"decoder_cell_{i}")
+                              for i in range(self.num_layers)]
+        self.layer_dropout = layers.Dropout(self.dropout, seed=seed)
+        attention_units = attention_units or self.decoder_units
+        if attention == "bahdanau":
+            self.attention_layer = BahdanauAttention(attention_units, name="attention")
+        elif attention is not None:
+            self.attention_layer = LuongAttention(
+                score=attention, units=attention_units if attention == "concat" else None,
+                max_source_length=max_source_length, name="attention")
+        else:
+            self.attention_layer = None
+        # Luong's attentional hidden state h~_t = tanh(W_c [c_t; h_t]).
+        self.attention_combine = (layers.Dense(self.decoder_units, activation="tanh", use_bias=False,
+                                               name="attention_combine")
+                                  if self.is_luong else None)
+        self.output_projection = layers.Dense(self.vocab_size, name="output_projection")
+        self.coin_seed = keras.random.SeedGenerator(seed)
+
+    @property
+    def is_luong(self) -> bool:
+        return self.attention is not None and self.attention != "bahdanau"
+
+    @property
+    def has_attention(self) -> bool:
+        return self.attention is not None
+
+    @classmethod
+    def from_preset(cls, preset: str, vocab_size: int, **overrides) -> RNNSeq2Seq:
+        if preset not in RNN_PRESETS:
+            raise ValueError(f"Unknown RNN preset {preset!r}; choose one of {', '.join(RNN_PRESETS)}.")
+        return cls(vocab_size=vocab_size, **{**RNN_PRESETS[preset], **overrides})
+
+    def build(self, input_shape=None):
+        # Build every weight from the config alone, so a `.keras` file loads without a sample batch.
+        self.call((ops.ones((1, 2), "int32"), ops.ones((1, 2), "int32")))
+        self.built = True
+
+    # ----------------------------------------------------------------------------------------- encoder
+    def _encode(self, encoder_input, training=False):
+        source_mask = padding_mask(encoder_input, self.pad_id)  # (batch, src_len)
+        x = self.embedding_dropout(self.source_embedding(encoder_input), training=training)
+        final_states = []
+        for i, rnn in enumerate(self.encoder_rnns):
+            outputs = rnn(x, mask=source_mask, training=training)
+            x, states = outputs[0], list(outputs[1:])
+            if self.bidirectional:
+                # [fw_h, (fw_c), bw_h, (bw_c)] -> per state kind, concat forward and backward.
+                half = len(states) // 2
+                states = [ops.concatenate([f, b], axis=-1) for f, b in zip(states[:half], states[half:])]
+            final_states.append(states)
+            if i + 1 < self.num_layers:
+                x = self.layer_dropout(x, training=training)
+        # The decoder state: (batch, num_layers, states_per_layer, decoder_units).
+        decoder_state = ops.stack([ops.stack(s, axis=1) for s in final_states], axis=1)
+        return x, source_mask, decoder_state  # x: (batch, src_len, decoder_units)
+
+    # --------------------------------------------------------------------------------- one decoder step
+    def _step(self, embedded, decoder_state, keys, attention_keys, source_mask, training):
+        """One decoder step from an embedded token; returns (output vector, new state, weights)."""
+        x, weights = embedded, None  # (batch, embedding_dim)
+        if self.attention == "bahdanau":
+            query = decoder_state[:, -1, 0]  # s_{t-1}: top layer's hidden state, (batch, units)
+            context, weights = self.attention_layer(query, keys, mask=source_mask,
+                                                    processed_keys=attention_keys)
+            x = ops.concatenate([x, context], axis=-1)
+        new_states = []
+        for i, cell in enumerate(self.decoder_cells):
+            states = [decoder_state[:, i, j] for j in range(self.states_per_layer)]
+            x, states = cell(x, states, training=training)
+            new_states.append(ops.stack(states, axis=1))
+            if i + 1 < self.num_layers:
+                x = self.layer_dropout(x, training=training)
+        if self.is_luong:
+            context, weights = self.attention_layer(x, keys, mask=source_mask)  # (batch, d), (batch, src)
+            x = self.attention_combine(ops.concatenate([context, x], axis=-1))
+        if weights is None:
+            weights = ops.zeros((ops.shape(x)[0], 1), x.dtype)  # keeps the scan carry's structure fixed
+        return x, ops.stack(new_states, axis=1), weights
+
+    def _attention_keys(self, keys):
+        return self.attention_layer.process_keys(keys) if self.attention == "bahdanau" else keys
+
+    # ------------------------------------------------------------------------------- teacher forcing
+    def _decode_full(self, encoder_input, decoder_input, training):
+        keys, source_mask, decoder_state = self._encode(encoder_input, training=training)
+        attention_keys = self._attention_keys(keys) if self.has_attention else keys
+        batch, target_length = ops.shape(decoder_input)[0], ops.shape(decoder_input)[1]
+        scheduled = bool(training) and self.teacher_forcing_ratio < 1.0
+        if scheduled:
+            coins = keras.random.uniform((batch, target_length), seed=self.coin_seed)
+            # The first input is always BOS: there is no earlier prediction to feed.
+            use_truth = ops.logical_or(coins < self.teacher_forcing_ratio,
+                                       ops.arange(target_length)[None, :] == 0)
+        else:
+            use_truth = ops.ones((batch, target_length), "bool")
+        source_length = ops.shape(keys)[1] if self.has_attention else 1
+
+        def step(carry, inputs):
+            token = inputs["token"]
+            if scheduled:
+                predicted = ops.cast(ops.argmax(self.output_projection(carry["output"]), axis=-1),
+                                     token.dtype)
+                token = ops.where(inputs["use_truth"], token, predicted)
+            embedded = self.embedding_dropout(self.target_embedding(token), training=training)
+            output, state, weights = self._step(embedded, carry["state"], keys, attention_keys,
+                                                source_mask, training)
+            new = {"state": state, "output": output, "attention": weights}
+            # Keras' scan stacks the carry itself, so the carry holds everything we need per step.
+            return new, new
+
+        init = {
+            "state": decoder_state,
+            "output": ops.zeros((batch, self.decoder_units), keys.dtype),
+            "attention": ops.zeros((batch, source_length), keys.dtype),
+        }
+        xs = {"token": ops.transpose(decoder_input), "use_truth": ops.transpose(use_truth)}
+        _, per_step = ops.scan(step, init, xs)
+        outputs = ops.transpose(per_step["output"], (1, 0, 2))  # (batch, tgt_len, decoder_units)
+        attention = ops.transpose(per_step["attention"], (1, 0, 2))  # (batch, tgt_len, src_len)
+        return self.output_projection(outputs), attention
+
+    def call(self, inputs, training=None):
+        encoder_input, decoder_input = inputs
+        logits, _ = self._decode_full(encoder_input, decoder_input, training)
+        return logits
+
+    def call_with_attention(self, inputs):
+        encoder_input, decoder_input = inputs
+        logits, attention = self._decode_full(encoder_input, decoder_input, False)
+        if not self.has_attention:
+            return logits, None
+        return logits, attention[:, None, None]  # (batch, 1 layer, 1 head, tgt_len, src_len)
+
+    # ------------------------------------------------------------------------- incremental decoding
+    def encode(self, encoder_input, training=False) -> dict:
+        keys, source_mask, decoder_state = self._encode(encoder_input, training=training)
+        state = {"decoder_state": decoder_state}
+        if self.has_attention:
+            state.update(encoder_outputs=keys, encoder_padding_mask=source_mask,
+                         attention_keys=self._attention_keys(keys))
+        return state
+
+    def decode_step(self, token_ids, index, state, training=False):
+        embedded = self.target_embedding(token_ids)
+        keys = state.get("encoder_outputs")
+        output, decoder_state, weights = self._step(
+            embedded, state["decoder_state"], keys, state.get("attention_keys"),
+            state.get("encoder_padding_mask"), training)
+        logits = self.output_projection(output)
+        attention = weights[:, None, None, :] if self.has_attention else None
+        return logits, {"decoder_state": decoder_state}, attention
+
+    def state_specs(self) -> list[StateSpec]:
+        dtype = self.compute_dtype
+        specs = [StateSpec("decoder_state",
+                           ("batch", self.num_layers, self.states_per_layer, self.decoder_units),
+                           dtype, "encode", True)]
+        if self.has_attention:
+            key_width = ((self.attention_units or self.decoder_units)
+                         if self.attention == "bahdanau" else self.decoder_units)
+            specs += [
+                StateSpec("encoder_outputs", ("batch", "source_length", self.decoder_units), dtype,
+                          "encode", False),
+                StateSpec("encoder_padding_mask", ("batch", "source_length"), "bool", "encode", False),
+                StateSpec("attention_keys", ("batch", "source_length", key_width), dtype, "encode",
+                          False),
+            ]
+        return specs
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "num_layers": self.num_layers,
+            "cell_type": self.cell_type,
+            "bidirectional": self.bidirectional,
+            "dropout": self.dropout,
+            "attention": self.attention,
+            "attention_units": self.attention_units,
+            "max_source_length": self.max_source_length,
+            "teacher_forcing_ratio": self.teacher_forcing_ratio,
+            "seed": self.seed,
+            "pad_id": self.pad_id,
+        }

@@ -1,0 +1,201 @@
+"""Trains any model on any task with `model.fit` and writes a self-contained run directory.
+
+A run directory (default `artifacts/<task>-<model>/`) holds:
+    model.keras          the best model (lowest validation loss)
+    tokenizer.model      the sentencepiece model the data was tokenized with
+    config.json          everything needed to rebuild, evaluate and export the run
+    validation.tsv, test.tsv   the held-out splits (source \t target)
+    training_log.csv     one row per epoch (Keras CSVLogger)
+    logs/                TensorBoard event files
+    metrics.json         val_loss, test figures, training time
+    backup/              only while training: the state a killed run resumes from
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_nlp_week4.data.pipeline import make_dataset
+from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
+from keras_nlp_week4.errors import UserError
+from keras_nlp_week4.runs import write_pairs
+from keras_nlp_week4.models.registry import build_model, model_family
+from keras_nlp_week4.tasks import get_task
+from keras_nlp_week4.training.losses import MaskedAccuracy, MaskedSparseCrossEntropy
+from keras_nlp_week4.training.schedule import TransformerSchedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run; `None` means "the task's default"."""
+
+    task: str = "dates"
+    model: str = "transformer"
+    preset: str | None = None
+    out: str | None = None
+    data: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None  # peak learning rate
+    warmup_steps: int | None = None
+    label_smoothing: float = 0.1
+    dropout: float | None = None
+    teacher_forcing_ratio: float = 1.0
+    vocab_size: int | None = None
+    max_source_length: int | None = None
+    max_target_length: int | None = None
+    patience: int | None = None
+    max_train_examples: int | None = None
+    seed: int = 0
+    verbose: int = 2
+
+
+def default_run_dir(task: str, model: str) -> Path:
+    return Path("artifacts") / f"{task}-{model}"
+
+
+def _resolve(config: TrainConfig) -> dict:
+    """Fills every `None` with the task's default; returns the effective settings."""
+    task = get_task(config.task)
+    family = model_family(config.model)
+    settings = asdict(config)
+    defaults = {
+        "preset": task.transformer_preset if family == "transformer" else task.rnn_preset,
+        "epochs": task.epochs, "batch_size": task.batch_size,
+        "learning_rate": task.peak_learning_rate, "warmup_steps": task.warmup_steps,
+        "vocab_size": task.vocab_size, "max_source_length": task.max_source_length,
+        "max_target_length": task.max_target_length, "patience": task.patience,
+    }
+    for key, value in defaults.items():
+        if settings[key] is None:
+            settings[key] = value
+    settings["family"] = family
+    settings["out"] = str(Path(config.out) if config.out else default_run_dir(config.task, config.model))
+    if settings["epochs"] < 1:
+        raise UserError(f"epochs must be at least 1, got {settings['epochs']}")
+    return settings
+
+
+def _optimizer(settings: dict, model) -> keras.optimizers.Optimizer:
+    width = getattr(model, "d_model", None) or getattr(model, "decoder_units")
+    warmup = max(1, settings["warmup_steps"])
+    # Scale the paper's curve so its peak (at step == warmup) is the requested learning rate.
+    scale = settings["learning_rate"] * (width * warmup) ** 0.5
+    schedule = TransformerSchedule(d_model=width, warmup_steps=warmup, scale=scale)
+    if settings["family"] == "transformer":
+        return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
+    # RNNs: the same warm-up/decay, plus gradient clipping against exploding gradients through time.
+    return keras.optimizers.Adam(schedule, clipnorm=1.0)
+
+
+def compile_model(model, settings: dict) -> None:
+    model.compile(
+        optimizer=_optimizer(settings, model),
+        loss=MaskedSparseCrossEntropy(label_smoothing=settings["label_smoothing"], pad_id=PAD_ID),
+        metrics=[MaskedAccuracy(pad_id=PAD_ID)],
+    )
+
+
+def train(config: TrainConfig) -> Path:
+    """Trains, keeps the best model, evaluates it, and returns the run directory.
+
+    Re-running the same command after the process was killed resumes from the last finished epoch.
+    """
+    from keras_nlp_week4.evaluation import evaluate_run
+
+    settings = _resolve(config)
+    task = get_task(config.task)
+    run_dir = Path(settings["out"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    backup_dir = run_dir / "backup"
+    resuming = backup_dir.exists() and any(backup_dir.iterdir())
+    keras.utils.set_random_seed(config.seed)
+
+    splits = task.load_splits(Path(config.data) if config.data else None, config.seed)
+    train_pairs = list(splits.train)
+    if config.max_train_examples:
+        train_pairs = train_pairs[: config.max_train_examples]
+    for name, pairs in (("training", train_pairs), ("validation", splits.validation),
+                        ("test", splits.test)):
+        if not pairs:
+            raise UserError(f"the {name} split of task {config.task!r} is empty; give more data")
+    write_pairs(run_dir / "validation.tsv", splits.validation)
+    write_pairs(run_dir / "test.tsv", splits.test)
+
+    tokenizer_path = run_dir / "tokenizer.model"
+    if not (resuming and tokenizer_path.exists()):
+        # The vocabulary is learned from the training split only, so held-out text stays unseen.
+        texts = [s for pair in train_pairs for s in pair]
+        train_sentencepiece(texts, tokenizer_path, vocab_size=settings["vocab_size"],
+                            model_type=task.tokenizer_type)
+    tokenizer = Tokenizer(tokenizer_path)
+
+    lengths = dict(max_source_length=settings["max_source_length"],
+                   max_target_length=settings["max_target_length"])
+    train_ds = make_dataset(train_pairs, tokenizer, settings["batch_size"], shuffle=True,
+                            seed=config.seed, **lengths)
+    val_ds = make_dataset(splits.validation, tokenizer, settings["batch_size"], **lengths)
+
+    overrides = {}
+    if config.dropout is not None:
+        overrides["dropout"] = config.dropout
+    if settings["family"] == "rnn":
+        overrides.update(teacher_forcing_ratio=config.teacher_forcing_ratio, seed=config.seed)
+    model = build_model(config.model, tokenizer.vocab_size, preset=settings["preset"],
+                        max_source_length=settings["max_source_length"], **overrides)
+    compile_model(model, settings)
+    model.build()
+
+    run_config = {
+        "task": config.task,
+        "model": config.model,
+        "family": settings["family"],
+        "preset": settings["preset"],
+        "model_class": type(model).__name__,
+        "model_config": model.get_config(),
+        "num_parameters": int(model.count_params()),
+        "tokenizer": "tokenizer.model",
+        "tokenizer_type": task.tokenizer_type,
+        "vocab_size": tokenizer.vocab_size,
+        "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+        "max_source_length": settings["max_source_length"],
+        "max_target_length": settings["max_target_length"],
+        "exact_match": task.exact_match,
+        "train": settings,
+        "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "numpy": np.__version__},
+    }
+    (run_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_loss",
+                                        save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
+                                      restore_best_weights=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), profile_batch=0),
+        keras.callbacks.CSVLogger(str(run_dir / "training_log.csv"), append=resuming),
+    ]
+    if resuming:
+        print(f"Resuming the interrupted run in {run_dir} from its last finished epoch.")
+    started = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], callbacks=callbacks,
+              verbose=config.verbose)
+    training_seconds = time.perf_counter() - started
+
+    evaluate_run(run_dir, training_seconds=training_seconds)
+    return run_dir
+
+
+def _tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__

@@ -1,0 +1,166 @@
+"""Decoding searches over any step function, in numpy alone (no TensorFlow, no Keras).
+
+A step function feeds one token per sequence and returns the next-token logits:
+
+    step(token_ids (batch,) int32, index: int, state: dict[str, ndarray])
+        -> (logits (batch, vocab), updates: dict[str, ndarray], attention: ndarray | None)
+
+`state` entries are batch-first, so a search repeats or reorders hypotheses with one `take(axis=0)` per
+entry, whatever model family or runtime (onnxruntime, Keras) computes the step. `attention`, when not None,
+is `(batch, layers, heads, src_len)` and is collected per step if asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+StepFn = Callable[[np.ndarray, int, dict], tuple]
+
+
+@dataclass
+class SearchResult:
+    """Generated ids `(batch, length)` (EOS included, pad after it), with optional extras."""
+
+    tokens: np.ndarray
+    scores: np.ndarray | None = None  # (batch,) log-probability (beam: length-normalised)
+    attention: np.ndarray | None = None  # (batch, length, layers, heads, src_len)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _trim(tokens: np.ndarray, pad_id: int) -> np.ndarray:
+    """Drops trailing columns that are padding in every row."""
+    keep = np.flatnonzero((tokens != pad_id).any(axis=0))
+    return tokens[:, : (keep[-1] + 1 if keep.size else 0)]
+
+
+def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
+         pad_id: int, choose: Callable[[np.ndarray], np.ndarray], return_attention: bool) -> SearchResult:
+    """The loop greedy decoding and sampling share: `choose` maps logits to next tokens."""
+    state = dict(state)
+    token = np.full((batch_size,), bos_id, dtype=np.int32)
+    finished = np.zeros((batch_size,), dtype=bool)
+    columns, scores, attention = [], np.zeros((batch_size,)), []
+    for index in range(max_length):
+        logits, updates, weights = step(token, index, state)
+        state.update(updates)
+        token = choose(logits).astype(np.int32)
+        token = np.where(finished, pad_id, token)
+        scores += np.where(finished, 0.0, np.take_along_axis(log_softmax(logits), token[:, None], 1)[:, 0])
+        columns.append(token)
+        if return_attention and weights is not None:
+            attention.append(np.asarray(weights))
+        finished |= token == eos_id
+        if finished.all():
+            break
+    tokens = np.stack(columns, axis=1)
+    return SearchResult(tokens=tokens, scores=scores,
+                        attention=np.stack(attention, axis=1) if attention else None)
+
+
+def greedy_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
+                  pad_id: int = 0, return_attention: bool = False) -> SearchResult:
+    """Takes the most likely token at every step; stops at EOS or `max_length` tokens."""
+    return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id,
+                lambda logits: logits.argmax(axis=-1), return_attention)
+
+
+def sample_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
+                  pad_id: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  seed: int | None = None, return_attention: bool = False) -> SearchResult:
+    """Samples each token from the softmax at `temperature`, restricted to the `top_k` most likely tokens
+    (0: no limit) and to the smallest set whose probability reaches `top_p` (nucleus sampling, Holtzman
+    et al., 2020). The same `seed` gives the same output."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    rng = np.random.default_rng(seed)
+
+    def choose(logits: np.ndarray) -> np.ndarray:
+        log_probs = log_softmax(logits / temperature)  # (batch, vocab)
+        order = np.argsort(-log_probs, axis=-1, kind="stable")
+        sorted_probs = np.exp(np.take_along_axis(log_probs, order, axis=-1))
+        keep = np.ones_like(sorted_probs, dtype=bool)
+        if top_k:
+            keep[:, top_k:] = False
+        if top_p < 1.0:
+            # Keep a token while the mass before it is still below top_p (the top token always stays).
+            mass_before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
+            keep &= mass_before < top_p
+        probs = np.where(keep, sorted_probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        picks = np.array([rng.choice(probs.shape[1], p=row) for row in probs])
+        return np.take_along_axis(order, picks[:, None], axis=-1)[:, 0]
+
+    return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id, choose, return_attention)
+
+
+def length_penalty_factor(lengths: np.ndarray, alpha: float) -> np.ndarray:
+    """GNMT's length penalty ((5 + |Y|) / 6)^alpha (Wu et al., 2016, eq. 14); alpha=0 disables it."""
+    return ((5.0 + lengths) / 6.0) ** alpha
+
+
+def beam_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
+                pad_id: int = 0, beam_size: int = 4, length_penalty: float = 0.6,
+                return_attention: bool = False) -> SearchResult:
+    """Keeps the `beam_size` most likely prefixes per sequence; returns the best finished hypothesis,
+    ranked by log-probability divided by the GNMT length penalty."""
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    k = beam_size
+    # Hypothesis j of sequence b lives at row b * k + j of every state entry.
+    state = {name: np.repeat(value, k, axis=0) for name, value in state.items()}
+    scores = np.full((batch_size, k), -np.inf)
+    scores[:, 0] = 0.0  # all beams start identical: only one may expand at the first step
+    token = np.full((batch_size * k,), bos_id, dtype=np.int32)
+    finished = np.zeros((batch_size * k,), dtype=bool)
+    lengths = np.zeros((batch_size * k,))
+    history = np.zeros((batch_size * k, 0), dtype=np.int32)
+    attention = None
+    updated: set[str] = set()
+    rows = np.arange(batch_size)[:, None] * k
+    for index in range(max_length):
+        logits, updates, weights = step(token, index, state)
+        state.update(updates)
+        updated.update(updates)
+        log_probs = log_softmax(logits)  # (batch * k, vocab)
+        vocab = log_probs.shape[-1]
+        # A finished hypothesis may only continue with padding, at no cost, so it keeps its score.
+        log_probs[finished] = -np.inf
+        log_probs[finished, pad_id] = 0.0
+        total = (scores.reshape(-1, 1) + log_probs).reshape(batch_size, k * vocab)
+        best = np.argsort(-total, axis=-1, kind="stable")[:, :k]  # (batch, k)
+        scores = np.take_along_axis(total, best, axis=-1)
+        source = (rows + best // vocab).reshape(-1)  # the hypothesis each new one extends
+        token = (best % vocab).reshape(-1).astype(np.int32)
+        for name in updated:
+            state[name] = state[name][source]
+        history = np.concatenate([history[source], token[:, None]], axis=1)
+        was_finished = finished[source]
+        lengths = lengths[source] + (~was_finished)
+        finished = was_finished | (token == eos_id)
+        if return_attention and weights is not None:
+            step_attention = np.asarray(weights)[source][:, None]
+            attention = step_attention if attention is None else np.concatenate(
+                [attention[source], step_attention], axis=1)
+        if finished.all():
+            break
+    normalised = scores.reshape(-1) / length_penalty_factor(np.maximum(lengths, 1), length_penalty)
+    normalised = np.where(np.isfinite(normalised), normalised, -np.inf).reshape(batch_size, k)
+    # Prefer finished hypotheses: an unfinished one only wins where nothing finished.
+    finished_k = finished.reshape(batch_size, k)
+    ranked = np.where(finished_k, normalised, normalised - 1e9)
+    choice = rows[:, 0] + ranked.argmax(axis=-1)
+    tokens = _trim(history[choice], pad_id)
+    return SearchResult(tokens=tokens, scores=normalised.reshape(-1)[choice],
+                        attention=attention[choice] if attention is not None else None)

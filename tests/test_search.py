@@ -1,0 +1,119 @@
+"""The numpy searches shared by Keras-side decoding and the onnxruntime runtime."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from serving.search import beam_search, greedy_search, length_penalty_factor, log_softmax, sample_search
+
+PAD, BOS, EOS, VOCAB = 0, 2, 3, 6
+
+
+def markov_step(seed=0):
+    """A toy model: next-token logits depend on the previous token and the position only.
+
+    The state carries a running counter, so a search that reorders hypotheses wrongly would corrupt it.
+    """
+    table = np.random.default_rng(seed).normal(size=(VOCAB, 8, VOCAB)) * 2.0
+
+    def step(tokens, index, state):
+        assert np.array_equal(state["steps"][:, 0], np.full(len(tokens), index)), "state out of step"
+        logits = table[tokens, index].copy()
+        logits[:, PAD] = -1e9  # the model never emits padding itself
+        logits[:, BOS] = -1e9
+        return logits, {"steps": state["steps"] + 1}, None
+
+    return step, table
+
+
+def sequence_logprob(table, seq):
+    total, prev = 0.0, BOS
+    for i, tok in enumerate(seq):
+        logits = table[prev, i].copy()
+        logits[PAD] = logits[BOS] = -1e9
+        total += log_softmax(logits[None])[0, tok]
+        prev = tok
+    return total
+
+
+def test_greedy_follows_argmax_and_stops_at_eos():
+    step, table = markov_step()
+    state = {"steps": np.zeros((3, 1), np.int64)}
+    result = greedy_search(step, state, 3, 6, BOS, EOS)
+    for row in result.tokens:
+        prev = BOS
+        for i, tok in enumerate(row):
+            if prev == EOS or prev == PAD:
+                assert tok == PAD
+            else:
+                logits = table[prev, i].copy()
+                logits[PAD] = logits[BOS] = -1e9
+                assert tok == logits.argmax()
+            prev = tok
+
+
+def test_beam_search_finds_the_exhaustive_best():
+    step, table = markov_step(seed=3)
+    max_len = 4
+    # Every sequence of length <= max_len over non-special tokens that ends with EOS, or has max_len.
+    best, best_score = None, -np.inf
+    symbols = [1, 3, 4, 5]
+    for length in range(1, max_len + 1):
+        for seq in itertools.product(symbols, repeat=length):
+            if EOS in seq[:-1] or (length < max_len and seq[-1] != EOS):
+                continue
+            if seq[-1] != EOS:
+                continue  # beam search prefers finished hypotheses
+            score = sequence_logprob(table, seq) / length_penalty_factor(np.array(length), 0.0)
+            if score > best_score:
+                best, best_score = seq, score
+    result = beam_search(step, {"steps": np.zeros((1, 1), np.int64)}, 1, max_len, BOS, EOS,
+                         beam_size=VOCAB * VOCAB, length_penalty=0.0)
+    got = [t for t in result.tokens[0] if t != PAD]
+    assert tuple(got) == best
+    assert result.scores[0] == pytest.approx(best_score)
+
+
+def test_beam_size_one_equals_greedy():
+    step, _ = markov_step(seed=5)
+    state = {"steps": np.zeros((4, 1), np.int64)}
+    greedy = greedy_search(step, state, 4, 7, BOS, EOS).tokens
+    beam = beam_search(step, state, 4, 7, BOS, EOS, beam_size=1, length_penalty=0.0).tokens
+    width = max(greedy.shape[1], beam.shape[1])
+    pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1])))  # noqa: E731
+    assert np.array_equal(pad(greedy), pad(beam))
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy():
+    step, _ = markov_step(seed=7)
+    state = {"steps": np.zeros((5, 1), np.int64)}
+    a = sample_search(step, state, 5, 6, BOS, EOS, temperature=1.5, seed=11).tokens
+    b = sample_search(step, state, 5, 6, BOS, EOS, temperature=1.5, seed=11).tokens
+    assert np.array_equal(a, b)
+    greedy = greedy_search(step, state, 5, 6, BOS, EOS).tokens
+    assert np.array_equal(sample_search(step, state, 5, 6, BOS, EOS, top_k=1, seed=1).tokens, greedy)
+    assert np.array_equal(sample_search(step, state, 5, 6, BOS, EOS, top_p=1e-6, seed=2).tokens, greedy)
+
+
+def test_sampling_draws_from_the_distribution():
+    """With one step and a fixed distribution, sample frequencies match the softmax."""
+    probs = np.array([0.0, 0.0, 0.0, 0.5, 0.3, 0.2])
+    logits = np.log(np.maximum(probs, 1e-12))
+
+    def step(tokens, index, state):
+        return np.tile(logits, (len(tokens), 1)), {}, None
+
+    tokens = sample_search(step, {}, 4000, 1, BOS, EOS, seed=0).tokens[:, 0]
+    freq = np.bincount(tokens, minlength=6) / len(tokens)
+    assert np.allclose(freq, probs, atol=0.03)
+    # top_p=0.6 keeps {3, 4} (mass before 4 is 0.5 < 0.6) and drops 5.
+    nucleus = sample_search(step, {}, 2000, 1, BOS, EOS, top_p=0.6, seed=0).tokens[:, 0]
+    assert set(np.unique(nucleus)) == {3, 4}
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": 0}, {"top_p": 0}, {"top_k": -1}])
+def test_sampling_rejects_bad_options(kwargs):
+    step, _ = markov_step()
+    with pytest.raises(ValueError):
+        sample_search(step, {"steps": np.zeros((1, 1))}, 1, 3, BOS, EOS, **kwargs)
