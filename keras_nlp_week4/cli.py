@@ -37,7 +37,7 @@ def _generate(args: argparse.Namespace) -> None:
         raise UserError("give non-empty input text (as arguments or one per line on stdin)")
     run = load_run(Path(args.run) if args.run else latest_run(), compile=False)
     options = {"beam_size": args.beam_size} if args.method == "beam" else {}
-    for text, output in zip(texts, decode_texts(run, texts, args.method, **options)):
+    for text, output in zip(texts, decode_texts(run, texts, args.method, **options), strict=True):
         print(f"{text}\t{output}")
 
 

@@ -75,10 +75,10 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
     metrics["test_greedy_seconds"] = round(time.perf_counter() - started, 2)
     references = [t for _, t in test]
     if run.config.get("exact_match"):
-        metrics["exact_match"] = float(np.mean([p == r for p, r in zip(predictions, references)]))
+        metrics["exact_match"] = float(np.mean([p == r for p, r in zip(predictions, references, strict=True)]))
         if beam_size:
             beam = decode_texts(run, [s for s, _ in test], "beam", 64, beam_size=beam_size)
-            metrics["exact_match_beam"] = float(np.mean([p == r for p, r in zip(beam, references)]))
+            metrics["exact_match_beam"] = float(np.mean([p == r for p, r in zip(beam, references, strict=True)]))
     metrics["num_parameters"] = run.config.get("num_parameters")
     metrics["test_examples"] = len(test)
     metrics_path.write_text(json.dumps(metrics, indent=2))

@@ -5,7 +5,13 @@ import itertools
 import numpy as np
 import pytest
 
-from serving.search import beam_search, greedy_search, length_penalty_factor, log_softmax, sample_search
+from serving.search import (
+    beam_search,
+    greedy_search,
+    length_penalty_factor,
+    log_softmax,
+    sample_search,
+)
 
 PAD, BOS, EOS, VOCAB = 0, 2, 3, 6
 

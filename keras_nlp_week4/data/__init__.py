@@ -1,0 +1,1 @@
+"""Tasks' data, the sentencepiece tokenizer and the tf.data pipeline."""

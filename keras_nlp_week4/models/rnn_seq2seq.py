@@ -133,7 +133,7 @@ class RNNSeq2Seq(Seq2SeqModel):
             if self.bidirectional:
                 # [fw_h, (fw_c), bw_h, (bw_c)] -> per state kind, concat forward and backward.
                 half = len(states) // 2
-                states = [ops.concatenate([f, b], axis=-1) for f, b in zip(states[:half], states[half:])]
+                states = [ops.concatenate([f, b], axis=-1) for f, b in zip(states[:half], states[half:], strict=True)]
             final_states.append(states)
             if i + 1 < self.num_layers:
                 x = self.layer_dropout(x, training=training)
@@ -183,11 +183,11 @@ class RNNSeq2Seq(Seq2SeqModel):
         source_length = ops.shape(keys)[1] if self.has_attention else 1
 
         def step(carry, inputs):
-            token = inputs["token"]
+            token, use_truth_t = inputs[:, 0], inputs[:, 1]
             if scheduled:
                 predicted = ops.cast(ops.argmax(self.output_projection(carry["output"]), axis=-1),
                                      token.dtype)
-                token = ops.where(inputs["use_truth"], token, predicted)
+                token = ops.where(use_truth_t > 0, token, predicted)
             embedded = self.embedding_dropout(self.target_embedding(token), training=training)
             output, state, weights = self._step(embedded, carry["state"], keys, attention_keys,
                                                 source_mask, training)
@@ -200,7 +200,9 @@ class RNNSeq2Seq(Seq2SeqModel):
             "output": ops.zeros((batch, self.decoder_units), keys.dtype),
             "attention": ops.zeros((batch, source_length), keys.dtype),
         }
-        xs = {"token": ops.transpose(decoder_input), "use_truth": ops.transpose(use_truth)}
+        # One tensor, not a dict: Keras' TF scan fails on several `xs` whose length is not static.
+        xs = ops.stack([ops.transpose(decoder_input),
+                        ops.transpose(ops.cast(use_truth, decoder_input.dtype))], axis=-1)  # (tgt, b, 2)
         _, per_step = ops.scan(step, init, xs)
         outputs = ops.transpose(per_step["output"], (1, 0, 2))  # (batch, tgt_len, decoder_units)
         attention = ops.transpose(per_step["attention"], (1, 0, 2))  # (batch, tgt_len, src_len)

@@ -23,10 +23,17 @@ import keras
 import numpy as np
 
 from keras_nlp_week4.data.pipeline import make_dataset
-from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
+from keras_nlp_week4.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    Tokenizer,
+    train_sentencepiece,
+)
 from keras_nlp_week4.errors import UserError
-from keras_nlp_week4.runs import write_pairs
 from keras_nlp_week4.models.registry import build_model, model_family
+from keras_nlp_week4.runs import write_pairs
 from keras_nlp_week4.tasks import get_task
 from keras_nlp_week4.training.losses import MaskedAccuracy, MaskedSparseCrossEntropy
 from keras_nlp_week4.training.schedule import TransformerSchedule
@@ -86,7 +93,7 @@ def _resolve(config: TrainConfig) -> dict:
 
 
 def _optimizer(settings: dict, model) -> keras.optimizers.Optimizer:
-    width = getattr(model, "d_model", None) or getattr(model, "decoder_units")
+    width = getattr(model, "d_model", None) or model.decoder_units
     warmup = max(1, settings["warmup_steps"])
     # Scale the paper's curve so its peak (at step == warmup) is the requested learning rate.
     scale = settings["learning_rate"] * (width * warmup) ** 0.5
@@ -188,7 +195,7 @@ def train(config: TrainConfig) -> Path:
         print(f"Resuming the interrupted run in {run_dir} from its last finished epoch.")
     started = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], callbacks=callbacks,
-              verbose=config.verbose)
+              shuffle=False, verbose=config.verbose)  # the dataset shuffles itself, seeded
     training_seconds = time.perf_counter() - started
 
     evaluate_run(run_dir, training_seconds=training_seconds)

@@ -1,0 +1,283 @@
+"""Multi-head attention with an ONNX-friendly key/value cache (Vaswani et al. 2017)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_nlp_week4.layers.masks import causal_mask, merge_padding_and_attention_masks
+from keras_nlp_week4.layers.scaled_dot_product_attention import scaled_dot_product_attention
+
+# Axis of the sequence in a cache `(batch, 2, num_heads, length, head_dim)`.
+_CACHE_LENGTH_AXIS = 3
+
+
+def _clone_initializer(initializer):
+    # A seeded initializer shared by several projections would give them identical weights.
+    return initializer.__class__.from_config(initializer.get_config())
+
+
+@keras.saving.register_keras_serializable(package="keras_nlp_week4")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head attention, Vaswani et al. 2017, section 3.2.2.
+
+    ```
+    MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O
+    head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V        (section 3.2.1, eq. 1)
+    ```
+
+    Written from scratch on `keras.ops` (it does not wrap `keras.layers.MultiHeadAttention`)
+    so that it can carry a preallocated key/value cache for incremental decoding that
+    tf2onnx converts: the cache is written with `arange`/compare/`take`/`where`, never
+    with `slice_update` (XlaDynamicUpdateSlice has no ONNX conversion).
+
+    Two kinds of cache, both shaped `(batch, 2, num_heads, length, head_dim)` with index 0
+    holding the keys and index 1 the values:
+
+    - Self-attention (`cache` and `cache_update_index` given): `length` is the maximum
+      decoding length. The keys/values of the `q_len` query tokens are written at
+      positions `[index, index + q_len)`; the queries attend over all cached positions
+      with the causal rule `j <= index + i`, so not-yet-written slots get 0 weight. The
+      updated cache is returned.
+    - Cross-attention (`cache` given, `cache_update_index` None): the cache holds the
+      projected keys/values of the encoder outputs (see `compute_cache`); the key and
+      value projections are skipped.
+
+    Args:
+        num_heads: int. Number of heads `h`.
+        key_dim: int. Size of each query/key head, `d_k` (the paper uses
+            `d_model / h`).
+        value_dim: int. Size of each value head, `d_v`. Defaults to `key_dim`.
+        dropout: float in [0, 1). Dropout rate on the attention weights.
+        use_bias: bool. Whether the projections have biases. Defaults to True.
+        output_dim: int. Width of the output. Defaults to the query's last dimension.
+        kernel_initializer: initializer of the projection kernels.
+        bias_initializer: initializer of the projection biases.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Call arguments:
+        query: `(batch, q_len, d_query)`.
+        value: `(batch, k_len, d_value)`. May be None with a cross-attention cache.
+        key: `(batch, k_len, d_key)`. Defaults to `value`.
+        attention_mask: bool `(batch | 1, q_len, k_len)`, `True` = may attend.
+        key_padding_mask: bool `(batch, k_len)`, `True` = real key. With a
+            self-attention cache it covers the cache positions, `(batch, max_len)`.
+        use_causal_mask: bool. Query `i` sees only keys `j <= i` (`j <= index + i`
+            with a self-attention cache, where the causal rule is always applied).
+        return_attention_scores: bool. Also return the attention weights.
+        cache: optional cache tensor, see above.
+        cache_update_index: python int or scalar int tensor; the position of the first
+            query token in a self-attention cache.
+        training: python bool, whether dropout is active.
+
+    Returns:
+        `output` `(batch, q_len, output_dim)`; `(output, weights)` with
+        `return_attention_scores` (weights `(batch, num_heads, q_len, k_len)`, exactly 0
+        where masked); `(output, cache)` when a cache is passed; `(output, weights, cache)`
+        with both.
+
+    Example:
+
+    ```python
+    mha = MultiHeadAttention(num_heads=2, key_dim=4)
+    x = np.random.rand(3, 5, 8).astype("float32")
+    y, w = mha(x, x, use_causal_mask=True, return_attention_scores=True)  # (3,5,8), (3,2,5,5)
+
+    # One decoding step with a self-attention cache of length 10:
+    cache = np.zeros((3, 2, 2, 10, 4), "float32")
+    y0, cache = mha(x[:, :1], x[:, :1], cache=cache, cache_update_index=0)
+    ```
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int | None = None,
+        dropout: float = 0.0,
+        use_bias: bool = True,
+        output_dim: int | None = None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.key_dim = int(key_dim)
+        self.value_dim = int(value_dim) if value_dim is not None else self.key_dim
+        self.dropout = float(dropout)
+        self.use_bias = bool(use_bias)
+        self.output_dim = None if output_dim is None else int(output_dim)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        # The output rows are the query rows, so the query's Keras mask passes through.
+        # Padding is NOT read from Keras masks here: pass `key_padding_mask` explicitly.
+        self.supports_masking = True
+
+    def _projection(self, equation, output_shape, bias_axes, name):
+        projection = keras.layers.EinsumDense(
+            equation,
+            output_shape=output_shape,
+            bias_axes=bias_axes if self.use_bias else None,
+            kernel_initializer=_clone_initializer(self.kernel_initializer),
+            bias_initializer=_clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+        # Masks act on the attention scores, not on the projections; claiming support only
+        # stops Keras warning that a masked query/value "destroys the mask information".
+        projection.supports_masking = True
+        return projection
+
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        # A cross-attention call from a cache may pass no value: assume it is as wide as
+        # the query (true inside the Transformer, where everything is d_model wide).
+        value_shape = query_shape if value_shape is None else value_shape
+        key_shape = value_shape if key_shape is None else key_shape
+        output_dim = self.output_dim or query_shape[-1]
+        # Project straight into the split-heads layout: (batch, heads, len, head_dim).
+        self.query_dense = self._projection(
+            "btd,dnh->bnth", (self.num_heads, None, self.key_dim), "nh", "query"
+        )
+        self.key_dense = self._projection(
+            "btd,dnh->bnth", (self.num_heads, None, self.key_dim), "nh", "key"
+        )
+        self.value_dense = self._projection(
+            "btd,dnh->bnth", (self.num_heads, None, self.value_dim), "nh", "value"
+        )
+        # Concat(head_1..head_h) W^O as one contraction over (heads, head_dim).
+        self.output_dense = self._projection(
+            "bnth,nhd->btd", (None, output_dim), "d", "attention_output"
+        )
+        self.query_dense.build(query_shape)
+        self.key_dense.build(key_shape)
+        self.value_dense.build(value_shape)
+        self.output_dense.build((query_shape[0], self.num_heads, query_shape[1], self.value_dim))
+        self.built = True
+
+    def compute_cache(self, value, key=None):
+        """Projects `value` (and `key`, default `value`) once, for cross-attention.
+
+        Args:
+            value: `(batch, src_len, d_value)`, e.g. the encoder outputs.
+            key: optional `(batch, src_len, d_key)`.
+
+        Returns:
+            `(batch, 2, num_heads, src_len, head_dim)`: keys at index 0, values at 1.
+        """
+        self._check_cacheable()
+        if not self.built:
+            self.build(value.shape, value.shape)
+        key = value if key is None else key
+        # (batch, heads, src_len, head_dim) x 2 -> (batch, 2, heads, src_len, head_dim)
+        return ops.stack([self.key_dense(key), self.value_dense(value)], axis=1)
+
+    def _check_cacheable(self):
+        if self.key_dim != self.value_dim:
+            raise ValueError(
+                "A key/value cache stacks keys and values in one tensor, so it needs "
+                f"key_dim == value_dim; got {self.key_dim} and {self.value_dim}."
+            )
+
+    def _update_self_attention_cache(self, cache, new_key_value, index):
+        """Writes `new_key_value` into `cache` at positions `[index, index + q_len)`.
+
+        Done with a gather and a `where` over the whole cache instead of
+        `slice_update`, which lowers to XlaDynamicUpdateSlice that tf2onnx cannot convert.
+        """
+        max_len = ops.shape(cache)[_CACHE_LENGTH_AXIS]
+        q_len = ops.shape(new_key_value)[_CACHE_LENGTH_AXIS]
+        # Offset of each cache slot from the first new token: slot p takes new token p - index.
+        relative = ops.arange(max_len, dtype="int32") - ops.cast(index, "int32")  # (max_len,)
+        written = ops.logical_and(
+            ops.greater_equal(relative, 0), ops.less(relative, ops.cast(q_len, "int32"))
+        )
+        source = ops.minimum(ops.maximum(relative, 0), ops.cast(q_len, "int32") - 1)
+        # (batch, 2, heads, q_len, head_dim) -> (batch, 2, heads, max_len, head_dim)
+        gathered = ops.take(new_key_value, source, axis=_CACHE_LENGTH_AXIS)
+        written = ops.reshape(written, (1, 1, 1, -1, 1))
+        return ops.where(written, ops.cast(gathered, cache.dtype), cache)
+
+    def call(
+        self,
+        query,
+        value=None,
+        key=None,
+        attention_mask=None,
+        key_padding_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        cache=None,
+        cache_update_index=None,
+        training=None,
+    ):
+        key = value if key is None else key
+        query_heads = self.query_dense(query)  # (batch, heads, q_len, key_dim)
+        q_len = ops.shape(query)[1]
+        causal_offset = 0
+        if cache is not None:
+            self._check_cacheable()
+            if cache_update_index is None:
+                # Cross-attention: keys/values were projected once by `compute_cache`.
+                key_heads, value_heads = cache[:, 0], cache[:, 1]
+            else:
+                new_key_value = ops.stack(
+                    [self.key_dense(key), self.value_dense(value)], axis=1
+                )  # (batch, 2, heads, q_len, head_dim)
+                cache = self._update_self_attention_cache(cache, new_key_value, cache_update_index)
+                key_heads, value_heads = cache[:, 0], cache[:, 1]  # (batch, heads, max_len, hd)
+                # Slots after index + i are empty (or stale): the causal rule hides them.
+                use_causal_mask = True
+                causal_offset = cache_update_index
+            key_heads = ops.cast(key_heads, query_heads.dtype)
+            value_heads = ops.cast(value_heads, query_heads.dtype)
+        else:
+            key_heads = self.key_dense(key)  # (batch, heads, k_len, key_dim)
+            value_heads = self.value_dense(value)  # (batch, heads, k_len, value_dim)
+
+        if use_causal_mask:
+            k_len = ops.shape(key_heads)[2]
+            causal = causal_mask(q_len, k_len, offset=causal_offset)  # (q_len, k_len)
+            attention_mask = (
+                causal
+                if attention_mask is None
+                else ops.logical_and(ops.cast(attention_mask, "bool"), causal)
+            )
+        mask = merge_padding_and_attention_masks(key_padding_mask, attention_mask)
+        if mask is not None:
+            mask = ops.expand_dims(mask, axis=1)  # (batch | 1, 1, q_len | 1, k_len): all heads
+
+        context, weights = scaled_dot_product_attention(
+            query_heads,
+            key_heads,
+            value_heads,
+            mask=mask,
+            dropout=self.dropout_layer,
+            training=training,
+        )  # context (batch, heads, q_len, value_dim); weights (batch, heads, q_len, k_len)
+        output = self.output_dense(context)  # (batch, q_len, output_dim)
+
+        outputs = (output,)
+        if return_attention_scores:
+            outputs += (weights,)
+        if cache is not None:
+            outputs += (cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "output_dim": self.output_dim,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config

@@ -1,0 +1,256 @@
+"""One Transformer decoder layer with key/value caches (Vaswani et al. 2017)."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_nlp_week4.layers.multi_head_attention import MultiHeadAttention
+from keras_nlp_week4.layers.transformer_encoder_layer import (
+    check_transformer_dims,
+    sublayer_input,
+    sublayer_output,
+)
+
+
+@keras.saving.register_keras_serializable(package="keras_nlp_week4")
+class TransformerDecoderLayer(keras.layers.Layer):
+    """Transformer decoder layer, Vaswani et al. 2017, sections 3.1, 3.2.3 and 3.3.
+
+    ```
+    x = LayerNorm(x + Dropout(MaskedMultiHeadSelfAttention(x)))         # causal, 3.2.3
+    x = LayerNorm(x + Dropout(MultiHeadAttention(x, encoder_outputs)))  # cross-attention
+    x = LayerNorm(x + Dropout(FFN(x)))                                  # eq. (2)
+    ```
+
+    Post-norm as in the paper by default; `norm_first=True` gives pre-norm
+    (`x + Dropout(Sublayer(LayerNorm(x)))`, Xiong et al. 2020). The self-attention is
+    causal: position `t` never sees positions after `t` (section 3.2.3).
+
+    For incremental (autoregressive) decoding the layer takes a preallocated
+    self-attention cache `(batch, 2, num_heads, max_len, head_dim)` and the index of the
+    first new token, and returns the updated cache; the encoder side can be given as a
+    cross-attention cache from `compute_cross_attention_cache`, computed once per source
+    sentence. Both caches are handled by `MultiHeadAttention` without `slice_update`, so
+    the decoding step exports to ONNX.
+
+    Args:
+        d_model: int. Width of the layer's input and output (and of the encoder outputs).
+        num_heads: int. Attention heads; must divide `d_model`.
+        d_ff: int. Inner width of the position-wise feed-forward network.
+        dropout: float in [0, 1). Rate of the residual dropout (section 5.4) and of the
+            attention-weight dropout. Defaults to 0.1.
+        activation: activation of the feed-forward network. Defaults to `"relu"`.
+        norm_first: bool. Pre-norm instead of the paper's post-norm. Defaults to False.
+        layer_norm_epsilon: float. LayerNorm epsilon. Defaults to 1e-6.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Call arguments:
+        x: `(batch, tgt_len, d_model)`; with a self-attention cache, the new tokens only
+            (usually `tgt_len == 1`).
+        encoder_outputs: `(batch, src_len, d_model)`. May be None when
+            `cross_attention_cache` is given.
+        decoder_padding_mask: bool, `True` = real token. `(batch, tgt_len)` in a full
+            pass (defaults to the Keras mask of `x`); `(batch, max_len)` over the cache
+            positions with a self-attention cache (not inferred from `x` there).
+        encoder_padding_mask: bool `(batch, src_len)`, `True` = real source token.
+            Defaults to the Keras mask of `encoder_outputs`.
+        self_attention_cache: optional `(batch, 2, num_heads, max_len, head_dim)`.
+        self_attention_cache_update_index: python int or scalar int tensor, the position
+            of the first token of `x`; required with `self_attention_cache`.
+        cross_attention_cache: optional `(batch, 2, num_heads, src_len, head_dim)`, used
+            instead of projecting `encoder_outputs`.
+        return_attention_scores: bool. Also return the cross-attention weights.
+        training: python bool, whether dropout is active.
+
+    Returns:
+        Without a self-attention cache: `x` `(batch, tgt_len, d_model)`, or
+        `(x, cross_weights)` with `return_attention_scores` (cross_weights
+        `(batch, num_heads, tgt_len, src_len)`).
+        With one: `(x, new_self_attention_cache)` or
+        `(x, new_self_attention_cache, cross_weights)`.
+
+    Example:
+
+    ```python
+    layer = TransformerDecoderLayer(d_model=16, num_heads=2, d_ff=32)
+    memory = np.random.rand(2, 7, 16).astype("float32")
+    y = layer(np.random.rand(2, 5, 16).astype("float32"), memory)  # teacher forcing
+
+    cache = np.zeros((2, 2, 2, 5, 8), "float32")  # (batch, 2, heads, max_len, head_dim)
+    cross = layer.compute_cross_attention_cache(memory)
+    y0, cache = layer(y[:, :1], self_attention_cache=cache,
+                      self_attention_cache_update_index=0, cross_attention_cache=cross)
+    ```
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float = 0.1,
+        activation="relu",
+        norm_first: bool = False,
+        layer_norm_epsilon: float = 1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.d_model = int(d_model)
+        self.num_heads = int(num_heads)
+        self.d_ff = int(d_ff)
+        self.dropout = float(dropout)
+        self.activation = keras.activations.get(activation)
+        self.norm_first = bool(norm_first)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.head_dim = check_transformer_dims(self.d_model, self.num_heads)
+        policy = self.dtype_policy
+
+        def layer_norm(name):
+            return keras.layers.LayerNormalization(
+                epsilon=self.layer_norm_epsilon, dtype=policy, name=name
+            )
+
+        self.self_attention = MultiHeadAttention(
+            self.num_heads, self.head_dim, dropout=self.dropout, dtype=policy,
+            name="self_attention",
+        )
+        self.self_attention_layer_norm = layer_norm("self_attention_layer_norm")
+        self.self_attention_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.cross_attention = MultiHeadAttention(
+            self.num_heads, self.head_dim, dropout=self.dropout, dtype=policy,
+            name="cross_attention",
+        )
+        self.cross_attention_layer_norm = layer_norm("cross_attention_layer_norm")
+        self.cross_attention_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.feed_forward_inner = keras.layers.Dense(
+            self.d_ff, activation=self.activation, dtype=policy, name="feed_forward_inner"
+        )
+        self.feed_forward_outer = keras.layers.Dense(
+            self.d_model, dtype=policy, name="feed_forward_outer"
+        )
+        self.feed_forward_layer_norm = layer_norm("feed_forward_layer_norm")
+        self.feed_forward_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
+        # The output rows are the input rows: the padding mask of `x` passes through.
+        self.supports_masking = True
+
+    def build(self, x_shape, encoder_outputs_shape=None):
+        # The encoder outputs are d_model wide, so the cross-attention can be built even
+        # when a call only passes a cross-attention cache.
+        encoder_outputs_shape = encoder_outputs_shape or tuple(x_shape[:-1]) + (self.d_model,)
+        self.self_attention.build(x_shape, x_shape)
+        self.self_attention_layer_norm.build(x_shape)
+        self.cross_attention.build(x_shape, encoder_outputs_shape)
+        self.cross_attention_layer_norm.build(x_shape)
+        self.feed_forward_inner.build(x_shape)
+        self.feed_forward_outer.build(tuple(x_shape[:-1]) + (self.d_ff,))
+        self.feed_forward_layer_norm.build(x_shape)
+        self.built = True
+
+    def compute_cross_attention_cache(self, encoder_outputs):
+        """Projects the encoder outputs to cross-attention keys/values once per source.
+
+        Args:
+            encoder_outputs: `(batch, src_len, d_model)`.
+
+        Returns:
+            `(batch, 2, num_heads, src_len, head_dim)`, for `cross_attention_cache=`.
+        """
+        if not self.built:
+            self.build(encoder_outputs.shape, encoder_outputs.shape)
+        return self.cross_attention.compute_cache(encoder_outputs)
+
+    def call(
+        self,
+        x,
+        encoder_outputs=None,
+        decoder_padding_mask=None,
+        encoder_padding_mask=None,
+        self_attention_cache=None,
+        self_attention_cache_update_index=None,
+        cross_attention_cache=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        use_cache = self_attention_cache is not None
+        if use_cache and self_attention_cache_update_index is None:
+            raise ValueError("`self_attention_cache` needs `self_attention_cache_update_index`.")
+        if encoder_outputs is None and cross_attention_cache is None:
+            raise ValueError("Pass `encoder_outputs` or `cross_attention_cache`.")
+        if decoder_padding_mask is None and not use_cache:
+            # With a cache, x's own mask covers only the new tokens, not the cached keys.
+            decoder_padding_mask = getattr(x, "_keras_mask", None)
+        if encoder_padding_mask is None and encoder_outputs is not None:
+            encoder_padding_mask = getattr(encoder_outputs, "_keras_mask", None)
+
+        # Masked (causal) self-attention, section 3.2.3.
+        residual = x
+        h = sublayer_input(x, self.self_attention_layer_norm, self.norm_first)
+        if use_cache:
+            h, self_attention_cache = self.self_attention(
+                h,
+                h,
+                key_padding_mask=decoder_padding_mask,
+                cache=self_attention_cache,
+                cache_update_index=self_attention_cache_update_index,
+                training=training,
+            )  # h (batch, tgt_len, d_model); cache (batch, 2, heads, max_len, head_dim)
+        else:
+            h = self.self_attention(
+                h,
+                h,
+                key_padding_mask=decoder_padding_mask,
+                use_causal_mask=True,
+                training=training,
+            )
+        x = sublayer_output(
+            residual, h, self.self_attention_layer_norm, self.self_attention_dropout,
+            self.norm_first, training,
+        )
+
+        # Cross-attention over the encoder outputs: queries from the decoder.
+        residual = x
+        h = sublayer_input(x, self.cross_attention_layer_norm, self.norm_first)
+        cross_outputs = self.cross_attention(
+            h,
+            encoder_outputs,
+            key_padding_mask=encoder_padding_mask,
+            cache=cross_attention_cache,
+            return_attention_scores=True,
+            training=training,
+        )
+        h, cross_weights = cross_outputs[0], cross_outputs[1]  # weights (b, heads, tgt, src)
+        x = sublayer_output(
+            residual, h, self.cross_attention_layer_norm, self.cross_attention_dropout,
+            self.norm_first, training,
+        )
+
+        # Position-wise feed-forward network, eq. (2).
+        residual = x
+        h = sublayer_input(x, self.feed_forward_layer_norm, self.norm_first)
+        h = self.feed_forward_outer(self.feed_forward_inner(h))  # (batch, tgt_len, d_model)
+        x = sublayer_output(
+            residual, h, self.feed_forward_layer_norm, self.feed_forward_dropout,
+            self.norm_first, training,
+        )
+
+        outputs = (x,)
+        if use_cache:
+            outputs += (self_attention_cache,)
+        if return_attention_scores:
+            outputs += (cross_weights,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "d_model": self.d_model,
+                "num_heads": self.num_heads,
+                "d_ff": self.d_ff,
+                "dropout": self.dropout,
+                "activation": keras.activations.serialize(self.activation),
+                "norm_first": self.norm_first,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

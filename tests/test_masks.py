@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_nlp_week4.layers.masks import (
+    causal_mask,
+    large_negative,
+    masked_softmax,
+    merge_padding_and_attention_masks,
+    padding_mask,
+)
+
+
+def np_causal_mask(query_length, key_length, offset):
+    """Reference: key j visible to query i iff j <= i + offset."""
+    i = np.arange(query_length)[:, None] + offset
+    j = np.arange(key_length)[None, :]
+    return j <= i
+
+
+def np_masked_softmax(scores, mask):
+    """Reference: softmax over the unmasked positions, 0 elsewhere, all-0 rows if none."""
+    scores = np.asarray(scores, dtype=np.float64)
+    mask = np.broadcast_to(mask, scores.shape)
+    shifted = np.where(mask, scores, -np.inf)
+    row_max = np.max(np.where(mask, scores, -1e300), axis=-1, keepdims=True)
+    exp = np.where(mask, np.exp(shifted - row_max), 0.0)
+    total = exp.sum(axis=-1, keepdims=True)
+    return np.divide(exp, total, out=np.zeros_like(exp), where=total > 0)
+
+
+def test_padding_mask():
+    ids = np.array([[5, 7, 0, 0], [3, 0, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(padding_mask(ids)), ids != 0)
+    np.testing.assert_array_equal(np.asarray(padding_mask(ids, pad_id=7)), ids != 7)
+    assert padding_mask(ids).dtype == tf.bool
+
+
+@pytest.mark.parametrize(
+    "query_length,key_length,offset", [(4, None, 0), (4, 4, 0), (2, 5, 3), (3, 6, 1), (1, 7, 6)]
+)
+def test_causal_mask_matches_reference(query_length, key_length, offset):
+    mask = np.asarray(causal_mask(query_length, key_length, offset=offset))
+    expected_keys = query_length + offset if key_length is None else key_length
+    assert mask.dtype == bool
+    np.testing.assert_array_equal(mask, np_causal_mask(query_length, expected_keys, offset))
+
+
+def test_causal_mask_default_key_length_includes_cache():
+    # 2 new tokens after 3 cached ones see 5 keys; the last one sees all of them.
+    mask = np.asarray(causal_mask(2, offset=3))
+    assert mask.shape == (2, 5)
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("int_dtype", [tf.int32, tf.int64])
+def test_causal_mask_with_tensor_arguments_in_tf_function(int_dtype):
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([], int_dtype),
+            tf.TensorSpec([], int_dtype),
+            tf.TensorSpec([], int_dtype),
+        ]
+    )
+    def make(query_length, key_length, offset):
+        return causal_mask(query_length, key_length, offset=offset)
+
+    for q, k, o in [(3, 5, 2), (4, 4, 0), (1, 6, 5)]:
+        got = make(tf.constant(q, int_dtype), tf.constant(k, int_dtype), tf.constant(o, int_dtype))
+        np.testing.assert_array_equal(got.numpy(), np_causal_mask(q, k, o))
+
+
+def test_merge_masks():
+    key_padding = np.array([[True, True, False], [True, False, False]])
+    causal = np.asarray(causal_mask(3))
+    assert merge_padding_and_attention_masks() is None
+
+    only_padding = np.asarray(merge_padding_and_attention_masks(key_padding_mask=key_padding))
+    np.testing.assert_array_equal(only_padding, key_padding[:, None, :])
+
+    only_attention = np.asarray(merge_padding_and_attention_masks(attention_mask=causal))
+    np.testing.assert_array_equal(only_attention, causal[None])
+
+    both = np.asarray(merge_padding_and_attention_masks(key_padding, causal[None]))
+    assert both.shape == (2, 3, 3)
+    np.testing.assert_array_equal(both, key_padding[:, None, :] & causal[None])
+
+    int_mask = np.array([[[1, 0, 1]]])
+    merged = np.asarray(merge_padding_and_attention_masks(attention_mask=int_mask))
+    assert merged.dtype == bool
+
+
+def test_large_negative():
+    assert large_negative("float32") == -1e9
+    assert large_negative("float64") == -1e9
+    assert large_negative("float16") == -3e4
+    assert large_negative(tf.bfloat16) == -3e4
+    assert np.isfinite(np.float16(large_negative("float16")))
+
+
+def test_masked_softmax_matches_reference_and_gives_exact_zeros():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(2, 3, 5)).astype("float32") * 4
+    mask = rng.random((2, 3, 5)) > 0.4
+    mask[0, 0] = False  # a fully masked row
+    mask[1, 2] = True
+    got = np.asarray(masked_softmax(scores, mask))
+    np.testing.assert_allclose(got, np_masked_softmax(scores, mask), atol=1e-6)
+    assert np.all(got[~mask] == 0.0)
+    np.testing.assert_array_equal(got[0, 0], np.zeros(5))
+    row_sums = got.sum(-1)
+    has_real = mask.any(-1)
+    np.testing.assert_allclose(row_sums[has_real], 1.0, atol=1e-6)
+
+
+def test_masked_softmax_broadcasts_mask_and_no_mask_is_plain_softmax():
+    scores = np.arange(12, dtype="float32").reshape(2, 2, 3)
+    key_mask = np.array([[True, False, True]])  # broadcast over batch and queries
+    got = np.asarray(masked_softmax(scores, key_mask))
+    np.testing.assert_allclose(got, np_masked_softmax(scores, key_mask), atol=1e-6)
+    assert np.all(got[..., 1] == 0.0)
+    plain = np.asarray(masked_softmax(scores))
+    np.testing.assert_allclose(plain, np_masked_softmax(scores, True), atol=1e-6)
+
+
+def test_masked_softmax_fully_masked_row_is_zero_not_nan():
+    got = np.asarray(masked_softmax(np.zeros((2, 4), "float32"), np.zeros((2, 4), bool)))
+    np.testing.assert_array_equal(got, np.zeros((2, 4)))
+
+
+def test_masked_softmax_float16_does_not_overflow():
+    scores = tf.constant([[1.0, 2.0, 3.0, 500.0]], tf.float16)
+    mask = np.array([[True, True, True, False]])
+    got = masked_softmax(scores, mask)
+    assert got.dtype == tf.float16
+    got = got.numpy().astype(np.float64)
+    assert np.all(np.isfinite(got))
+    assert got[0, 3] == 0.0
+    np.testing.assert_allclose(got, np_masked_softmax([[1.0, 2.0, 3.0, 500.0]], mask), atol=1e-3)
