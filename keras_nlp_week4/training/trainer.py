@@ -75,12 +75,12 @@ def _resolve(config: TrainConfig) -> dict:
     task = get_task(config.task)
     family = model_family(config.model)
     settings = asdict(config)
+    task_defaults = {**vars(task), **task.family_defaults.get(family, {})}
     defaults = {
         "preset": task.transformer_preset if family == "transformer" else task.rnn_preset,
-        "epochs": task.epochs, "batch_size": task.batch_size,
-        "learning_rate": task.peak_learning_rate, "warmup_steps": task.warmup_steps,
-        "vocab_size": task.vocab_size, "max_source_length": task.max_source_length,
-        "max_target_length": task.max_target_length, "patience": task.patience,
+        "learning_rate": task_defaults["peak_learning_rate"],
+        **{key: task_defaults[key] for key in ("epochs", "batch_size", "warmup_steps", "vocab_size",
+                                               "max_source_length", "max_target_length", "patience")},
     }
     for key, value in defaults.items():
         if settings[key] is None:

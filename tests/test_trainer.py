@@ -1,0 +1,118 @@
+"""Training end to end: the run directory, resuming a killed run, and one-line errors for bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from keras_nlp_week4.errors import UserError
+from keras_nlp_week4.runs import load_run
+from keras_nlp_week4.training.trainer import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "tiny", "--max-train-examples", "640", "--batch-size", "64", "--verbose", "0"]
+
+
+def cli(*args, timeout=300):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "keras_nlp_week4", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(model="transformer", preset="tiny", epochs=2, max_train_examples=640, out=str(out),
+                      verbose=0))
+    return out
+
+
+def test_run_directory_is_complete(tiny_run):
+    for name in ["model.keras", "tokenizer.model", "config.json", "metrics.json", "training_log.csv",
+                 "validation.tsv", "test.tsv"]:
+        assert (tiny_run / name).is_file(), name
+    assert (tiny_run / "logs").is_dir()  # TensorBoard
+    assert not (tiny_run / "backup").exists()  # removed once training finished
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert {"val_loss", "exact_match", "test_perplexity", "training_seconds"} <= set(metrics)
+    assert 0.0 <= metrics["exact_match"] <= 1.0
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert config["model_config"]["d_model"] == 64
+    rows = list(csv.DictReader(open(tiny_run / "training_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])  # it learns
+
+
+def test_loaded_run_generates(tiny_run):
+    run = load_run(tiny_run)
+    from keras_nlp_week4.evaluation import decode_texts
+
+    outputs = decode_texts(run, ["september 27, 1994", "9/27/94"])
+    assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
+
+
+def test_killed_run_resumes_from_last_epoch(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "seq2seq-gru", "--epochs", "6", "--out", str(out), *TINY]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "keras_nlp_week4", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "training_log.csv"
+    deadline = time.time() + 240
+    try:
+        # Kill hard (no cleanup) as soon as one epoch has been logged and backed up.
+        while time.time() < deadline:
+            if log.is_file() and len(log.read_text().splitlines()) >= 2 and (out / "backup").is_dir():
+                break
+            if proc.poll() is not None:
+                pytest.fail("training ended before it could be killed")
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    epochs_before = [int(r["epoch"]) for r in csv.DictReader(open(log))]
+    assert epochs_before and max(epochs_before) < 5, "the run was killed too late to test resuming"
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Resuming" in result.stdout
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(log))]
+    # The resumed run continues after the last finished epoch: no epoch is trained twice.
+    assert epochs == list(range(6)), epochs
+    assert not (out / "backup").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--model", "gpt"], "unknown model 'gpt'"),
+    (["train", "--task", "poetry"], "unknown task 'poetry'"),
+    (["train", "--data", "nowhere.csv"], "drop --data"),
+    (["evaluate", "/nonexistent/run"], "does not exist"),
+    (["train", "--epochs", "0"], "epochs must be at least 1"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, message):
+    result = cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_damaged_model_file_is_a_clear_error(tiny_run, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ["config.json", "tokenizer.model", "test.tsv", "validation.tsv"]:
+        (damaged / name).write_bytes((tiny_run / name).read_bytes())
+    (damaged / "model.keras").write_bytes((tiny_run / "model.keras").read_bytes()[:1000])
+    with pytest.raises(UserError, match="model.keras.*damaged"):
+        load_run(damaged)
+    (damaged / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="config.json is not valid JSON"):
+        load_run(damaged)
