@@ -85,3 +85,40 @@ class Seq2SeqModel(keras.Model):
     @property
     def has_attention(self) -> bool:
         return True
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 (TF backend) reduces the whole nested first batch with `strategy.reduce` before a
+        # symbolic build; MultiWorkerMirroredStrategy rejects a nested value there (keras-team/keras#20585).
+        # The build only needs shapes, so one replica's local batch does.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is None or iterator is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        import tensorflow as tf
+        from keras import tree
+
+        for _, _, batches in iterator:
+            data_batch = next(batches)
+            break
+        data_batch = tree.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0]
+            if isinstance(v, tf.distribute.DistributedValues) else v, data_batch)
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def _in_multi_worker_mode(self) -> bool:
+        strategy = getattr(self, "_distribute_strategy", None)
+        extended = getattr(strategy, "extended", None)
+        return bool(extended is not None and getattr(extended, "_in_multi_worker_mode", bool)())
+
+    def _logs_for_reduction(self, logs: dict) -> dict:
+        # Under a multi-worker strategy Keras averages each log with `strategy.reduce("MEAN", v, axis=0)`,
+        # which fails on the scalars a step returns; a leading axis of 1 makes it the mean over workers.
+        if not self._in_multi_worker_mode():
+            return logs
+        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+
+    def train_step(self, data):
+        return self._logs_for_reduction(super().train_step(data))
+
+    def test_step(self, data):
+        return self._logs_for_reduction(super().test_step(data))

@@ -100,7 +100,8 @@ class RNNSeq2Seq(Seq2SeqModel):
         self.attention_combine = (layers.Dense(self.decoder_units, activation="tanh", use_bias=False,
                                                name="attention_combine")
                                   if self.is_luong else None)
-        self.output_projection = layers.Dense(self.vocab_size, name="output_projection")
+        # float32 under mixed precision too: see Transformer._project.
+        self.output_projection = layers.Dense(self.vocab_size, dtype="float32", name="output_projection")
         self.coin_seed = keras.random.SeedGenerator(seed)
 
     @property

@@ -87,7 +87,7 @@ class Transformer(Seq2SeqModel):
         self.decoder_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="decoder_norm") \
             if self.norm_first else None
         self.output_projection = None if tied else keras.layers.Dense(
-            self.target_vocab_size, name="output_projection")
+            self.target_vocab_size, dtype="float32", name="output_projection")
 
     @classmethod
     def from_preset(cls, preset: str, source_vocab_size: int, **overrides) -> Transformer:
@@ -117,8 +117,10 @@ class Transformer(Seq2SeqModel):
     def _project(self, x):
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
+        # The vocabulary projection and softmax stay in float32 under mixed precision: float16 logits
+        # over a large vocabulary lose the small differences that decide the argmax and the loss.
         if self.output_projection is None:
-            return self.target_embedding.logits(x)
+            return self.target_embedding.logits(ops.cast(x, "float32"))
         return self.output_projection(x)
 
     # ------------------------------------------------------------------------------- teacher forcing
