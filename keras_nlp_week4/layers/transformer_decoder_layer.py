@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import keras
 
-from keras_nlp_week4.layers.multi_head_attention import MultiHeadAttention
-from keras_nlp_week4.layers.transformer_encoder_layer import (
-    check_transformer_dims,
-    sublayer_input,
-    sublayer_output,
-)
+from keras_nlp_week4.layers.transformer_layer_base import TransformerLayerBase
 
 
 @keras.saving.register_keras_serializable(package="keras_nlp_week4")
-class TransformerDecoderLayer(keras.layers.Layer):
+class TransformerDecoderLayer(TransformerLayerBase):
     """Transformer decoder layer, Vaswani et al. 2017, sections 3.1, 3.2.3 and 3.3.
 
     ```
@@ -83,55 +78,7 @@ class TransformerDecoderLayer(keras.layers.Layer):
     ```
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float = 0.1,
-        activation="relu",
-        norm_first: bool = False,
-        layer_norm_epsilon: float = 1e-6,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.d_model = int(d_model)
-        self.num_heads = int(num_heads)
-        self.d_ff = int(d_ff)
-        self.dropout = float(dropout)
-        self.activation = keras.activations.get(activation)
-        self.norm_first = bool(norm_first)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.head_dim = check_transformer_dims(self.d_model, self.num_heads)
-        policy = self.dtype_policy
-
-        def layer_norm(name):
-            return keras.layers.LayerNormalization(
-                epsilon=self.layer_norm_epsilon, dtype=policy, name=name
-            )
-
-        self.self_attention = MultiHeadAttention(
-            self.num_heads, self.head_dim, dropout=self.dropout, dtype=policy,
-            name="self_attention",
-        )
-        self.self_attention_layer_norm = layer_norm("self_attention_layer_norm")
-        self.self_attention_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
-        self.cross_attention = MultiHeadAttention(
-            self.num_heads, self.head_dim, dropout=self.dropout, dtype=policy,
-            name="cross_attention",
-        )
-        self.cross_attention_layer_norm = layer_norm("cross_attention_layer_norm")
-        self.cross_attention_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
-        self.feed_forward_inner = keras.layers.Dense(
-            self.d_ff, activation=self.activation, dtype=policy, name="feed_forward_inner"
-        )
-        self.feed_forward_outer = keras.layers.Dense(
-            self.d_model, dtype=policy, name="feed_forward_outer"
-        )
-        self.feed_forward_layer_norm = layer_norm("feed_forward_layer_norm")
-        self.feed_forward_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
-        # The output rows are the input rows: the padding mask of `x` passes through.
-        self.supports_masking = True
+    ATTENTION_SUBLAYERS = ("self_attention", "cross_attention")
 
     def build(self, x_shape, encoder_outputs_shape=None):
         # The encoder outputs are d_model wide, so the cross-attention can be built even
@@ -141,9 +88,7 @@ class TransformerDecoderLayer(keras.layers.Layer):
         self.self_attention_layer_norm.build(x_shape)
         self.cross_attention.build(x_shape, encoder_outputs_shape)
         self.cross_attention_layer_norm.build(x_shape)
-        self.feed_forward_inner.build(x_shape)
-        self.feed_forward_outer.build(tuple(x_shape[:-1]) + (self.d_ff,))
-        self.feed_forward_layer_norm.build(x_shape)
+        self.build_feed_forward(x_shape)
         self.built = True
 
     def compute_cross_attention_cache(self, encoder_outputs):
@@ -183,55 +128,33 @@ class TransformerDecoderLayer(keras.layers.Layer):
             encoder_padding_mask = getattr(encoder_outputs, "_keras_mask", None)
 
         # Masked (causal) self-attention, section 3.2.3.
-        residual = x
-        h = sublayer_input(x, self.self_attention_layer_norm, self.norm_first)
         if use_cache:
-            h, self_attention_cache = self.self_attention(
-                h,
-                h,
-                key_padding_mask=decoder_padding_mask,
-                cache=self_attention_cache,
-                cache_update_index=self_attention_cache_update_index,
-                training=training,
-            )  # h (batch, tgt_len, d_model); cache (batch, 2, heads, max_len, head_dim)
+            x, self_attention_cache = self.residual(
+                "self_attention", x,
+                lambda h: self.self_attention(
+                    h, h, key_padding_mask=decoder_padding_mask, cache=self_attention_cache,
+                    cache_update_index=self_attention_cache_update_index, training=training),
+                training,
+            )  # x (batch, tgt_len, d_model); cache (batch, 2, heads, max_len, head_dim)
         else:
-            h = self.self_attention(
-                h,
-                h,
-                key_padding_mask=decoder_padding_mask,
-                use_causal_mask=True,
-                training=training,
+            x = self.residual(
+                "self_attention", x,
+                lambda h: self.self_attention(h, h, key_padding_mask=decoder_padding_mask,
+                                              use_causal_mask=True, training=training),
+                training,
             )
-        x = sublayer_output(
-            residual, h, self.self_attention_layer_norm, self.self_attention_dropout,
-            self.norm_first, training,
-        )
 
         # Cross-attention over the encoder outputs: queries from the decoder.
-        residual = x
-        h = sublayer_input(x, self.cross_attention_layer_norm, self.norm_first)
-        cross_outputs = self.cross_attention(
-            h,
-            encoder_outputs,
-            key_padding_mask=encoder_padding_mask,
-            cache=cross_attention_cache,
-            return_attention_scores=True,
-            training=training,
-        )
-        h, cross_weights = cross_outputs[0], cross_outputs[1]  # weights (b, heads, tgt, src)
-        x = sublayer_output(
-            residual, h, self.cross_attention_layer_norm, self.cross_attention_dropout,
-            self.norm_first, training,
-        )
+        x, cross_weights = self.residual(
+            "cross_attention", x,
+            lambda h: tuple(self.cross_attention(
+                h, encoder_outputs, key_padding_mask=encoder_padding_mask,
+                cache=cross_attention_cache, return_attention_scores=True, training=training)[:2]),
+            training,
+        )  # cross_weights (batch, heads, tgt_len, src_len)
 
         # Position-wise feed-forward network, eq. (2).
-        residual = x
-        h = sublayer_input(x, self.feed_forward_layer_norm, self.norm_first)
-        h = self.feed_forward_outer(self.feed_forward_inner(h))  # (batch, tgt_len, d_model)
-        x = sublayer_output(
-            residual, h, self.feed_forward_layer_norm, self.feed_forward_dropout,
-            self.norm_first, training,
-        )
+        x = self.feed_forward(x, training)
 
         outputs = (x,)
         if use_cache:
@@ -239,18 +162,3 @@ class TransformerDecoderLayer(keras.layers.Layer):
         if return_attention_scores:
             outputs += (cross_weights,)
         return outputs[0] if len(outputs) == 1 else outputs
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            {
-                "d_model": self.d_model,
-                "num_heads": self.num_heads,
-                "d_ff": self.d_ff,
-                "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
-                "norm_first": self.norm_first,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config
