@@ -9,15 +9,30 @@ MODEL ?= transformer
 EPOCHS ?=
 OUT ?=
 DATA ?=
+# Translation data as two line-aligned files, and REVERSE=1 to swap source and target.
+SRC ?=
+TGT ?=
+REVERSE ?=
+# `make compare`: comma-separated model names (default: one per family).
+MODELS ?=
 PRESET ?=
 SEED ?=
 RUN ?=
+# `make export QUANTIZE=1`: also dynamic-int8 ONNX graphs, with their test-split quality in the report.
+QUANTIZE ?=
+# Serving: the newest export (artifacts/*/export/manifest.json) unless EXPORT=DIR is given.
+EXPORT ?= $(patsubst %/manifest.json,%,$(firstword $(shell ls -t artifacts/*/export/manifest.json 2>/dev/null)))
+TEXT ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
+DATA_ARGS := $(if $(DATA),--data $(DATA)) $(if $(SRC),--src $(SRC)) $(if $(TGT),--tgt $(TGT)) \
+	$(if $(filter 1 yes true,$(REVERSE)),--reverse)
 TRAIN_ARGS := --task $(TASK) --model $(MODEL) \
-	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out $(OUT)) $(if $(DATA),--data $(DATA)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out $(OUT)) $(DATA_ARGS) \
 	$(if $(PRESET),--preset $(PRESET)) $(if $(SEED),--seed $(SEED))
 
-.PHONY: install train evaluate test lint clean
+.PHONY: install train evaluate compare plot test lint clean infer serve export
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +48,20 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) -m keras_nlp_week4 evaluate $(RUN)
 
+# Trains and evaluates every model family on the same splits: artifacts/compare-$(TASK)/comparison.md
+compare: $(STAMP)
+	$(PY) -m keras_nlp_week4 compare --task $(TASK) $(DATA_ARGS) $(if $(MODELS),--models $(MODELS)) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out $(OUT)) $(if $(SEED),--seed $(SEED))
+
+# Attention heatmap for TEXT and training curves of RUN, into RUN/plots/.
+plot: $(STAMP)
+	$(PY) -m keras_nlp_week4 plot $(RUN) $${TEXT:+--text "$$TEXT"}
+
+# SavedModel + ONNX graphs of RUN (default: the last trained run) into RUN/export/, installed only after
+# parity validation (Keras vs SavedModel vs onnxruntime; the same checks as `python -m export.validate RUN`).
+export: $(STAMP)
+	$(PY) -m export $(RUN) $(if $(filter 1 yes true,$(QUANTIZE)),--quantize)
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
@@ -41,3 +70,12 @@ lint: $(STAMP)
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
+
+# `make infer TEXT="september 27, 1994"` (no TEXT: one text per line on stdin), onnxruntime only.
+infer: $(STAMP)
+	@test -n "$(EXPORT)" || { echo "error: no export under artifacts/*/export/; export a run first (python -m export RUN_DIR) or pass EXPORT=DIR" >&2; exit 2; }
+	@$(PY) -m serving $(EXPORT) $${TEXT:+"$$TEXT"}
+
+serve: $(STAMP)
+	@test -n "$(EXPORT)" || { echo "error: no export under artifacts/*/export/; export a run first (python -m export RUN_DIR) or pass EXPORT=DIR" >&2; exit 2; }
+	$(PY) -m serving.server $(EXPORT) --host $(HOST) --port $(PORT)

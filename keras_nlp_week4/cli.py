@@ -1,4 +1,4 @@
-"""Command line: `python -m keras_nlp_week4 {train,evaluate,generate} ...`."""
+"""Command line: `python -m keras_nlp_week4 {train,evaluate,generate,plot,compare} ...`."""
 
 from __future__ import annotations
 
@@ -11,13 +11,48 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
-def _train(args: argparse.Namespace) -> None:
-    from keras_nlp_week4.training.trainer import TrainConfig, train
+def _train_config(args: argparse.Namespace):
+    from keras_nlp_week4.training.trainer import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    run_dir = train(config)
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+
+
+def _train(args: argparse.Namespace) -> None:
+    from keras_nlp_week4.training.trainer import train
+
+    run_dir = train(_train_config(args))
     print(f"Run written to {run_dir}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from keras_nlp_week4.compare import compare
+
+    models = [m.strip() for m in args.models.replace(",", " ").split() if m.strip()]
+    compare(_train_config(args), models, out_dir=args.out, transformer_preset=args.transformer_preset,
+            rnn_preset=args.rnn_preset)
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from keras_nlp_week4.errors import UserError
+    from keras_nlp_week4.plots import plot_attention, plot_training_curves
+    from keras_nlp_week4.runs import latest_run, load_run
+
+    run_dir = Path(args.run) if args.run else latest_run()
+    out = Path(args.out) if args.out else run_dir / "plots"
+    print(f"Training curves: {plot_training_curves(run_dir, out / 'training_curves.png')}")
+    run = load_run(run_dir, compile=False)
+    text = args.text
+    if text is None:
+        text = run.pairs("test")[0][0]
+        print(f"No --text given; using the first test source: {text!r}")
+    if not run.model.has_attention:
+        print(f"note: model {run.config.get('model')!r} has no attention; only the training curves "
+              "were drawn")
+        return
+    if not text.strip():
+        raise UserError("give a non-empty input text (TEXT=...)")
+    print(f"Attention: {plot_attention(run, text, out / 'attention.png')}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -25,6 +60,23 @@ def _evaluate(args: argparse.Namespace) -> None:
     from keras_nlp_week4.runs import latest_run
 
     evaluate_run(Path(args.run) if args.run else latest_run(), beam_size=args.beam_size)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="data file for tasks that read one (chatbot: CSV Q,A[,label]; "
+                                       "translate: source<TAB>target lines)")
+    parser.add_argument("--src", help="line-aligned source file (with --tgt, instead of --data)")
+    parser.add_argument("--tgt", help="line-aligned target file")
+    parser.add_argument("--validation-data", dest="validation_data",
+                        help="validation file in the format of --data (default: cut from the data)")
+    parser.add_argument("--test-data", dest="test_data", help="test file in the format of --data")
+    parser.add_argument("--validation-src", dest="validation_src")
+    parser.add_argument("--validation-tgt", dest="validation_tgt")
+    parser.add_argument("--test-src", dest="test_src")
+    parser.add_argument("--test-tgt", dest="test_tgt")
+    parser.add_argument("--reverse", action="store_true", default=None,
+                        help="swap source and target (e.g. Korean -> English from kor.txt)")
+    parser.add_argument("--encoding", help="text encoding of the data files (default utf-8)")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -53,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default="transformer", help=f"one of: {', '.join(MODEL_NAMES)}")
     train.add_argument("--preset", help="model size (tiny, small, medium, base, ...)")
     train.add_argument("--out", help="run directory (default: artifacts/<task>-<model>)")
-    train.add_argument("--data", help="data file for tasks that read one")
+    _add_data_options(train)
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", dest="batch_size", type=int)
     train.add_argument("--learning-rate", dest="learning_rate", type=float, help="peak learning rate")
@@ -73,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run, write metrics.json")
     evaluate.add_argument("run", nargs="?", help="run directory (default: the last trained)")
-    evaluate.add_argument("--beam-size", dest="beam_size", type=int, default=0)
+    evaluate.add_argument("--beam-size", dest="beam_size", type=int,
+                          help="beam width for BLEU/chrF with beam search (0: greedy only; default: "
+                               "the task's)")
     evaluate.set_defaults(func=_evaluate)
 
     gen = sub.add_parser("generate", help="generate outputs with the Keras model")
@@ -82,6 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy")
     gen.add_argument("--beam-size", dest="beam_size", type=int, default=4)
     gen.set_defaults(func=_generate)
+
+    plot = sub.add_parser("plot", help="draw attention heatmaps and training curves (PNG)")
+    plot.add_argument("run", nargs="?", help="run directory (default: the last trained)")
+    plot.add_argument("--text", help="input whose attention is drawn (default: the first test source)")
+    plot.add_argument("--out", help="folder for the PNGs (default: RUN/plots)")
+    plot.set_defaults(func=_plot)
+
+    from keras_nlp_week4.compare import DEFAULT_MODELS
+
+    comp = sub.add_parser("compare", help="train and evaluate several models on the same splits; "
+                                          "write a Markdown/JSON table")
+    comp.add_argument("--task", default="translate", help=f"one of: {', '.join(TASKS)}")
+    comp.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                      help="comma-separated model names (default: %(default)s)")
+    comp.add_argument("--out", help="output folder (default: artifacts/compare-<task>)")
+    comp.add_argument("--transformer-preset", dest="transformer_preset")
+    comp.add_argument("--rnn-preset", dest="rnn_preset")
+    _add_data_options(comp)
+    for flag, kind in (("--epochs", int), ("--batch-size", int), ("--vocab-size", int),
+                       ("--max-train-examples", int), ("--seed", int), ("--patience", int),
+                       ("--verbose", int)):
+        comp.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind)
+    comp.set_defaults(func=_compare)
     return parser
 
 

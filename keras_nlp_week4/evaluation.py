@@ -1,4 +1,13 @@
-"""Evaluation of a trained run on its held-out splits; writes `metrics.json`."""
+"""Evaluation of a trained run on its held-out splits; writes `metrics.json` and `samples.json`.
+
+Figures on the test split:
+- perplexity and token accuracy of the teacher-forced model (no label smoothing);
+- corpus BLEU (Papineni et al., 2002) and chrF (Popovic, 2015) with sacrebleu, for greedy decoding and,
+  when a beam size is given, for beam search. A source that occurs several times in the test split
+  (kor.txt lists some English sentences with several translations) is decoded once and scored against
+  all its references;
+- exact match for tasks whose outputs have one right spelling (dates).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,7 @@ import numpy as np
 
 from keras_nlp_week4.data.pipeline import encode_sources, make_dataset
 from keras_nlp_week4.decoding import generate
+from keras_nlp_week4.errors import UserError
 from keras_nlp_week4.runs import Run, load_run
 from keras_nlp_week4.training.losses import MaskedSparseCrossEntropy
 
@@ -48,10 +58,108 @@ def _token_figures(run: Run, pairs, batch_size: int) -> dict:
             "token_accuracy": correct / max(count, 1.0)}
 
 
+# Sampling settings of the sample outputs: a slightly cooled softmax cut to its nucleus (Holtzman et al., 2020).
+SAMPLING = {"temperature": 0.8, "top_p": 0.9, "seed": 0}
+NUM_TEST_SAMPLES = 5
+
+
+def _grouped_references(pairs) -> tuple[list[str], list[list[str]]]:
+    """Unique sources in order of first appearance, and every reference of each."""
+    references: dict[str, list[str]] = {}
+    for source, target in pairs:
+        references.setdefault(source, []).append(target)
+    return list(references), list(references.values())
+
+
+def corpus_scores(hypotheses: list[str], references: list[list[str]]) -> dict:
+    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenization, chrF2) against one or more references.
+
+    Args:
+        hypotheses: one output per source.
+        references: the references of each source (any number, at least one).
+
+    Returns:
+        ``{"bleu", "chrf", "bleu_signature", "chrf_signature"}``; scores are 0..100.
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ValueError("need one non-empty reference list per hypothesis")
+    width = max(len(refs) for refs in references)
+    # sacrebleu takes one stream per reference position; None marks a missing reference.
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
+    bleu, chrf = BLEU(), CHRF()
+    return {"bleu": bleu.corpus_score(hypotheses, streams).score,
+            "chrf": chrf.corpus_score(hypotheses, streams).score,
+            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+
+
+def _task_setting(config: dict, name: str, default):
+    from keras_nlp_week4.tasks import TASKS
+
+    task = TASKS.get(config.get("task"))
+    return getattr(task, name) if task is not None else default
+
+
+def write_samples(run: Run, inputs: list[str] | None = None, verbose: bool = True) -> dict:
+    """Decodes sample inputs greedily and by sampling; writes `samples.json` and prints them.
+
+    Args:
+        run: a loaded run.
+        inputs: texts to answer; default: the task's fixed sample inputs, or else the first few test
+            sources (then the references are saved too).
+        verbose: print the samples.
+
+    Returns:
+        The saved dict: ``{"sampling": {...}, "samples": [{"input", "greedy", "sampled"[, "references"]}]}``.
+    """
+    references = None
+    if inputs is None:
+        inputs = list(_task_setting(run.config, "sample_inputs", ()))
+    if not inputs:
+        sources, refs = _grouped_references(run.pairs("test"))
+        inputs, references = sources[:NUM_TEST_SAMPLES], refs[:NUM_TEST_SAMPLES]
+    greedy = decode_texts(run, inputs, "greedy")
+    sampled = decode_texts(run, inputs, "sample", **SAMPLING)
+    samples = []
+    for i, text in enumerate(inputs):
+        entry = {"input": text, "greedy": greedy[i], "sampled": sampled[i]}
+        if references is not None:
+            entry["references"] = references[i]
+        samples.append(entry)
+    result = {"sampling": SAMPLING, "samples": samples}
+    (Path(run.path) / "samples.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    if verbose:
+        print(f"Sample outputs (greedy | sampled at temperature {SAMPLING['temperature']}, "
+              f"top-p {SAMPLING['top_p']}):")
+        for entry in samples:
+            print(f"  {entry['input']}\n    greedy:  {entry['greedy']}\n    sampled: {entry['sampled']}")
+            if "references" in entry:
+                print(f"    reference: {' | '.join(entry['references'])}")
+    return result
+
+
 def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_size: int = 256,
-                 beam_size: int = 0, verbose: bool = True) -> dict:
-    """Evaluates the best model of a run and writes `metrics.json` (keeping earlier training figures)."""
+                 beam_size: int | None = None, verbose: bool = True, samples: bool = True) -> dict:
+    """Evaluates the best model of a run and writes `metrics.json` (keeping earlier training figures).
+
+    Args:
+        run_dir: the run directory.
+        training_seconds: wall time of training, to record.
+        batch_size: sequences per batch.
+        beam_size: beam width for the beam-search figures; 0 skips them, None takes the task's
+            default (`TaskSpec.evaluation_beam_size`).
+        verbose: print the figures and the samples.
+        samples: also write `samples.json` (see `write_samples`).
+
+    Returns:
+        The metrics dict.
+    """
     run = load_run(run_dir)
+    if beam_size is None:
+        beam_size = _task_setting(run.config, "evaluation_beam_size", 0)
+    if beam_size < 0:
+        raise UserError(f"beam size must be >= 0, got {beam_size}")
     metrics_path = Path(run_dir) / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     if training_seconds is not None:
@@ -70,18 +178,32 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
     test_figures = _token_figures(run, test, batch_size)
     metrics.update({f"test_{k}": v for k, v in test_figures.items()})
 
+    sources, references = _grouped_references(test)
+    outputs = {}
     started = time.perf_counter()
-    predictions = decode_texts(run, [s for s, _ in test], "greedy", batch_size)
+    outputs["greedy"] = decode_texts(run, sources, "greedy", batch_size)
     metrics["test_greedy_seconds"] = round(time.perf_counter() - started, 2)
-    references = [t for _, t in test]
-    if run.config.get("exact_match"):
-        metrics["exact_match"] = float(np.mean([p == r for p, r in zip(predictions, references, strict=True)]))
-        if beam_size:
-            beam = decode_texts(run, [s for s, _ in test], "beam", 64, beam_size=beam_size)
-            metrics["exact_match_beam"] = float(np.mean([p == r for p, r in zip(beam, references, strict=True)]))
+    if beam_size:
+        started = time.perf_counter()
+        outputs["beam"] = decode_texts(run, sources, "beam", 64, beam_size=beam_size)
+        metrics["test_beam_seconds"] = round(time.perf_counter() - started, 2)
+        metrics["beam_size"] = beam_size
+    for method, predictions in outputs.items():
+        scores = corpus_scores(predictions, references)
+        metrics[f"test_bleu_{method}"] = scores["bleu"]
+        metrics[f"test_chrf_{method}"] = scores["chrf"]
+        metrics["bleu_signature"], metrics["chrf_signature"] = scores["bleu_signature"], scores["chrf_signature"]
+        if run.config.get("exact_match"):
+            # Per test pair, as a source may have several references.
+            by_source = dict(zip(sources, predictions, strict=True))
+            key = "exact_match" if method == "greedy" else "exact_match_beam"
+            metrics[key] = float(np.mean([by_source[s] == t for s, t in test]))
     metrics["num_parameters"] = run.config.get("num_parameters")
     metrics["test_examples"] = len(test)
+    metrics["test_sources"] = len(sources)
     metrics_path.write_text(json.dumps(metrics, indent=2))
     if verbose:
         print(json.dumps({"run": str(run_dir), **metrics}, indent=2))
+    if samples:
+        write_samples(run, verbose=verbose)
     return metrics

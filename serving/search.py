@@ -12,7 +12,7 @@ is `(batch, layers, heads, src_len)` and is collected per step if asked for.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,17 +74,24 @@ def greedy_search(step: StepFn, state: dict, batch_size: int, max_length: int, b
 
 def sample_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
                   pad_id: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  seed: int | None = None, return_attention: bool = False) -> SearchResult:
+                  seed: int | Sequence | None = None, return_attention: bool = False) -> SearchResult:
     """Samples each token from the softmax at `temperature`, restricted to the `top_k` most likely tokens
     (0: no limit) and to the smallest set whose probability reaches `top_p` (nucleus sampling, Holtzman
-    et al., 2020). The same `seed` gives the same output."""
+    et al., 2020). The same `seed` gives the same output.
+
+    `seed` may also be a sequence of `batch_size` seeds (anything `np.random.default_rng` takes, e.g.
+    `(request_seed, position)`): each row then draws from its own generator, so its sample does not
+    depend on which other rows share the batch (what a server that batches requests needs)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
-    rng = np.random.default_rng(seed)
+    per_row = seed is not None and not isinstance(seed, int | np.integer)
+    if per_row and len(seed) != batch_size:
+        raise ValueError(f"got {len(seed)} seeds for a batch of {batch_size}")
+    rngs = [np.random.default_rng(s) for s in seed] if per_row else [np.random.default_rng(seed)] * batch_size
 
     def choose(logits: np.ndarray) -> np.ndarray:
         log_probs = log_softmax(logits / temperature)  # (batch, vocab)
@@ -99,7 +106,7 @@ def sample_search(step: StepFn, state: dict, batch_size: int, max_length: int, b
             keep &= mass_before < top_p
         probs = np.where(keep, sorted_probs, 0.0)
         probs /= probs.sum(axis=-1, keepdims=True)
-        picks = np.array([rng.choice(probs.shape[1], p=row) for row in probs])
+        picks = np.array([rng.choice(probs.shape[1], p=row) for rng, row in zip(rngs, probs, strict=True)])
         return np.take_along_axis(order, picks[:, None], axis=-1)[:, 0]
 
     return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id, choose, return_attention)

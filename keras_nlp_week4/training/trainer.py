@@ -6,8 +6,10 @@ A run directory (default `artifacts/<task>-<model>/`) holds:
     config.json          everything needed to rebuild, evaluate and export the run
     validation.tsv, test.tsv   the held-out splits (source \t target)
     training_log.csv     one row per epoch (Keras CSVLogger)
+    plots/training_curves.png  loss and accuracy per epoch, train vs validation (from training_log.csv)
     logs/                TensorBoard event files
-    metrics.json         val_loss, test figures, training time
+    metrics.json         val_loss, test figures (perplexity, BLEU/chrF, exact match), training time
+    samples.json         outputs for the task's sample inputs (greedy and sampled)
     backup/              only while training: the state a killed run resumes from
 """
 
@@ -23,12 +25,14 @@ import keras
 import numpy as np
 
 from keras_nlp_week4.data.pipeline import make_dataset
+from keras_nlp_week4.data.readers import DataSources
 from keras_nlp_week4.data.tokenizer import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
     UNK_ID,
     Tokenizer,
+    check_tokenizer_parity,
     train_sentencepiece,
 )
 from keras_nlp_week4.errors import UserError
@@ -50,6 +54,17 @@ class TrainConfig:
     preset: str | None = None
     out: str | None = None
     data: str | None = None
+    # Line-aligned source/target files instead of `data`, and held-out files (see DataSources).
+    src: str | None = None
+    tgt: str | None = None
+    validation_data: str | None = None
+    test_data: str | None = None
+    validation_src: str | None = None
+    validation_tgt: str | None = None
+    test_src: str | None = None
+    test_tgt: str | None = None
+    reverse: bool = False  # swap source and target
+    encoding: str = "utf-8"
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None  # peak learning rate
@@ -68,6 +83,11 @@ class TrainConfig:
 
 def default_run_dir(task: str, model: str) -> Path:
     return Path("artifacts") / f"{task}-{model}"
+
+
+def data_sources(config: TrainConfig) -> DataSources:
+    """The data options of a training config."""
+    return DataSources(**{name: getattr(config, name) for name in DataSources.__dataclass_fields__})
 
 
 def _resolve(config: TrainConfig) -> dict:
@@ -127,7 +147,7 @@ def train(config: TrainConfig) -> Path:
     resuming = backup_dir.exists() and any(backup_dir.iterdir())
     keras.utils.set_random_seed(config.seed)
 
-    splits = task.load_splits(Path(config.data) if config.data else None, config.seed)
+    splits = task.load_splits(data_sources(config), config.seed)
     train_pairs = list(splits.train)
     if config.max_train_examples:
         train_pairs = train_pairs[: config.max_train_examples]
@@ -145,6 +165,13 @@ def train(config: TrainConfig) -> Path:
         train_sentencepiece(texts, tokenizer_path, vocab_size=settings["vocab_size"],
                             model_type=task.tokenizer_type)
     tokenizer = Tokenizer(tokenizer_path)
+    if task.tokenizer_type != "char":
+        # Training tokenizes in tf.data (tensorflow-text), evaluation in Python (sentencepiece): they must agree.
+        sample = [s for pair in train_pairs[:1000] for s in pair]
+        mismatches = check_tokenizer_parity(tokenizer, sample)
+        if mismatches:
+            log.warning("warning: tensorflow-text and sentencepiece tokenize %d of %d training texts "
+                        "differently (e.g. %r)", len(mismatches), len(sample), sample[mismatches[0]])
 
     lengths = dict(max_source_length=settings["max_source_length"],
                    max_target_length=settings["max_target_length"])
@@ -177,6 +204,7 @@ def train(config: TrainConfig) -> Path:
         "max_source_length": settings["max_source_length"],
         "max_target_length": settings["max_target_length"],
         "exact_match": task.exact_match,
+        "splits": {"train": len(train_pairs), "validation": len(splits.validation), "test": len(splits.test)},
         "train": settings,
         "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "numpy": np.__version__},
     }
@@ -198,7 +226,10 @@ def train(config: TrainConfig) -> Path:
               shuffle=False, verbose=config.verbose)  # the dataset shuffles itself, seeded
     training_seconds = time.perf_counter() - started
 
-    evaluate_run(run_dir, training_seconds=training_seconds)
+    evaluate_run(run_dir, training_seconds=training_seconds, beam_size=task.evaluation_beam_size)
+    from keras_nlp_week4.plots import plot_training_curves
+
+    plot_training_curves(run_dir)
     return run_dir
 
 

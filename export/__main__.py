@@ -1,0 +1,60 @@
+"""`python -m export [RUN] [--quantize]`: SavedModel + ONNX export of a trained run, validated.
+
+RUN defaults to the most recently trained run under artifacts/. The export lands in RUN/export/ only if
+parity validation passes (see `export.validate`); exit status 1 when it does not, 2 for a missing or
+damaged run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, nargs="?", default=None,
+                        help="trained run directory (default: the latest under artifacts/)")
+    parser.add_argument("--quantize", action="store_true",
+                        help="also write dynamic int8 graphs (onnx/int8/) and report their quality")
+    parser.add_argument("--no-validate", action="store_true",
+                        help="skip parity validation (run `python -m export.validate RUN` later)")
+    parser.add_argument("--max-test-examples", type=int, default=None,
+                        help="greedy reference on the first N test sequences only (default: all)")
+    parser.add_argument("--providers", nargs="+", default=None,
+                        help="onnxruntime providers to validate (default: CPU, and CUDA when offered)")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from keras_nlp_week4.cli import import_tensorflow_quietly
+    from keras_nlp_week4.errors import UserError
+    from serving.errors import ServingError
+
+    args = build_parser().parse_args(argv)
+    import_tensorflow_quietly()
+    from export.exporter import ExportFailed, export_run
+    from keras_nlp_week4.runs import latest_run
+
+    try:
+        run_dir = args.run if args.run is not None else latest_run()
+        export_run(run_dir, quantize=args.quantize, validate=not args.no_validate,
+                   max_test_examples=args.max_test_examples, providers=args.providers,
+                   threads=args.threads)
+    except ExportFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (UserError, ServingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

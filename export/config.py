@@ -1,0 +1,170 @@
+"""A data-driven description of every exported graph, built from `model.state_specs()` (TF-free).
+
+Like optimum's `OnnxConfig`, one table says, for each graph, its inputs and outputs with names, dtypes and
+shapes, where a shape entry is an int or a symbolic axis ("batch", "source_length", "max_length"). The
+ONNX exporter names graph inputs/outputs and dynamic axes from it, the SavedModel signatures use the same
+names, the validator builds feeds from it and the serving runtime reads it from `config.json`.
+
+Only numpy and the standard library are imported: the validator's reference-only path and the serving
+runtime use this module on machines without TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "GRAPH_FILES",
+    "OPSET",
+    "SYMBOLIC_AXES",
+    "build_export_config",
+    "concrete_shape",
+    "describe_graphs",
+    "numpy_dtype",
+    "saved_model_signatures",
+    "tensor",
+]
+
+# The version `serving.manifest.read_export_config` accepts; bump both together.
+FORMAT_VERSION = 1
+OPSET = 18
+SYMBOLIC_AXES = ("batch", "source_length", "max_length")
+GRAPH_FILES = {"encoder": "onnx/encoder.onnx", "decoder_step": "onnx/decoder_step.onnx",
+               "generate": "onnx/generate.onnx"}
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "bool": np.bool_,
+                 "int32": np.int32, "int64": np.int64, "string": np.object_}
+
+
+def numpy_dtype(name: str) -> type:
+    """The numpy type of a dtype name used in the config ("float32", "bool", "int32", ...)."""
+    if name not in _NUMPY_DTYPES:
+        raise ValueError(f"unsupported dtype {name!r} in an export description")
+    return _NUMPY_DTYPES[name]
+
+
+def tensor(name: str, dtype: str, shape: Sequence) -> dict:
+    """One input/output entry: {"name", "dtype", "shape"}, shape entries ints or symbolic axis names."""
+    for dim in shape:
+        if isinstance(dim, str) and dim not in SYMBOLIC_AXES:
+            raise ValueError(f"{name}: unknown symbolic axis {dim!r} (use one of {SYMBOLIC_AXES})")
+    return {"name": name, "dtype": dtype, "shape": [d if isinstance(d, str) else int(d) for d in shape]}
+
+
+def concrete_shape(shape: Sequence, sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """Replaces symbolic axes with the sizes of one call, e.g. {"batch": 4, "max_length": 12}."""
+    return tuple(int(sizes[d]) if isinstance(d, str) else int(d) for d in shape)
+
+
+def describe_graphs(state: Sequence[Mapping], vocab_size: int,
+                    attention: tuple[int, int] | None) -> dict[str, dict]:
+    """Inputs and outputs of the encoder, decoder-step and greedy-generation graphs.
+
+    Args:
+        state: the decoding-state entries, as `StateSpec.to_json()` dicts.
+        vocab_size: width of the logits.
+        attention: `(layers, heads)` of the cross-attention the decoder step returns, or None for a
+            model without attention.
+
+    Returns:
+        {"encoder": G, "decoder_step": G, "generate": G}, G = {"file", "inputs", "outputs"} in the order
+        of the export contract.
+    """
+    state = list(state)
+    names = [entry["name"] for entry in state]
+    reserved = {"token_ids", "index", "logits", "attention", "encoder_input", "max_length", "tokens"}
+    clashes = [n for n in names if n in reserved or n.endswith("_out")]
+    if clashes or len(set(names)) != len(names):
+        raise ValueError(f"state entry names must be unique and not reserved graph names, got {names}")
+    encoder_input = tensor("encoder_input", "int32", ("batch", "source_length"))
+    step_outputs = [tensor("logits", "float32", ("batch", vocab_size))]
+    if attention is not None:
+        step_outputs.append(tensor("attention", "float32", ("batch", *attention, "source_length")))
+    step_outputs += [tensor(f"{e['name']}_out", e["dtype"], e["shape"]) for e in state if e["updated"]]
+    return {
+        "encoder": {
+            "file": GRAPH_FILES["encoder"],
+            "inputs": [encoder_input],
+            "outputs": [tensor(e["name"], e["dtype"], e["shape"]) for e in state
+                        if e["source"] == "encode"],
+        },
+        "decoder_step": {
+            "file": GRAPH_FILES["decoder_step"],
+            "inputs": [tensor("token_ids", "int32", ("batch",)), tensor("index", "int32", ()),
+                       *(tensor(e["name"], e["dtype"], e["shape"]) for e in state)],
+            "outputs": step_outputs,
+        },
+        "generate": {
+            "file": GRAPH_FILES["generate"],
+            "inputs": [encoder_input, tensor("max_length", "int32", ())],
+            "outputs": [tensor("tokens", "int32", ("batch", "max_length"))],
+        },
+    }
+
+
+def saved_model_signatures(graphs: Mapping[str, dict]) -> dict[str, dict]:
+    """The SavedModel's signatures: the three id-level graphs under the same names, plus text in/out."""
+    text = tensor("text", "string", ("batch",))
+    return {
+        "generate_text": {"serving_default": True, "inputs": [text], "outputs": [text],
+                          "note": "greedy, up to max_target_length tokens; tokenizer inside "
+                                  "(load with `import tensorflow_text` first)"},
+        "encode": {"inputs": graphs["encoder"]["inputs"], "outputs": graphs["encoder"]["outputs"]},
+        "decode_step": {"inputs": graphs["decoder_step"]["inputs"],
+                        "outputs": graphs["decoder_step"]["outputs"]},
+        "generate": {"inputs": graphs["generate"]["inputs"], "outputs": graphs["generate"]["outputs"]},
+    }
+
+
+def build_export_config(run_config: Mapping, state: Sequence[Mapping], graphs: Mapping[str, dict],
+                        opset: int = OPSET) -> dict:
+    """The export's `config.json`: everything a runtime needs without TensorFlow."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "task": run_config.get("task"),
+        "model": run_config.get("model"),
+        "family": run_config.get("family"),
+        "special_ids": {k: int(v) for k, v in run_config["special_ids"].items()},
+        "max_source_length": int(run_config["max_source_length"]),
+        "max_target_length": int(run_config["max_target_length"]),
+        "vocab_size": int(run_config["vocab_size"]),
+        "exact_match": bool(run_config.get("exact_match", False)),
+        "opset": int(opset),
+        "tokenizer": "tokenizer.model",
+        "source_encoding": "sentencepiece ids of the text, cut to max_source_length - 1, then EOS; "
+                           "rows padded with pad to the longest in the batch",
+        "state": [dict(entry) for entry in state],
+        "cache_layout": _cache_layout(state),
+        "graphs": dict(graphs),
+        "saved_model": {"dir": "saved_model", "signatures": saved_model_signatures(graphs)},
+        "reference": "reference.npz",
+    }
+
+
+_STATE_MEANING = {
+    "self_attention_cache": "(batch, layers, 2 = key/value, heads, max_length, head_dim): zeros made by the "
+                            "caller for max_length positions; decoder_step at `index` fills position "
+                            "`index` and returns the whole cache as self_attention_cache_out",
+    "cross_attention_cache": "(batch, layers, 2 = key/value, heads, source_length, head_dim): the "
+                             "encoder-side keys/values, computed once by the encoder",
+    "encoder_padding_mask": "(batch, source_length): true at real source tokens, false at padding",
+    "decoder_state": "(batch, layers, states_per_layer, units): the recurrent state (LSTM: h then c; "
+                     "GRU: h), initialised by the encoder; decoder_step returns the next one as "
+                     "decoder_state_out",
+    "encoder_outputs": "(batch, source_length, units): the encoder's top-layer outputs (attention values)",
+    "attention_keys": "(batch, source_length, key_units): the attention keys, precomputed once per source",
+}
+
+
+def _cache_layout(state: Sequence[Mapping]) -> dict[str, str]:
+    """What each state entry holds; entries `source` "cache" are zeros the caller allocates."""
+    layout = {}
+    for entry in state:
+        origin = "zeros made by the caller" if entry["source"] == "cache" else "made by the encoder"
+        layout[entry["name"]] = _STATE_MEANING.get(entry["name"], origin)
+    layout["decoding"] = ("index 0: token_ids = BOS; at step t feed the previous output token with "
+                          "index = t and every state entry, then replace each updated entry by its "
+                          "`<name>_out`; stop at EOS or max_length steps")
+    return layout

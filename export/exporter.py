@@ -1,0 +1,137 @@
+"""`export_run`: a trained run -> `RUN/export/` (SavedModel, ONNX graphs, reference, config, manifest).
+
+The export is built in a staging directory next to it (`RUN/.export-staging-<pid>`), validated there, and
+only then moved into place: the old export is renamed away, the staged one renamed to `export`, the old
+one deleted. Every step is a rename within one directory, so a crash leaves either the old export, the
+new one, or no `export/` at all (with the old one still beside it as `.export-old-<pid>`, restored by the
+next run) -- never a half-written directory under the name `export`. `manifest.json` is written last
+inside the staging directory, so even a staging directory is never complete-looking before its files
+are. An export that fails validation is kept as `RUN/export.failed/` for inspection and not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from export.config import GRAPH_FILES, OPSET, build_export_config
+from export.manifest import write_manifest
+from keras_nlp_week4.errors import UserError
+
+__all__ = ["ExportFailed", "export_run"]
+
+STAGING_PREFIX = ".export-staging-"
+OLD_PREFIX = ".export-old-"
+
+
+class ExportFailed(UserError):
+    """The export was written but failed parity validation."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover(run_dir: Path) -> None:
+    """Removes what an interrupted export left behind; restores an export lost between two renames."""
+    for path in sorted(run_dir.glob(f"{STAGING_PREFIX}*")) + sorted(run_dir.glob(f"{OLD_PREFIX}*")):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            continue  # another export of this run is running right now
+        if path.name.startswith(OLD_PREFIX) and not (run_dir / "export").exists() \
+                and (path / "manifest.json").is_file():
+            path.rename(run_dir / "export")
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _install(staging: Path, final: Path) -> None:
+    old = final.with_name(f"{OLD_PREFIX}{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(final.with_name("export.failed"), ignore_errors=True)  # superseded
+
+
+def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
+               max_test_examples: int | None = None, providers: list[str] | None = None,
+               threads: int = 0, verbose: bool = True) -> Path:
+    """Exports the run at `run_dir` into `run_dir/export` and validates it.
+
+    Args:
+        run_dir: a trained run (`keras_nlp_week4.runs`).
+        quantize: also write dynamic-int8 graphs (`onnx/int8/`) and report their test-split quality.
+        validate: run `export.validate` on the staged export before installing it.
+        max_test_examples: use only the first N test sequences for the greedy reference (default all).
+        providers: onnxruntime providers for validation (default CPU, plus CUDA when offered).
+        threads: onnxruntime intra-op threads for validation (0: auto).
+
+    Returns:
+        The export directory.
+
+    Raises:
+        UserError: for a missing or damaged run; `ExportFailed` when validation finds a mismatch.
+    """
+    from export import onnx_export, reference, saved_model
+    from export.functions import GraphFunctions, describe_model
+    from keras_nlp_week4.runs import load_run
+
+    def log(message: str) -> None:
+        if verbose:
+            print(message, flush=True)
+
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    run = load_run(run_dir, compile=False)
+    _recover(run_dir)
+    staging = run_dir / f"{STAGING_PREFIX}{os.getpid()}"
+    staging.mkdir()
+    try:
+        state, graphs = describe_model(run.model)
+        functions = GraphFunctions(run.model, graphs, run.config["special_ids"])
+        shutil.copyfile(run.tokenizer.model_path, staging / "tokenizer.model")
+        for name in GRAPH_FILES:
+            log(f"converting {name} to ONNX (opset {OPSET})")
+            onnx_export.convert_graph(functions, name, staging / graphs[name]["file"])
+        log("writing the SavedModel")
+        saved_model.save(functions, run.tokenizer, run.config["max_source_length"],
+                         run.config["max_target_length"], staging / "saved_model")
+        log("computing the Keras reference outputs")
+        meta = reference.build_reference(run, graphs, state, staging / "reference.npz", max_test_examples)
+        config = build_export_config(run.config, state, graphs)
+        config["reference_cases"] = len(meta["cases"])
+        config["test_examples"] = meta["test_examples"]
+        if quantize:
+            from export.quantize import quantize_graphs
+
+            log("quantizing (dynamic int8)")
+            config["quantized"] = quantize_graphs(staging, graphs)
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_manifest(staging)
+        if validate:
+            from export.validate import validate as run_validation
+
+            report = run_validation(staging, providers=providers, threads=threads, run=run,
+                                    verbose=verbose, label=run_dir / "export")
+            if not report["current_passed"]:
+                failed = run_dir / "export.failed"
+                shutil.rmtree(failed, ignore_errors=True)
+                staging.rename(failed)
+                raise ExportFailed(f"the export does not compute what the Keras model computes (see the "
+                                   f"mismatches above and {failed / 'parity.json'}); kept in {failed}, "
+                                   f"{run_dir / 'export'} left unchanged")
+        _install(staging, run_dir / "export")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"exported {run_dir / 'export'} in {time.perf_counter() - started:.0f} s")
+    return run_dir / "export"

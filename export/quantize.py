@@ -1,0 +1,61 @@
+"""Optional dynamic int8 quantization of the exported graphs (onnxruntime only, no TensorFlow).
+
+Dynamic quantization (onnxruntime `quantize_dynamic`) stores the weights of MatMul and Gather (embedding)
+nodes as int8 with one scale per tensor and quantizes activations on the fly, so it needs no calibration
+data. Only matrix products with a constant weight are quantized (`MatMulConstBOnly`): the attention
+products of two activations stay in float32. The greedy loop's body is an ONNX `Loop` subgraph, quantized
+too (`EnableSubgraph`). Gemm nodes (tf2onnx fuses some Dense layers into Gemm) have no dynamic int8 kernel
+and stay float32; `quantized_ops` in config.json counts what was quantized. The int8 graphs keep the float32 graphs' inputs and outputs; the validator reports
+their quality on the test split next to the float32 figure rather than a per-number parity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import onnx
+
+__all__ = ["INT8_DIR", "quantize_graphs"]
+
+INT8_DIR = "onnx/int8"
+
+
+def _count_ops(model: onnx.ModelProto) -> Counter:
+    from export.onnx_check import subgraphs
+
+    return Counter(node.op_type for graph in subgraphs(model.graph) for node in graph.node)
+
+
+def quantize_graphs(export_dir: Path, graphs: dict[str, dict]) -> dict:
+    """Writes `onnx/int8/<graph>.onnx` for every graph in `graphs` (the config's `graphs` table).
+
+    Returns:
+        The config's "quantized" entry: {"method", "weight_type", "graphs": {name: {"file", "quantized_ops"}}}.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    export_dir = Path(export_dir)
+    (export_dir / INT8_DIR).mkdir(parents=True, exist_ok=True)
+    entries = {}
+    root = logging.getLogger()
+    level = root.level
+    # The quantizer logs every tensor whose type it cannot infer (a whole TypeProto each) on the root logger.
+    root.setLevel(logging.ERROR)
+    try:
+        for name, graph in graphs.items():
+            relative = f"{INT8_DIR}/{Path(graph['file']).name}"
+            quantize_dynamic(export_dir / graph["file"], export_dir / relative, weight_type=QuantType.QInt8,
+                             extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
+            entries[name] = relative
+    finally:
+        root.setLevel(level)
+    for name, relative in list(entries.items()):
+        ops = _count_ops(onnx.load(str(export_dir / relative)))
+        integer_ops = {op: n for op, n in sorted(ops.items())
+                       if op in ("MatMulInteger", "DynamicQuantizeLinear", "DequantizeLinear",
+                                 "QuantizeLinear", "ConvInteger", "DynamicQuantizeMatMul")}
+        entries[name] = {"file": relative, "quantized_ops": integer_ops}
+    return {"method": "onnxruntime dynamic quantization", "weight_type": "int8",
+            "graphs": entries}

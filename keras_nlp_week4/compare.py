@@ -1,0 +1,178 @@
+"""Trains every model family on the same splits and tabulates them, like the classic seq2seq tutorials.
+
+`compare` trains seq2seq-LSTM, seq2seq-GRU, Bahdanau, Luong and the Transformer one after the other with
+the same task, data and seed (so the same train/validation/test splits and tokenizer settings), evaluates
+each on the test split, and writes ``comparison.md`` and ``comparison.json`` into the output directory:
+model, parameters, test perplexity, BLEU and chrF (greedy and beam), training time.
+
+A run that already finished with the same settings is reused, and a killed one resumes, so re-running
+the same command after an interruption only trains what is missing.
+
+Example:
+
+>>> from keras_nlp_week4.training.trainer import TrainConfig  # doctest: +SKIP
+>>> compare(TrainConfig(task="translate", data="../shared/data/kor-eng/kor.txt"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from keras_nlp_week4.errors import UserError
+
+__all__ = ["DEFAULT_MODELS", "compare", "format_markdown"]
+
+# One model per family of the lecture: no attention (both cells), additive attention, multiplicative
+# attention, and self-attention.
+DEFAULT_MODELS = ("seq2seq-lstm", "seq2seq-gru", "bahdanau", "luong-general", "transformer")
+
+_COLUMNS = (  # (key in a row, Markdown header)
+    ("model", "model"),
+    ("parameters", "parameters"),
+    ("epochs", "epochs"),
+    ("test_perplexity", "test perplexity"),
+    ("bleu_greedy", "BLEU greedy"),
+    ("bleu_beam", "BLEU beam"),
+    ("chrf_greedy", "chrF greedy"),
+    ("chrf_beam", "chrF beam"),
+    ("training_minutes", "training time (min)"),
+)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _finished_with(run_dir: Path, settings: dict) -> bool:
+    """True when `run_dir` holds a finished, evaluated run trained with exactly `settings`."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    same = config.get("train") == json.loads(json.dumps(settings, default=str))
+    return (same and "training_seconds" in metrics and (run_dir / "model.keras").is_file()
+            and not (run_dir / "backup").exists())
+
+
+def _row(run_dir: Path) -> dict:
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    with open(run_dir / "training_log.csv", encoding="utf-8", newline="") as f:
+        epochs = len(list(csv.DictReader(f)))
+    return {
+        "model": config["model"],
+        "family": config["family"],
+        "preset": config["preset"],
+        "parameters": config["num_parameters"],
+        "epochs": epochs,
+        "test_perplexity": metrics.get("test_perplexity"),
+        "test_token_accuracy": metrics.get("test_token_accuracy"),
+        "bleu_greedy": metrics.get("test_bleu_greedy"),
+        "bleu_beam": metrics.get("test_bleu_beam"),
+        "chrf_greedy": metrics.get("test_chrf_greedy"),
+        "chrf_beam": metrics.get("test_chrf_beam"),
+        "training_minutes": (metrics["training_seconds"] / 60.0
+                             if metrics.get("training_seconds") is not None else None),
+        "run": str(run_dir),
+    }
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key == "parameters":
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.1f}" if key != "test_perplexity" else f"{value:.2f}"
+    return str(value)
+
+
+def format_markdown(result: dict) -> str:
+    """The comparison as a Markdown table with a line on the data and the metrics."""
+    lines = [f"Task `{result['task']}`, data `{result['data']}`, splits {result['splits']} "
+             f"(the same for every model), beam size {result['beam_size']}.", "",
+             "| " + " | ".join(header for _, header in _COLUMNS) + " |",
+             "| " + " | ".join("---" for _ in _COLUMNS) + " |"]
+    for row in result["rows"]:
+        lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in _COLUMNS) + " |")
+    lines += ["", f"BLEU: sacrebleu `{result['bleu_signature']}`; chrF: `{result['chrf_signature']}`.",
+              "Perplexity: teacher-forced, no label smoothing. Training time: wall clock of `model.fit`."]
+    return "\n".join(lines) + "\n"
+
+
+def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
+            transformer_preset: str | None = None, rnn_preset: str | None = None,
+            verbose: bool = True) -> dict:
+    """Trains and evaluates `models` on the same data and writes the comparison table.
+
+    Args:
+        base: a `TrainConfig` with the task, data and shared settings; its `model`, `preset` and `out`
+            are replaced per model.
+        models: model names (see `keras_nlp_week4.models.registry.MODEL_NAMES`).
+        out_dir: where the runs (one sub-directory per model) and the tables go
+            (default ``artifacts/compare-<task>``).
+        transformer_preset, rnn_preset: model sizes (default: the task's).
+        verbose: print progress and the table.
+
+    Returns:
+        ``{"task", "data", "splits", "beam_size", "rows": [...], ...}``, as saved to ``comparison.json``.
+
+    Raises:
+        UserError: for an unknown model, bad data, or runs whose test splits differ.
+    """
+    from keras_nlp_week4.models.registry import model_family
+    from keras_nlp_week4.training.trainer import _resolve, train
+
+    models = list(models)
+    if not models:
+        raise UserError("give at least one model to compare")
+    for name in models:
+        model_family(name)  # fails early, with the list of names, before hours of training
+    out_dir = Path(out_dir or Path("artifacts") / f"compare-{base.task}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in models:
+        preset = transformer_preset if model_family(name) == "transformer" else rnn_preset
+        config = replace(base, model=name, preset=preset, out=str(out_dir / name))
+        run_dir = out_dir / name
+        if _finished_with(run_dir, _resolve(config)):
+            if verbose:
+                print(f"== {name}: reusing the finished run in {run_dir}")
+        else:
+            if verbose:
+                print(f"== {name}: training into {run_dir}")
+            train(config)
+        rows.append(_row(run_dir))
+
+    test_hashes = {_sha256(Path(row["run"]) / "test.tsv") for row in rows}
+    if len(test_hashes) != 1:
+        raise UserError(f"the runs in {out_dir} were evaluated on different test splits; delete the "
+                        "directory and compare again")
+    first = Path(rows[0]["run"])
+    metrics = json.loads((first / "metrics.json").read_text())
+    run_config = json.loads((first / "config.json").read_text())
+
+    train_settings = run_config["train"]
+    data = train_settings.get("data") or f"{train_settings.get('src')} -> {train_settings.get('tgt')}"
+    result = {
+        "task": base.task,
+        "data": data + (" (reversed)" if train_settings.get("reverse") else ""),
+        "splits": run_config.get("splits"),
+        "test_sha256": test_hashes.pop(),
+        "beam_size": metrics.get("beam_size", 0),
+        "bleu_signature": metrics.get("bleu_signature"),
+        "chrf_signature": metrics.get("chrf_signature"),
+        "rows": rows,
+    }
+    (out_dir / "comparison.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    markdown = format_markdown(result)
+    (out_dir / "comparison.md").write_text(markdown)
+    if verbose:
+        print(markdown)
+        print(f"Written: {out_dir / 'comparison.md'}, {out_dir / 'comparison.json'}")
+    return result

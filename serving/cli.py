@@ -1,0 +1,100 @@
+"""`python -m serving EXPORT_DIR "text" ...`: generation from an export with onnxruntime alone.
+
+Texts come from the arguments, or one per line from stdin. Each output is printed on its own line, in
+input order; `--json` prints one JSON object per input instead (with `--tokens` / `--attention` extras).
+Errors (a missing or damaged export, bad options, empty input) are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from serving.errors import ServingError
+from serving.runtime import METHODS, DecodingOptions, Runtime
+
+__all__ = ["build_parser", "main"]
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the CLI and the server: how to load the export."""
+    parser.add_argument("export_dir", help="export directory (RUN/export, written by `python -m export`)")
+    parser.add_argument("--provider", default="cpu",
+                        help="onnxruntime execution provider: cpu, cuda, auto (cuda when available)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="onnxruntime intra-op threads (0: one per physical core; default 1)")
+    parser.add_argument("--int8", action="store_true",
+                        help="use the dynamic-int8 graphs (an export made with --quantize)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the sha256 check of the files against manifest.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_runtime_arguments(parser)
+    parser.add_argument("text", nargs="*", help="input texts (default: one per line from stdin)")
+    parser.add_argument("--method", choices=METHODS, default="greedy")
+    parser.add_argument("--max-new-tokens", type=_positive_int,
+                        help="most tokens to generate, EOS included (default: the model's max_target_length)")
+    parser.add_argument("--beam-size", type=_positive_int, default=4)
+    parser.add_argument("--length-penalty", type=float, default=0.6, help="GNMT alpha (0: none)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="0: no limit")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1: no limit)")
+    parser.add_argument("--seed", type=int, help="sampling seed (the same seed gives the same outputs)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="texts per model call")
+    parser.add_argument("--json", action="store_true", help="one JSON object per input")
+    parser.add_argument("--tokens", action="store_true", help="with --json: the pieces and ids")
+    parser.add_argument("--attention", action="store_true",
+                        help="with --json: cross-attention (last layer, mean over heads), tokens x source")
+    return parser
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    if args.text:
+        texts, where = args.text, "argument"
+    elif sys.stdin is None or sys.stdin.isatty():
+        raise ServingError("no input text; pass texts as arguments or one per line on stdin")
+    else:
+        texts, where = [line.rstrip("\r\n") for line in sys.stdin], "line"
+    if not texts:
+        raise ServingError("no input text; pass texts as arguments or one per line on stdin")
+    for i, text in enumerate(texts, 1):
+        if not text.strip():
+            raise ServingError(f"input {where} {i} is empty; give non-empty text")
+    return texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options = DecodingOptions(method=args.method, max_new_tokens=args.max_new_tokens,
+                                  beam_size=args.beam_size, length_penalty=args.length_penalty,
+                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                  seed=args.seed)
+        options.validate()
+        texts = _read_texts(args)
+        runtime = Runtime(args.export_dir, provider=args.provider, intra_op_threads=args.threads,
+                          verify=args.verify, int8=args.int8)
+        runtime.check_texts(texts)
+        generations = runtime.generate(texts, options, return_attention=args.attention,
+                                       batch_size=args.batch_size)
+    except ServingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for text, generation in zip(texts, generations, strict=True):
+        if args.json:
+            record = {"input": text, **generation.to_json(tokens=args.tokens, attention=args.attention)}
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(generation.text)
+    return 0

@@ -1,0 +1,25 @@
+"""Errors the runtime, the command line and the HTTP server report without a traceback."""
+
+from __future__ import annotations
+
+__all__ = ["ExportError", "RequestError", "ServingError"]
+
+
+class ServingError(Exception):
+    """A problem the user can fix, described in one line (the CLI prints it and exits with status 2)."""
+
+    def __init__(self, message: str) -> None:
+        # One line even when a caller interpolates a multi-line value (an onnxruntime message).
+        super().__init__(" ".join(str(message).split()))
+
+
+class ExportError(ServingError):
+    """The export directory is missing, incomplete, corrupt or of an unknown format."""
+
+
+class RequestError(ServingError):
+    """Inputs or decoding options that cannot be served; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,368 @@
+"""The HTTP service: `python -m serving.server EXPORT_DIR` (`make serve`), FastAPI on uvicorn.
+
+Endpoints: `POST /v1/generate` (one or many inputs, decoding options), `GET /healthz` (the process is
+alive), `GET /readyz` (the model is loaded and warmed up), `GET /metrics` (Prometheus), `GET /docs` and
+`GET /openapi.json`. Concurrent requests are batched together (`serving.batching`). Every bad request gets
+a 4xx with `{"error": "one line"}`: 400 bad JSON or UTF-8, 413 a body, input count or input too large,
+422 wrong types or values, 408 past the request timeout, 503 when the queue is full; the server keeps
+running whatever it is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.batching import MicroBatcher
+from serving.cli import add_runtime_arguments
+from serving.errors import RequestError, ServingError
+from serving.runtime import DecodingOptions, Runtime
+
+__all__ = ["GenerateRequest", "ServerSettings", "create_app", "main"]
+
+logger = logging.getLogger("serving")
+
+
+@dataclass
+class ServerSettings:
+    """Limits and batching. None for `max_input_tokens` / `max_new_tokens` means the model's own
+    `max_source_length` / `max_target_length`."""
+
+    batching: bool = True
+    max_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    workers: int = 1
+    max_inputs: int = 64
+    max_input_tokens: int | None = None
+    max_new_tokens: int | None = None
+    max_beam_size: int = 8
+    request_timeout_s: float = 10.0
+    max_body_bytes: int = 65536
+    max_queued_texts: int = 4096
+
+
+class GenerateRequest(BaseModel):
+    """Body of `POST /v1/generate`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"inputs": ["september 27, 1994", "9/27/94"], "method": "greedy"}]})
+
+    inputs: str | list[str] = Field(description="one text, or a list of texts")
+    method: Literal["greedy", "beam", "sample"] = "greedy"
+    max_new_tokens: int | None = Field(None, description="tokens to generate, EOS included "
+                                       "(default and limit: the model's max_target_length)")
+    beam_size: int = Field(4, description="beam: hypotheses kept")
+    length_penalty: float = Field(0.6, description="beam: GNMT length-penalty alpha (0: none)")
+    temperature: float = Field(1.0, description="sample: softmax temperature")
+    top_k: int = Field(0, description="sample: keep the k most likely tokens (0: all)")
+    top_p: float = Field(1.0, description="sample: nucleus mass (1: all)")
+    seed: int | None = Field(None, description="sample: a seed makes the draw reproducible")
+    return_tokens: bool = Field(False, description="add pieces and ids of the output and the source")
+    return_attention: bool = Field(False, description="add the cross-attention (last layer, mean over "
+                                   "heads), one row per output token, one column per source token")
+
+
+class Output(BaseModel):
+    text: str
+    score: float | None = None
+    tokens: list[str] | None = None
+    token_ids: list[int] | None = None
+    source_tokens: list[str] | None = None
+    attention: list[list[float]] | None = None
+
+
+class GenerateResponse(BaseModel):
+    outputs: list[Output]
+    method: str
+    model: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
+
+
+def _validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if first["type"] == "missing":
+        return f"{'.'.join(loc)} is required"
+    if loc and loc[0] == "inputs":
+        return "inputs must be a non-empty string or a list of non-empty strings"
+    if first["type"] == "extra_forbidden":
+        return f"unknown field {'.'.join(loc)!r}"
+    return f"{'.'.join(loc)}: {first['msg']}"
+
+
+class Metrics:
+    """The Prometheus series, in a registry of their own (one per app)."""
+
+    ENDPOINTS = ("/v1/generate", "/healthz", "/readyz", "/metrics")
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("serving_requests_total", "HTTP requests", ["endpoint", "status"],
+                                registry=r)
+        self.latency = Histogram("serving_request_seconds", "HTTP request latency", ["endpoint"],
+                                 registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
+                                                      2.5, 5, 10, 30))
+        self.batch_texts = Histogram("serving_batch_texts", "texts per model call", registry=r,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.batch_requests = Histogram("serving_batch_requests", "requests per model call", registry=r,
+                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.batch_seconds = Histogram("serving_batch_seconds", "model call time", registry=r,
+                                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.inputs = Counter("serving_inputs_total", "texts generated for", registry=r)
+        self.queued = Gauge("serving_queued_texts", "texts waiting for a model call", registry=r)
+        self.ready = Gauge("serving_ready", "1 once the model is loaded and warmed up", registry=r)
+
+    def on_batch(self, texts: int, requests: int, seconds: float) -> None:
+        self.batch_texts.observe(texts)
+        self.batch_requests.observe(requests)
+        self.batch_seconds.observe(seconds)
+        self.inputs.inc(texts)
+
+
+class _MetricsMiddleware:
+    """Counts and times every HTTP request by endpoint and status (a plain ASGI middleware: cheap)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in Metrics.ENDPOINTS else "other"
+        status = 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestError("Content-Length must be a number", status=400)
+        if int(declared) > limit:
+            raise RequestError(f"request body is {int(declared)} bytes; the limit is {limit}", status=413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(f"request body is over the limit of {limit} bytes", status=413)
+    return bytes(body)
+
+
+def create_app(runtime: Runtime, settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI application around a loaded runtime (the batcher starts with the app's lifespan)."""
+    settings = settings or ServerSettings()
+    max_input_tokens = settings.max_input_tokens or runtime.max_source_length
+    max_new_tokens = settings.max_new_tokens or runtime.max_target_length
+    metrics = Metrics()
+    model_name = runtime.config.get("model")
+
+    def run(texts: list[str], options: DecodingOptions, return_attention: bool, seeds: list | None):
+        return runtime.generate(texts, options, return_attention=return_attention,
+                                batch_size=settings.max_batch_size, seeds=seeds)
+
+    batcher = MicroBatcher(run, batching=settings.batching, max_batch_size=settings.max_batch_size,
+                           max_wait_s=settings.max_wait_ms / 1000, max_queued_texts=settings.max_queued_texts,
+                           workers=settings.workers, on_batch=metrics.on_batch)
+    metrics.queued.set_function(lambda: batcher.queued_texts)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.get_running_loop().run_in_executor(None, runtime.warmup)
+        await batcher.start()
+        app.state.ready = True
+        metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            metrics.ready.set(0)
+            await batcher.stop()
+
+    app = FastAPI(title="keras-nlp-week4 serving", version="1", lifespan=lifespan,
+                  description="Sequence-to-sequence generation with onnxruntime (no TensorFlow).")
+    app.state.ready = False
+    app.state.runtime, app.state.batcher, app.state.metrics, app.state.settings = \
+        runtime, batcher, metrics, settings
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, exc.detail if isinstance(exc.detail, str) else str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return _error(422, str(exc.errors()[0].get("msg", "invalid request")))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    request_schema = GenerateRequest.model_json_schema()
+
+    @app.post("/v1/generate", response_model=GenerateResponse, summary="Generate outputs for inputs",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": request_schema}}}},
+              responses={code: {"model": ErrorResponse, "description": what} for code, what in (
+                  (400, "body is not valid UTF-8 JSON"), (408, "request timed out"),
+                  (413, "body, input count or an input too large"), (422, "wrong types or values"),
+                  (503, "not ready or queue full"))})
+    async def generate(request: Request):
+        deadline = time.perf_counter() + settings.request_timeout_s
+        try:
+            try:
+                body = await asyncio.wait_for(_read_body(request, settings.max_body_bytes),
+                                              settings.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise RequestError("reading the request body timed out", status=408) from None
+            try:
+                payload = json.loads(body.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise RequestError(f"request body is not valid UTF-8 (byte {e.start})", status=400) from None
+            except (ValueError, RecursionError) as e:
+                raise RequestError(f"request body is not valid JSON: {e}", status=400) from None
+            if not isinstance(payload, dict):
+                raise RequestError("request body must be a JSON object", status=422)
+            try:
+                req = GenerateRequest.model_validate(payload)
+            except ValidationError as e:
+                raise RequestError(_validation_message(e)) from None
+            texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
+            if not texts:
+                raise RequestError("inputs is empty; give at least one text")
+            if len(texts) > settings.max_inputs:
+                raise RequestError(f"{len(texts)} inputs; the limit is {settings.max_inputs} per request",
+                                   status=413)
+            options = DecodingOptions(method=req.method, max_new_tokens=req.max_new_tokens,
+                                      beam_size=req.beam_size, length_penalty=req.length_penalty,
+                                      temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+                                      seed=req.seed)
+            options.validate(max_new_tokens_limit=max_new_tokens, max_beam_size=settings.max_beam_size)
+            runtime.check_texts(texts, max_input_tokens=max_input_tokens)
+            if not app.state.ready:
+                raise RequestError("the model is not ready yet", status=503)
+            remaining = max(deadline - time.perf_counter(), 0.001)
+            generations = await batcher.submit(texts, options, req.return_attention, timeout=remaining)
+        except RequestError as e:
+            return _error(e.status, str(e), {"Retry-After": "1"} if e.status == 503 else None)
+        except ServingError as e:
+            return _error(422, str(e))
+        return JSONResponse({
+            "outputs": [g.to_json(tokens=req.return_tokens, attention=req.return_attention)
+                        for g in generations],
+            "method": req.method, "model": model_name})
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the model is loaded and warmed up",
+             responses={503: {"model": ErrorResponse}})
+    async def readyz():
+        if not app.state.ready:
+            return _error(503, "not ready: the model is loading or the server is stopping")
+        return {"status": "ready", **runtime.describe(), "settings": asdict(settings)}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = ServerSettings()
+    parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_runtime_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--no-batching", dest="batching", action="store_false",
+                        help="run every request as its own model call")
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
+    parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                        help="how long an idle model waits for more requests to batch")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="model calls at once")
+    parser.add_argument("--max-inputs", type=int, default=defaults.max_inputs, help="texts per request")
+    parser.add_argument("--max-input-tokens", type=int, help="default: the model's max_source_length")
+    parser.add_argument("--max-new-tokens", type=int, help="default: the model's max_target_length")
+    parser.add_argument("--max-beam-size", type=int, default=defaults.max_beam_size)
+    parser.add_argument("--timeout", dest="request_timeout_s", type=float,
+                        default=defaults.request_timeout_s, help="request timeout in seconds")
+    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    parser.add_argument("--max-queued-texts", type=int, default=defaults.max_queued_texts)
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings = ServerSettings(**{k: getattr(args, k) for k in asdict(ServerSettings())})
+    for name in ("max_batch_size", "workers", "max_inputs", "max_beam_size", "max_body_bytes",
+                 "max_queued_texts"):
+        if getattr(settings, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    try:
+        runtime = Runtime(args.export_dir, provider=args.provider, intra_op_threads=args.threads,
+                          allow_spinning=False, verify=args.verify, int8=args.int8)
+    except ServingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    app = create_app(runtime, settings)
+    print(f"serving {runtime.export_dir} ({runtime.config.get('model')}, {', '.join(runtime.providers)}) "
+          f"on http://{args.host}:{args.port} (batching {'on' if settings.batching else 'off'}); "
+          f"docs at /docs", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

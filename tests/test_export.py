@@ -1,0 +1,461 @@
+"""Export of each model family to SavedModel + ONNX, and the parity validation that guards it.
+
+One tiny run per family (1 epoch on 300 examples) is trained and exported once per session, lazily, and
+shared by every test here; the greedy reference covers the first 300 lines of the test split. Numbers
+are also checked here directly against the Keras model on inputs the reference does not contain, so the
+validator is not the only judge of itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export import parity
+from export.config import describe_graphs
+from export.manifest import verify_manifest, write_manifest
+from serving.errors import ExportError
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("transformer", "seq2seq-gru", "bahdanau")  # Transformer, RNN seq2seq, attention seq2seq
+TEST_EXAMPLES = 300
+_RUNS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def export_of(tmp_path_factory):
+    """`export_of(model)` -> a trained, exported run directory (built on first use)."""
+
+    def build(model: str) -> Path:
+        if model not in _RUNS:
+            from export.exporter import export_run
+            from keras_nlp_week4.training.trainer import TrainConfig, train
+
+            out = tmp_path_factory.mktemp("export") / model
+            run_dir = train(TrainConfig(model=model, preset="tiny", epochs=1, max_train_examples=300,
+                                        verbose=0, out=str(out)))
+            export_run(run_dir, max_test_examples=TEST_EXAMPLES, threads=1, verbose=False)
+            _RUNS[model] = Path(run_dir)
+        return _RUNS[model]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def keras_run():
+    from keras_nlp_week4.runs import load_run
+
+    cache = {}
+
+    def load(run_dir: Path):
+        if run_dir not in cache:
+            cache[run_dir] = load_run(run_dir, compile=False)
+        return cache[run_dir]
+
+    return load
+
+
+def _config(run_dir: Path) -> dict:
+    return json.loads((run_dir / "export" / "config.json").read_text())
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _copy_export(run_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "export"
+    shutil.copytree(run_dir / "export", target)
+    return target
+
+
+# ------------------------------------------------------------------------------------ files and config
+@pytest.mark.parametrize("model", MODELS)
+def test_export_layout_config_and_manifest(export_of, keras_run, model):
+    run_dir = export_of(model)
+    export = run_dir / "export"
+    run = keras_run(run_dir)
+    config = _config(run_dir)
+    assert config["format_version"] == 1 and config["opset"] <= 18
+    assert config["model"] == model and config["family"] == run.config["family"]
+    assert config["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    for key in ("max_source_length", "max_target_length", "vocab_size"):
+        assert config[key] == run.config[key]
+    assert config["state"] == [spec.to_json() for spec in run.model.state_specs()]
+    assert set(config["cache_layout"]) >= {entry["name"] for entry in config["state"]}
+
+    state = config["state"]
+    graphs = config["graphs"]
+    assert [i["name"] for i in graphs["encoder"]["inputs"]] == ["encoder_input"]
+    assert [o["name"] for o in graphs["encoder"]["outputs"]] == [s["name"] for s in state
+                                                                 if s["source"] == "encode"]
+    assert [i["name"] for i in graphs["decoder_step"]["inputs"]] == \
+        ["token_ids", "index", *(s["name"] for s in state)]
+    expected_outputs = ["logits", *(["attention"] if run.model.has_attention else []),
+                        *(f"{s['name']}_out" for s in state if s["updated"])]
+    assert [o["name"] for o in graphs["decoder_step"]["outputs"]] == expected_outputs
+    assert graphs["decoder_step"]["outputs"][0]["shape"] == ["batch", run.config["vocab_size"]]
+    assert graphs["decoder_step"]["inputs"][1] == {"name": "index", "dtype": "int32", "shape": []}
+    assert graphs["generate"]["outputs"] == [{"name": "tokens", "dtype": "int32",
+                                              "shape": ["batch", "max_length"]}]
+    assert set(config["saved_model"]["signatures"]) == {"generate_text", "encode", "decode_step", "generate"}
+
+    assert (export / "tokenizer.model").read_bytes() == (run_dir / "tokenizer.model").read_bytes()
+    files = verify_manifest(export)
+    on_disk = {p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file()}
+    assert set(files) == on_disk - {"manifest.json", "parity.json"}
+    assert {"config.json", "tokenizer.model", "reference.npz", "saved_model/saved_model.pb",
+            *(g["file"] for g in graphs.values())} <= set(files)
+    assert not list(run_dir.glob(".export-*")), "staging directories left behind"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_onnx_graphs_are_checked_dynamic_and_named_as_described(export_of, model):
+    run_dir = export_of(model)
+    config = _config(run_dir)
+    for name, graph in config["graphs"].items():
+        path = run_dir / "export" / graph["file"]
+        onnx.checker.check_model(str(path), full_check=True)
+        proto = onnx.load(str(path))
+        assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) <= 18
+        for values, described in ((proto.graph.input, graph["inputs"]), (proto.graph.output, graph["outputs"])):
+            assert [v.name for v in values] == [d["name"] for d in described]
+            for value, entry in zip(values, described, strict=True):
+                dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+                assert dims == entry["shape"], (name, value.name)
+        top_level_ops = {node.op_type for node in proto.graph.node}
+        # The whole generation is one Loop; the step graph is loop-free (one call per token). An RNN
+        # encoder is a Loop over time steps as well, the Transformer's is not.
+        if name != "encoder":
+            assert ("Loop" in top_level_ops) == (name == "generate")
+        else:
+            assert ("Loop" in top_level_ops) == (config["family"] == "rnn")
+
+
+# ---------------------------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("model", MODELS)
+def test_parity_report_passes_for_every_graph_and_runtime(export_of, model):
+    report = json.loads((export_of(model) / "export" / "parity.json").read_text())
+    assert report["passed"] is True
+    assert report["tolerance"]["atol"] == 1e-5
+    tensors = [r for r in report["checks"] if r["kind"] == "tensor"]
+    for runtime in ("saved_model", "onnxruntime"):
+        graphs = {r["graph"] for r in tensors if r["runtime"] == runtime}
+        assert graphs == {"encoder", "decoder_step", "generate"}
+    logits = [r["max_abs_diff"] for r in tensors if r["output"] == "logits"]
+    assert logits and max(logits) <= 1e-5
+    # Several batch sizes and lengths, with padding, and several decoder indices.
+    cases = {r["case"] for r in tensors if r["graph"] == "decoder_step"}
+    assert len(cases) >= 9 and any("padded" in c for c in cases)
+    greedy = {(r["graph"], r["runtime"]): r for r in report["checks"] if r["kind"] == "greedy"}
+    for key in (("generate", "saved_model"), ("generate_text", "saved_model"), ("generate", "onnxruntime"),
+                ("encoder+decoder_step", "onnxruntime"), ("tokenizer", "sentencepiece")):
+        assert greedy[key]["sequences"] == TEST_EXAMPLES
+        assert greedy[key]["identical"] == TEST_EXAMPLES, greedy[key]
+
+
+def _keras_state(model, encoder_input, max_length):
+    state = {k: np.asarray(v) for k, v in model.encode(encoder_input).items()}
+    state.update({k: np.asarray(v) for k, v in model.initial_cache(encoder_input.shape[0], max_length).items()})
+    return state
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_onnx_graphs_match_keras_on_unseen_batches(export_of, keras_run, model):
+    """Direct check, outside the validator: batch sizes and cache lengths the reference does not hold."""
+    from keras_nlp_week4.data.pipeline import encode_sources
+    from keras_nlp_week4.decoding import generate
+
+    run_dir = export_of(model)
+    run = keras_run(run_dir)
+    cfg = run.config
+    export = run_dir / "export"
+    config = _config(run_dir)
+    texts = [source for source, _ in run.pairs("test")[-5:]]
+    encoder_input = encode_sources(texts, run.tokenizer, cfg["max_source_length"])  # (5, longest)
+    max_length = cfg["max_target_length"] + 2
+
+    encoder = _session(export / "onnx" / "encoder.onnx")
+    step = _session(export / "onnx" / "decoder_step.onnx")
+    expected = _keras_state(run.model, encoder_input, max_length)
+    got = dict(zip([o.name for o in encoder.get_outputs()],
+                   encoder.run(None, {"encoder_input": encoder_input}), strict=True))
+    for name, value in got.items():
+        np.testing.assert_allclose(value, expected[name], atol=1e-5, rtol=1e-5, err_msg=name)
+    state = dict(expected)
+    state_names = [s["name"] for s in config["state"]]
+    output_names = [o.name for o in step.get_outputs()]
+    token = np.full((5,), 2, np.int32)
+    for index in range(4):
+        logits, updates, _ = run.model.decode_step(token, np.int32(index), state)
+        outputs = dict(zip(output_names, step.run(None, {"token_ids": token, "index": np.array(index, np.int32),
+                                                        **{n: state[n] for n in state_names}}), strict=True))
+        np.testing.assert_allclose(outputs["logits"], np.asarray(logits), atol=1e-5, rtol=1e-5)
+        for name, value in updates.items():
+            np.testing.assert_allclose(outputs[f"{name}_out"], np.asarray(value), atol=1e-5, rtol=1e-5)
+        state.update({k: np.asarray(v) for k, v in updates.items()})
+        token = np.asarray(logits).argmax(-1).astype(np.int32)
+
+    texts = [source for source, _ in run.pairs("test")[-7:]]
+    encoder_input = encode_sources(texts, run.tokenizer, cfg["max_source_length"])
+    tokens = _session(export / "onnx" / "generate.onnx").run(
+        None, {"encoder_input": encoder_input, "max_length": np.array(max_length, np.int32)})[0]
+    ids = cfg["special_ids"]
+    keras_tokens = generate(run.model, encoder_input, max_length, ids["bos"], ids["eos"], ids["pad"]).tokens
+    np.testing.assert_array_equal(tokens, keras_tokens)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_saved_model_signatures_text_and_ids(export_of, keras_run, model):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+
+    from keras_nlp_week4.evaluation import decode_texts
+
+    run_dir = export_of(model)
+    run = keras_run(run_dir)
+    loaded = tf.saved_model.load(str(run_dir / "export" / "saved_model"))
+    assert {"serving_default", "generate_text", "encode", "decode_step", "generate"} <= set(loaded.signatures)
+    config = _config(run_dir)
+    _, kwargs = loaded.signatures["decode_step"].structured_input_signature
+    assert set(kwargs) == {i["name"] for i in config["graphs"]["decoder_step"]["inputs"]}
+    texts = ["september 27, 1994", "9/27/94", run.pairs("test")[0][0]]
+    got = loaded.signatures["serving_default"](text=tf.constant(texts))["text"].numpy()
+    assert [t.decode() for t in got] == decode_texts(run, texts)
+
+
+def test_reference_only_validation_needs_no_tensorflow(export_of):
+    run_dir = export_of("transformer")
+    code = ("import sys; from export.validate import main; rc = main([sys.argv[1], '--reference-only', "
+            "'--threads', '1']); loaded = [m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras', 'tf2onnx', 'tensorflow_text')]; print('TF-MODULES', loaded); "
+            "sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "TF-MODULES []" in done.stdout
+    assert "encoder+decoder_step" in done.stdout and "parity PASSED" in done.stdout
+    report = json.loads((run_dir / "export" / "parity.json").read_text())
+    assert report["passed"] and any(r["runtime"] == "saved_model" for r in report["checks"])  # kept
+
+
+def test_full_validation_of_an_existing_export_reloads_keras(export_of):
+    from export.validate import validate
+
+    run_dir = export_of("seq2seq-gru")
+    report = validate(run_dir, threads=1, verbose=False)
+    assert report["current_passed"]
+    keras_rows = [r for r in report["checks"] if r["runtime"] == "keras"]
+    assert {r["graph"] for r in keras_rows} == {"encoder", "decoder_step", "generate"}
+
+
+def test_cuda_provider_when_offered(export_of):
+    from export.validate import validate
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ExportError, match="'cuda' is not available"):
+            validate(export_of("seq2seq-gru"), providers=["cuda"], reference_only=True, verbose=False)
+        pytest.skip("onnxruntime here has no CUDAExecutionProvider")
+    report = validate(export_of("transformer"), providers=["cuda"], reference_only=True, verbose=False)
+    assert report["current_passed"]  # pragma: no cover - GPU machines only
+
+
+# ------------------------------------------------------------------------------ damaged or wrong exports
+@pytest.mark.parametrize("damage, message", [
+    ("flip_byte", r"onnx/decoder_step\.onnx does not match its sha256"),
+    ("garbage_rehashed", r"onnx/encoder\.onnx fails onnx\.checker"),
+    ("mixed_up_rehashed", r"onnx/encoder\.onnx has inputs .* config\.json describes"),
+    ("deleted", r"onnx/generate\.onnx is missing"),
+])
+def test_damaged_export_is_an_error_naming_the_file(export_of, tmp_path, capsys, damage, message):
+    from export.validate import main
+
+    export = _copy_export(export_of("transformer"), tmp_path)
+    if damage == "flip_byte":
+        data = bytearray((export / "onnx" / "decoder_step.onnx").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (export / "onnx" / "decoder_step.onnx").write_bytes(bytes(data))
+    elif damage == "garbage_rehashed":
+        (export / "onnx" / "encoder.onnx").write_bytes(b"not a protobuf" * 50)
+        write_manifest(export)  # the manifest agrees: only the ONNX check can tell
+    elif damage == "mixed_up_rehashed":
+        shutil.copyfile(export / "onnx" / "generate.onnx", export / "onnx" / "encoder.onnx")
+        write_manifest(export)
+    else:
+        (export / "onnx" / "generate.onnx").unlink()
+    assert main([str(export), "--reference-only", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(message, err), err
+
+
+def test_numeric_mismatch_fails_naming_output_diff_and_input(export_of, tmp_path, capsys):
+    from export.validate import main
+
+    export = _copy_export(export_of("bahdanau"), tmp_path)
+    with np.load(export / "reference.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    case = next(c["case"] for c in meta["cases"] if c["graph"] == "decoder_step" and "batch4" in c["case"])
+    key = f"case/decoder_step/{case}/out/logits"
+    arrays[key] = arrays[key].copy()
+    arrays[key][2, 7] += 1e-3
+    chunk = f"greedy/{meta['greedy_chunks'][0]}/tokens"
+    arrays[chunk] = arrays[chunk].copy()
+    arrays[chunk][5, 0] = (arrays[chunk][5, 0] + 1) % 60 + 4
+    np.savez_compressed(export / "reference.npz", **arrays)
+    write_manifest(export)
+
+    assert main([str(export), "--reference-only", "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    case_text = parity.ReferenceData(export / "reference.npz").texts({"graph": "decoder_step", "case": case})[2]
+    line = next(x for x in err.splitlines() if "'logits'" in x)
+    assert "decoder_step on onnxruntime" in line and case in line and case_text in line
+    assert "0.001" in line and "element [2, 7]" in line
+    greedy = [x for x in err.splitlines() if "outputs differ" in x]
+    assert any("generate on onnxruntime" in x and "1 of 300" in x for x in greedy)
+    assert any(parity.ReferenceData(export / "reference.npz").sources[5] in x for x in greedy)
+    report = json.loads((export / "parity.json").read_text())
+    assert report["passed"] is False
+
+
+# --------------------------------------------------------------------------- re-export, atomicity, int8
+def test_reexport_overwrites_and_quantizes(export_of):
+    from export.exporter import export_run
+
+    run_dir = export_of("seq2seq-gru")
+    before = verify_manifest(run_dir / "export")
+    export_run(run_dir, quantize=True, max_test_examples=TEST_EXAMPLES, threads=1, verbose=False)
+    export = run_dir / "export"
+    files = verify_manifest(export)
+    config = _config(run_dir)
+    int8 = config["quantized"]["graphs"]
+    assert set(int8) == {"encoder", "decoder_step", "generate"}
+    assert all(entry["file"] in files and entry["quantized_ops"].get("MatMulInteger", 0) > 0
+               for entry in int8.values())
+    assert set(files) - set(before) == {entry["file"] for entry in int8.values()}
+    quality = json.loads((export / "parity.json").read_text())["quantization"]
+    assert quality["metric"] == "exact_match" and quality["sequences"] == TEST_EXAMPLES
+    assert quality["keras_fp32"] == quality["onnxruntime_fp32"]
+    assert 0.0 <= quality["onnxruntime_int8"] <= 1.0
+    assert not list(run_dir.glob(".export-*")) and not (run_dir / "export.failed").exists()
+
+
+def test_crash_mid_export_leaves_the_previous_export(export_of, monkeypatch):
+    import export.saved_model
+    from export.exporter import export_run
+
+    run_dir = export_of("seq2seq-gru")
+    before = verify_manifest(run_dir / "export")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash while writing the SavedModel")
+
+    monkeypatch.setattr(export.saved_model, "save", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export_run(run_dir, validate=False, verbose=False)
+    assert verify_manifest(run_dir / "export") == before
+    assert not list(run_dir.glob(".export-*"))
+
+
+def test_export_failing_validation_is_not_installed(export_of, monkeypatch):
+    import export.validate
+    from export.exporter import ExportFailed, export_run
+
+    run_dir = export_of("seq2seq-gru")
+    before = verify_manifest(run_dir / "export")
+    monkeypatch.setattr(export.validate, "validate", lambda *a, **k: {"current_passed": False})
+    with pytest.raises(ExportFailed, match="export.failed"):
+        export_run(run_dir, max_test_examples=20, verbose=False)
+    assert verify_manifest(run_dir / "export") == before
+    assert (run_dir / "export.failed" / "manifest.json").is_file()
+    shutil.rmtree(run_dir / "export.failed")
+
+
+def test_interrupted_install_is_recovered(tmp_path):
+    from export.exporter import _recover
+
+    dead = "4194305"  # above Linux's pid_max: no such process
+    old = tmp_path / f".export-old-{dead}"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    (tmp_path / f".export-staging-{dead}").mkdir()
+    _recover(tmp_path)
+    assert (tmp_path / "export" / "manifest.json").is_file()
+    assert not list(tmp_path.glob(".export-*"))
+
+
+def test_cli_without_a_trained_run(tmp_path, monkeypatch, capsys):
+    from export.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 2
+    assert "no trained run under artifacts" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ unit pieces
+def test_compare_follows_the_stated_tolerance():
+    ref = np.array([[0.0, 1.0], [100.0, -3.0]], np.float32)
+    # atol + rtol * |ref|: 1e-5 at 0, 1.01e-3 at 100.
+    assert parity.compare(ref + np.float32(9e-6), ref).passed
+    assert not parity.compare(ref + np.array([[2e-5, 0], [0, 0]], np.float32), ref).passed
+    near_100 = ref + np.array([[0, 0], [9e-4, 0]], np.float32)
+    diff = parity.compare(near_100, ref)
+    assert diff.passed and diff.max_abs == pytest.approx(9e-4, rel=1e-2)
+    far = parity.compare(ref + np.array([[0, 0], [0, 1e-3]], np.float32), ref)
+    assert not far.passed and far.worst == (1, 1)
+    assert not parity.compare(ref[:1], ref).passed  # shape mismatch
+    assert not parity.compare(np.array([True, False]), np.array([True, True])).passed
+    assert parity.compare(np.array([[2, 3]], np.int32), np.array([[2, 3]], np.int32)).passed
+    assert not parity.compare(np.array([np.nan], np.float32), np.array([1.0], np.float32)).passed
+
+
+def test_graph_description_follows_the_contract():
+    state = [{"name": "memory", "shape": ["batch", "source_length", 8], "dtype": "float32",
+              "source": "encode", "updated": False},
+             {"name": "cache", "shape": ["batch", "max_length", 8], "dtype": "float32", "source": "cache",
+              "updated": True}]
+    graphs = describe_graphs(state, vocab_size=11, attention=(2, 4))
+    assert [o["name"] for o in graphs["encoder"]["outputs"]] == ["memory"]
+    assert [i["name"] for i in graphs["decoder_step"]["inputs"]] == ["token_ids", "index", "memory", "cache"]
+    assert [o["name"] for o in graphs["decoder_step"]["outputs"]] == ["logits", "attention", "cache_out"]
+    assert graphs["decoder_step"]["outputs"][1]["shape"] == ["batch", 2, 4, "source_length"]
+    no_attention = describe_graphs(state, vocab_size=11, attention=None)
+    assert "attention" not in [o["name"] for o in no_attention["decoder_step"]["outputs"]]
+    with pytest.raises(ValueError, match="reserved"):
+        describe_graphs([{**state[0], "name": "logits"}], vocab_size=11, attention=None)
+
+
+def test_keras_argmax_converts_including_negative_zero():
+    """keras.ops.argmax reads the float sign bit through a Bitcast, which has a dedicated handler."""
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    from export.onnx_export import CUSTOM_OP_HANDLERS
+
+    spec = [tf.TensorSpec([None, 4], tf.float32, name="x")]
+
+    @tf.function(input_signature=spec)
+    def argmax(x):
+        return {"index": keras.ops.argmax(x, axis=-1)}
+
+    x = np.array([[-0.0, 0.0, -1.0, -2.0], [-0.0, -3.0, -1.0, -0.5], [1.0, 3.0, 3.0, -np.inf],
+                  [-np.inf, -np.inf, -1e-30, -0.0]], np.float32)
+    proto, _ = tf2onnx.convert.from_function(argmax, input_signature=spec, opset=18,
+                                             custom_op_handlers=CUSTOM_OP_HANDLERS)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    np.testing.assert_array_equal(got, argmax(x)["index"].numpy())
+    np.testing.assert_array_equal(got, [1, 0, 1, 3])
