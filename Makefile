@@ -20,6 +20,9 @@ SEED ?=
 RUN ?=
 # `make export QUANTIZE=1`: also dynamic-int8 ONNX graphs, with their test-split quality in the report.
 QUANTIZE ?=
+# `make export TARGET=triton` (or tfserving, or both: TARGET=triton,tfserving): server-ready layouts too.
+TARGET ?=
+comma := ,
 # Serving: the newest export (artifacts/*/export/manifest.json) unless EXPORT=DIR is given.
 EXPORT ?= $(patsubst %/manifest.json,%,$(firstword $(shell ls -t artifacts/*/export/manifest.json 2>/dev/null)))
 TEXT ?=
@@ -60,7 +63,8 @@ plot: $(STAMP)
 # SavedModel + ONNX graphs of RUN (default: the last trained run) into RUN/export/, installed only after
 # parity validation (Keras vs SavedModel vs onnxruntime; the same checks as `python -m export.validate RUN`).
 export: $(STAMP)
-	$(PY) -m export $(RUN) $(if $(filter 1 yes true,$(QUANTIZE)),--quantize)
+	$(PY) -m export $(RUN) $(if $(filter 1 yes true,$(QUANTIZE)),--quantize) \
+		$(foreach t,$(subst $(comma), ,$(TARGET)),--target $(t))
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--providers", nargs="+", default=None,
                         help="onnxruntime providers to validate (default: CPU, and CUDA when offered)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
+    parser.add_argument("--target", action="append", choices=("triton", "tfserving"), default=[],
+                        help="also lay the export out for Triton (RUN/triton/) or TensorFlow Serving "
+                             "(RUN/tfserving/); may be repeated")
     return parser
 
 
@@ -47,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         export_run(run_dir, quantize=args.quantize, validate=not args.no_validate,
                    max_test_examples=args.max_test_examples, providers=args.providers,
                    threads=args.threads)
+        from export.serving_layouts import write_target
+
+        for target in args.target:
+            print(f"{target}: {write_target(target, run_dir)}")
     except ExportFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import onnx
 import tf2onnx
 from onnx import helper
@@ -22,49 +21,7 @@ from export.config import OPSET
 from export.functions import GraphFunctions
 from export.onnx_check import check_onnx
 
-__all__ = ["CUSTOM_OP_HANDLERS", "convert_graph"]
-
-_INT32_SIGN_BIT = np.int32(np.iinfo(np.int32).min)
-
-
-def _float_sign_bitcast(ctx, node, name, args):
-    """tf2onnx handler for TensorFlow's `Bitcast` float32 -> int32, used only to read the sign bit.
-
-    `keras.ops.argmax` on floats maps -0.0 to -tiny before `tf.argmax` (keras-team/keras, JAX issue
-    24280) and finds -0.0 with `signbit(x) = (bitcast<int32>(x) & INT32_MIN) < 0`. ONNX has no bit
-    reinterpretation, but the sign bit is `x < 0 or 1 / x < 0` (1 / -0.0 = -inf), so the bitcast becomes
-    `where(sign, INT32_MIN, 0)`, which keeps exactly the bit the only consumer reads. Any other use of
-    Bitcast is refused rather than converted wrongly.
-    """
-    from tf2onnx import utils
-
-    source_dtype = ctx.get_dtype(node.input[0])
-    target_dtype = node.output_dtypes[0]
-    consumers = ctx.find_output_consumers(node.output[0])
-    sign_bit_only = all(
-        consumer.type == "BitwiseAnd" and any(
-            ctx.is_const(i) and np.array_equal(ctx.get_tensor_value(i, as_list=False), _INT32_SIGN_BIT)
-            for i in consumer.input if i != node.output[0])
-        for consumer in consumers)
-    if (source_dtype != onnx.TensorProto.FLOAT or target_dtype != onnx.TensorProto.INT32
-            or not sign_bit_only):
-        raise ValueError(f"{node.name}: only the float32 sign-bit Bitcast of keras.ops.argmax converts")
-    x = node.input[0]
-    zero = ctx.make_const(utils.make_name("zero_f"), np.array(0.0, np.float32)).output[0]
-    negative = ctx.make_node("Less", [x, zero]).output[0]
-    reciprocal = ctx.make_node("Reciprocal", [x]).output[0]
-    negative_zero = ctx.make_node("Less", [reciprocal, zero]).output[0]
-    sign = ctx.make_node("Or", [negative, negative_zero]).output[0]
-    sign_bit = ctx.make_const(utils.make_name("sign_bit"), _INT32_SIGN_BIT).output[0]
-    zero_i = ctx.make_const(utils.make_name("zero_i"), np.array(0, np.int32)).output[0]
-    shapes, dtypes = node.output_shapes, node.output_dtypes
-    ctx.remove_node(node.name)
-    ctx.make_node("Where", [sign, sign_bit, zero_i], outputs=node.output, name=node.name, shapes=shapes,
-                  dtypes=dtypes)
-
-
-CUSTOM_OP_HANDLERS = {"Bitcast": (_float_sign_bitcast, [])}
-
+__all__ = ["convert_graph"]
 
 def _set_shape(value: onnx.ValueInfoProto, shape: list) -> None:
     """Declares `shape` (ints and symbolic axis names) on a graph input/output."""
@@ -105,8 +62,7 @@ def convert_graph(functions: GraphFunctions, graph: str, path: Path, opset: int 
     tf2onnx_logger.setLevel(logging.ERROR)
     try:
         model, _ = tf2onnx.convert.from_function(
-            functions.functions[graph], input_signature=functions.signature(graph), opset=opset,
-            custom_op_handlers=CUSTOM_OP_HANDLERS)
+            functions.functions[graph], input_signature=functions.signature(graph), opset=opset)
     finally:
         tf2onnx_logger.setLevel(level)
     _conform(model, description, graph)

@@ -437,25 +437,100 @@ def test_graph_description_follows_the_contract():
         describe_graphs([{**state[0], "name": "logits"}], vocab_size=11, attention=None)
 
 
-def test_keras_argmax_converts_including_negative_zero():
-    """keras.ops.argmax reads the float sign bit through a Bitcast, which has a dedicated handler."""
+def test_greedy_token_choice_converts_and_breaks_ties_like_argmax():
+    """The greedy loop picks tokens with top_k(1): it converts to ONNX TopK (keras.ops.argmax would emit
+    an unconvertible Bitcast) and, like numpy's argmax, takes the lowest index among equal maxima."""
     import keras
     import tensorflow as tf
     import tf2onnx
 
-    from export.onnx_export import CUSTOM_OP_HANDLERS
-
     spec = [tf.TensorSpec([None, 4], tf.float32, name="x")]
 
     @tf.function(input_signature=spec)
-    def argmax(x):
-        return {"index": keras.ops.argmax(x, axis=-1)}
+    def pick(x):
+        return {"index": keras.ops.top_k(x, 1)[1][:, 0]}
 
-    x = np.array([[-0.0, 0.0, -1.0, -2.0], [-0.0, -3.0, -1.0, -0.5], [1.0, 3.0, 3.0, -np.inf],
-                  [-np.inf, -np.inf, -1e-30, -0.0]], np.float32)
-    proto, _ = tf2onnx.convert.from_function(argmax, input_signature=spec, opset=18,
-                                             custom_op_handlers=CUSTOM_OP_HANDLERS)
+    x = np.array([[-0.0, 0.0, -1.0, -2.0], [-5.0, -3.0, -1.0, -0.5], [1.0, 3.0, 3.0, -np.inf],
+                  [-np.inf, -np.inf, -1e-30, -1e-30]], np.float32)
+    proto, _ = tf2onnx.convert.from_function(pick, input_signature=spec, opset=18)
+    assert "TopK" in {node.op_type for node in proto.graph.node}
     got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": x})[0]
-    np.testing.assert_array_equal(got, argmax(x)["index"].numpy())
-    np.testing.assert_array_equal(got, [1, 0, 1, 3])
+    np.testing.assert_array_equal(got, pick(x)["index"].numpy())
+    np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+
+
+# ---------------------------------------------------------------- Triton / TensorFlow Serving layouts
+ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT32: "TYPE_INT32",
+                  onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.BOOL: "TYPE_BOOL"}
+
+
+def parse_pbtxt(text: str) -> dict:
+    """The fields our config.pbtxt files use: name, platform and the input/output tensor blocks."""
+    import re
+
+    def tensors(kind):
+        block = re.search(kind + r" \[\n(.*?)\n\]", text, re.S).group(1)
+        found = []
+        for entry in re.findall(r"\{(.*?)\n  \}", block, re.S):
+            dims = [int(d) for d in re.search(r"dims: \[([^\]]*)\]", entry).group(1).split(",")
+                    if d.strip()]
+            reshape = re.search(r"reshape: \{ shape: \[([^\]]*)\] \}", entry)
+            if reshape is not None:
+                dims = [int(d) for d in reshape.group(1).split(",") if d.strip()]
+            found.append({"name": re.search(r'name: "([^"]+)"', entry).group(1),
+                          "data_type": re.search(r"data_type: (\w+)", entry).group(1), "dims": dims})
+        return found
+
+    return {"name": re.search(r'^name: "([^"]+)"', text, re.M).group(1),
+            "platform": re.search(r'platform: "([^"]+)"', text).group(1),
+            "input": tensors("input"), "output": tensors("output")}
+
+
+def onnx_signature(values) -> list[dict]:
+    result = []
+    for v in values:
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+        result.append({"name": v.name, "data_type": ONNX_TO_TRITON[v.type.tensor_type.elem_type],
+                       "dims": dims})
+    return result
+
+
+@pytest.mark.parametrize("model", ["transformer", "seq2seq-gru"])
+def test_triton_repository_matches_the_onnx_graphs(export_of, model):
+    from export.serving_layouts import SAVED_MODEL_NAME, write_target
+
+    run_dir = export_of(model)
+    repository = write_target("triton", run_dir)
+    graphs = json.loads((run_dir / "export" / "config.json").read_text())["graphs"]
+    assert {p.name for p in repository.iterdir() if p.is_dir()} == set(graphs) | {SAVED_MODEL_NAME}
+    for name in graphs:
+        config = parse_pbtxt((repository / name / "config.pbtxt").read_text())
+        graph = onnx.load(repository / name / "1" / "model.onnx").graph
+        assert config["name"] == name and config["platform"] == "onnxruntime_onnx"
+        # Names, order, dtypes and dims (-1 for dynamic axes) are the graph's own.
+        assert config["input"] == onnx_signature(graph.input)
+        assert config["output"] == onnx_signature(graph.output)
+    saved = parse_pbtxt((repository / SAVED_MODEL_NAME / "config.pbtxt").read_text())
+    assert saved["platform"] == "tensorflow_savedmodel"
+    assert saved["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [-1]}]
+    assert (repository / SAVED_MODEL_NAME / "1" / "model.savedmodel" / "saved_model.pb").is_file()
+    # Writing again replaces the repository whole.
+    (repository / "stray").mkdir()
+    write_target("triton", run_dir)
+    assert not (repository / "stray").exists()
+
+
+def test_tfserving_layout_has_a_version_directory(export_of):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops the text signature uses)
+
+    from export.serving_layouts import write_target
+
+    base = write_target("tfserving", export_of("transformer"))  # --model_base_path for tf serving
+    assert base.name == "dates_transformer" and [p.name for p in base.iterdir()] == ["1"]
+    version = base / "1"
+    assert (version / "saved_model.pb").is_file()
+    loaded = tf.saved_model.load(str(version))
+    out = loaded.signatures["serving_default"](text=tf.constant(["september 27, 1994"]))
+    assert out["text"].shape == (1,)

@@ -45,7 +45,9 @@ def greedy_generate(model: Seq2SeqModel, encoder_input, max_length: int, bos_id:
 
     def body(index, token, finished, tokens, state):
         logits, updates, _ = model.decode_step(token, index, state)
-        next_token = ops.cast(ops.argmax(logits, axis=-1), "int32")  # (batch,)
+        # top_k(1) is argmax with the same lowest-index tie rule; keras.ops.argmax on floats emits a TF
+        # Bitcast (for signed zeros) that tf2onnx cannot convert, top_k becomes a plain ONNX TopK.
+        next_token = ops.cast(ops.top_k(logits, 1)[1][:, 0], "int32")  # (batch,)
         next_token = ops.where(finished, pad_id, next_token)
         tokens = write_column(tokens, index, next_token)
         finished = ops.logical_or(finished, next_token == eos_id)
