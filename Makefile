@@ -16,6 +16,10 @@ REVERSE ?=
 # `make compare`: comma-separated model names (default: one per family).
 MODELS ?=
 PRESET ?=
+# Scaling out: STRATEGY=default|mirrored|multi-worker (TF_CONFIG), PRECISION=mixed_float16|..., JIT=1.
+STRATEGY ?=
+PRECISION ?=
+JIT ?=
 SEED ?=
 RUN ?=
 # `make export QUANTIZE=1`: also dynamic-int8 ONNX graphs, with their test-split quality in the report.
@@ -33,7 +37,9 @@ DATA_ARGS := $(if $(DATA),--data $(DATA)) $(if $(SRC),--src $(SRC)) $(if $(TGT),
 	$(if $(filter 1 yes true,$(REVERSE)),--reverse)
 TRAIN_ARGS := --task $(TASK) --model $(MODEL) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(OUT),--out $(OUT)) $(DATA_ARGS) \
-	$(if $(PRESET),--preset $(PRESET)) $(if $(SEED),--seed $(SEED))
+	$(if $(PRESET),--preset $(PRESET)) $(if $(SEED),--seed $(SEED)) \
+	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(PRECISION),--precision $(PRECISION)) \
+	$(if $(filter 1 yes true,$(JIT)),--jit)
 
 .PHONY: install train evaluate compare plot test lint clean infer serve export
 

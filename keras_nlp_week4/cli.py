@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-train-examples", dest="max_train_examples", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--verbose", type=int, help="Keras fit verbosity (0, 1, 2)")
+    train.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
+                       help="tf.distribute strategy: mirrored = all local GPUs, multi-worker = the hosts "
+                            "in TF_CONFIG; --batch-size is then the global batch")
+    train.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"),
+                       help="mixed precision keeps the output layer and the loss in float32")
+    train.add_argument("--jit", action="store_true", default=None, help="compile train steps with XLA")
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run, write metrics.json")

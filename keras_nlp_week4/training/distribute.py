@@ -24,11 +24,14 @@ class ClusterRole:
     task_type: str = "worker"
     task_index: int = 0
     num_workers: int = 1
+    has_chief_task: bool = False
 
     @property
     def is_chief(self) -> bool:
-        # TF's convention: an explicit "chief" task, else worker 0.
-        return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0)
+        # TF's convention: the "chief" task when the cluster has one, else worker 0.
+        if self.has_chief_task:
+            return self.task_type == "chief"
+        return self.task_type == "worker" and self.task_index == 0
 
 
 def read_tf_config(environ=os.environ) -> dict | None:
@@ -54,7 +57,8 @@ def cluster_role(environ=os.environ) -> ClusterRole:
     if config is None:
         return ClusterRole()
     workers = sum(len(v) for k, v in config["cluster"].items() if k in ("chief", "worker"))
-    return ClusterRole(str(config["task"]["type"]), int(config["task"]["index"]), workers)
+    return ClusterRole(str(config["task"]["type"]), int(config["task"]["index"]), workers,
+                       has_chief_task=bool(config["cluster"].get("chief")))
 
 
 def make_strategy(name: str):
