@@ -88,3 +88,9 @@ def test_two_workers_train_on_loopback(tmp_path):
 
     run = load_run(out)
     assert len(decode_texts(run, ["september 27, 1994"])) == 1
+    # The multi-worker model exports and passes the same parity validation as any other run.
+    from export.exporter import export_run
+
+    export_run(out, max_test_examples=100, threads=1, verbose=False)  # raises ExportFailed on a mismatch
+    parity = json.loads((out / "export" / "parity.json").read_text())
+    assert parity["passed"] is True

@@ -196,3 +196,18 @@ def test_tokenize_survives_a_kernel_cache_clear(model_paths, texts):
     expected = tokenizer.tokenize(tf.constant(texts[:3])).to_list()
     context.context().clear_kernel_cache()
     assert tokenizer.tokenize(tf.constant(texts[:3])).to_list() == expected
+
+
+@pytest.mark.parametrize("model_type", ["char", "bpe"])
+def test_detokenize_matches_sentencepiece_on_any_ids(model_paths, model_type):
+    """In-graph detokenize (SavedModel text output) == the sentencepiece package's decode (serving),
+    also for what an untrained model emits: leading/repeated spaces, unknown ids, whitespace only."""
+    tokenizer = Tokenizer(model_paths[model_type])
+    space = tokenizer.piece_to_id("\u2581")
+    rng = np.random.default_rng(0)
+    rows = [list(rng.integers(1, tokenizer.vocab_size, size=rng.integers(1, 12))) for _ in range(1500)]
+    rows += [[space] * 3, [space, space, 10, space], [UNK_ID], [UNK_ID, space, 10], [space, UNK_ID]]
+    width = max(map(len, rows))
+    dense = np.array([r + [PAD_ID] * (width - len(r)) for r in rows], np.int32)
+    in_graph = [s.decode() for s in tokenizer.detokenize(dense).numpy()]
+    assert in_graph == tokenizer.decode(rows)

@@ -49,6 +49,8 @@ PAD_ID = 0
 UNK_ID = 1
 BOS_ID = 2
 EOS_ID = 3
+# What the sentencepiece package decodes an unknown id to (its default `unk_surface`).
+UNK_SURFACE = " \u2047 "
 MODEL_TYPES = ("char", "bpe", "unigram", "word")
 _NUM_SPECIAL = 4
 # The piece that stands for a space in every model type.
@@ -396,7 +398,15 @@ class Tokenizer:
         # Everything at or after the first EOS has a cumulative EOS count >= 1.
         before_eos = tf.math.cumsum(tf.cast(ids == EOS_ID, tf.int32), axis=1) == 0
         keep = before_eos & (ids != PAD_ID) & (ids != BOS_ID)
-        strings = self._run_tf("detokenize", tf.ragged.boolean_mask(ids, keep))
+        kept = tf.ragged.boolean_mask(ids, keep)
+        # TensorFlow Text's own detokenize strips every leading space ("▁▁a" -> "a"), where the
+        # sentencepiece package removes only the one space its encoder added in front (the dummy
+        # prefix). Rebuilding the text from the pieces keeps the two runtimes' outputs identical.
+        pieces = self._run_tf("id_to_string", kept)
+        pieces = tf.ragged.map_flat_values(
+            lambda piece, i: tf.where(i == UNK_ID, UNK_SURFACE, piece), pieces, kept)
+        text = tf.strings.regex_replace(tf.strings.reduce_join(pieces, axis=-1), "^\u2581", "")
+        strings = tf.strings.regex_replace(text, "\u2581", " ")
         return strings[0] if single else strings
 
 
