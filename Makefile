@@ -22,6 +22,8 @@ PRECISION ?=
 JIT ?=
 SEED ?=
 RUN ?=
+# `make bench QUICK=1`: the short benchmark (about 1-3 min), written to artifacts/bench-quick/.
+QUICK ?=
 # `make export QUANTIZE=1`: also dynamic-int8 ONNX graphs, with their test-split quality in the report.
 QUANTIZE ?=
 # `make export TARGET=triton` (or tfserving, or both: TARGET=triton,tfserving): server-ready layouts too.
@@ -41,7 +43,7 @@ TRAIN_ARGS := --task $(TASK) --model $(MODEL) \
 	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(PRECISION),--precision $(PRECISION)) \
 	$(if $(filter 1 yes true,$(JIT)),--jit)
 
-.PHONY: install train evaluate compare plot test lint clean infer serve export
+.PHONY: install train evaluate compare plot test lint clean infer serve export bench
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +73,14 @@ plot: $(STAMP)
 export: $(STAMP)
 	$(PY) -m export $(RUN) $(if $(filter 1 yes true,$(QUANTIZE)),--quantize) \
 		$(foreach t,$(subst $(comma), ,$(TARGET)),--target $(t))
+
+# Training/inference/server benchmarks against the peers: BENCHMARKS.md, docs/benchmarks.json and
+# docs/bench_output_length.png (QUICK=1: artifacts/bench-quick/). keras-hub comes from the `bench` extra.
+bench: $(STAMP)
+	@$(PY) -c "import keras_hub" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]" || \
+		echo "warning: keras-hub unavailable; benchmarking without the keras-hub peer" >&2
+	$(PY) -m bench $(if $(RUN),--run $(RUN)) \
+		$(if $(filter 1 yes true,$(QUICK)),--quick --out-dir artifacts/bench-quick)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -54,7 +54,14 @@ def _finished_with(run_dir: Path, settings: dict) -> bool:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    same = config.get("train") == json.loads(json.dumps(settings, default=str))
+
+    def comparable(values: dict) -> dict:
+        # Verbosity changes what is printed, not what is trained; the replica count is recorded by
+        # training (from the strategy), it is not a setting.
+        return {k: v for k, v in json.loads(json.dumps(values, default=str)).items()
+                if k not in ("verbose", "num_replicas")}
+
+    same = comparable(config.get("train") or {}) == comparable(settings)
     return (same and "training_seconds" in metrics and (run_dir / "model.keras").is_file()
             and not (run_dir / "backup").exists())
 

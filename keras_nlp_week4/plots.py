@@ -185,14 +185,16 @@ def attention_figure(found: dict, text: str, model_name: str = "model"):
     rc = {"font.family": family} if family else {}
     with plt.rc_context(rc):
         fig, axes = plt.subplots(layers, heads, figsize=(width * heads, height * layers + 0.8),
-                                 squeeze=False)
+                                 squeeze=False, layout="constrained")
         for layer in range(layers):
             for head in range(heads):
                 ax = axes[layer][head]
                 image = ax.imshow(weights[layer, head], cmap="viridis", vmin=0.0, vmax=1.0,
                                   aspect="auto")
-                ax.set_xticks(range(src_len), source_labels, rotation=90, fontsize=8)
-                ax.set_yticks(range(tgt_len), target_labels, fontsize=8)
+                # Every panel has the same tokens: label them on the outer panels only.
+                bottom, left = layer == layers - 1, head == 0
+                ax.set_xticks(range(src_len), source_labels if bottom else [], rotation=90, fontsize=8)
+                ax.set_yticks(range(tgt_len), target_labels if left else [], fontsize=8)
                 if layers * heads > 1:
                     ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=9)
                 if head == 0:

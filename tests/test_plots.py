@@ -89,10 +89,17 @@ def test_transformer_figure_has_one_heatmap_per_layer_and_head(runs):
         heatmaps = [ax for ax in fig.axes if ax.images and ax.get_title()]
         assert sorted(ax.get_title() for ax in heatmaps) == sorted(
             f"layer {layer}, head {head}" for layer in (1, 2) for head in (1, 2, 3, 4))
-        first = heatmaps[0]
-        np.testing.assert_allclose(first.images[0].get_array(), found["weights"][0, 0])
-        assert [t.get_text() for t in first.get_xticklabels()] == found["source_tokens"]
-        assert [t.get_text() for t in first.get_yticklabels()] == found["target_tokens"]
+        by_title = {ax.get_title(): ax for ax in heatmaps}
+        np.testing.assert_allclose(by_title["layer 2, head 3"].images[0].get_array(),
+                                   found["weights"][1, 2])
+        # Tokens label the outer panels: the bottom row (source) and the first column (output).
+        # Without a Hangul font (as on CI) the labels are romanized: see the test below.
+        shown = (lambda tokens: tokens) if plots._hangul_font() else (
+            lambda tokens: [plots.romanize_hangul(t) for t in tokens])
+        bottom_left = by_title["layer 2, head 1"]
+        assert [t.get_text() for t in bottom_left.get_xticklabels()] == shown(found["source_tokens"])
+        assert [t.get_text() for t in bottom_left.get_yticklabels()] == shown(found["target_tokens"])
+        assert not [t.get_text() for t in by_title["layer 1, head 2"].get_xticklabels() if t.get_text()]
     finally:
         plt.close(fig)
 

@@ -1,0 +1,92 @@
+"""`python -m bench [--quick]` (`make bench [QUICK=1]`): training, inference and server benchmarks.
+
+Writes BENCHMARKS.md (repo root), docs/benchmarks.json and docs/bench_output_length.png by default;
+`--out-dir DIR` puts all three in DIR instead (what `make bench QUICK=1` does: artifacts/bench-quick/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+# Sizes of the full and the quick run: the full one keeps `make bench` under 15 min on 2 cores.
+SETTINGS = {
+    "full": dict(rounds=5, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
+                 max_seconds=20.0, concurrencies=(1, 8, 32)),
+    "quick": dict(rounds=3, steps=4, repeats=3, lengths=(16, 32, 64), requests=40, max_seconds=6.0,
+                  concurrencies=(1, 8, 32)),
+}
+SCALING_PATHS = ("savedmodel re-run", "savedmodel cache", "ort step+cache", "ort loop")
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("artifacts/dates-transformer"),
+                        help="trained run with an export/ (default: artifacts/dates-transformer)")
+    parser.add_argument("--quick", action="store_true", help="a short version (about 3 minutes)")
+    parser.add_argument("--out-dir", type=Path, help="write all outputs here (default: repo root + docs/)")
+    parser.add_argument("--work", type=Path, default=Path("artifacts/bench-work"),
+                        help="scratch: the benchmark SavedModel, int8 and patched graphs")
+    parser.add_argument("--skip", action="append", default=[], choices=("training", "inference", "server"))
+    args = parser.parse_args(argv)
+    if "inference" not in args.skip or "server" not in args.skip:
+        if not (args.run / "export" / "config.json").is_file():
+            print(f"error: {args.run}/export is missing; train and export a run first "
+                  f"(python -m export {args.run})", file=sys.stderr)
+            return 2
+    if args.out_dir:
+        markdown, json_path, plot = (args.out_dir / "BENCHMARKS.md", args.out_dir / "benchmarks.json",
+                                     args.out_dir / "bench_output_length.png")
+    else:
+        markdown, json_path, plot = (Path("BENCHMARKS.md"), Path("docs/benchmarks.json"),
+                                     Path("docs/bench_output_length.png"))
+    mode = "quick" if args.quick else "full"
+    s = SETTINGS[mode]
+    from bench.report import environment, write_report
+
+    started = time.perf_counter()
+    results: dict = {"command": "make bench" + (" QUICK=1" if args.quick else ""), "quick": args.quick,
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "run": str(args.run),
+                     "environment": environment(), "settings": {k: list(v) if isinstance(v, tuple) else v
+                                                                for k, v in s.items()}}
+    if "training" not in args.skip:
+        from bench.training import TRAINING_CONFIGS, run_training
+
+        results["training"] = run_training(TRAINING_CONFIGS[mode], rounds=s["rounds"], steps=s["steps"],
+                                           log=log)
+        log(f"[{time.perf_counter() - started:.0f} s] training done")
+    if "inference" not in args.skip:
+        from bench.inference import build_paths, run_inference
+
+        paths, info = build_paths(args.run, args.work)
+        results["inference"] = run_inference(paths, info["sources"], lengths=s["lengths"],
+                                             scaling_paths=SCALING_PATHS, repeats=s["repeats"], log=log)
+        results["inference"]["source_tokens"] = {k: int(v.shape[1]) for k, v in info["sources"].items()}
+        del paths
+        log(f"[{time.perf_counter() - started:.0f} s] inference done")
+    if "server" not in args.skip:
+        from bench.server import run_server
+
+        results["server"] = run_server(str(args.run / "export"), s["concurrencies"], s["requests"],
+                                       s["max_seconds"], log=log)
+        log(f"[{time.perf_counter() - started:.0f} s] server done")
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["environment"]["load_average_end"] = list(os.getloadavg())
+    write_report(results, markdown, json_path, plot)
+    log(f"wrote {markdown}, {json_path}" + (f", {plot}" if results.get("plot") else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

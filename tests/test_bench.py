@@ -1,0 +1,105 @@
+"""Smoke test of the benchmark pieces on tiny models: structure of the results, never timing values."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from bench.inference import patch_generate_eos, run_inference, time_call
+from bench.report import render_markdown, write_report
+from bench.rerun import GenerationModule
+from bench.training import run_training
+from keras_nlp_week4.models.transformer import Transformer
+
+# Two families and the RNN pair keep the test quick; the keras-hub peer is optional.
+TEST_MODELS = ("ours transformer", "keras MHA transformer", "ours rnn (lstm, no attention)",
+               "ours rnn (lstm, luong attention)")
+
+
+def test_training_bench_reports_every_model_and_the_ratios():
+    results = run_training([("t", "tiny", 2, 6, 5)], rounds=2, steps=1, warmup=1, vocab_size=16,
+                           log=lambda _: None, only=TEST_MODELS)
+    entry = results[0]
+    assert set(entry["models"]) == set(TEST_MODELS)
+    for figures in entry["models"].values():
+        assert figures["tokens_per_s"] > 0 and len(figures["runs"]) == 2 and figures["parameters"] > 0
+    assert set(entry["ratios"]) == {"ours transformer / keras MHA transformer",
+                                    "ours rnn (lstm, luong attention) / ours rnn (lstm, no attention)"}
+
+
+def test_rerun_and_cached_loops_generate_the_same_tokens():
+    model = Transformer(source_vocab_size=20, d_model=16, num_heads=2, num_encoder_layers=1,
+                        num_decoder_layers=1, d_ff=32, dropout=0.0)
+    source = np.array([[5, 6, 7, 3], [8, 9, 3, 0]], np.int32)
+    model((source, source))
+    module = GenerationModule(model, bos_id=2, pad_id=0)
+    rerun = module.generate_rerun(source, np.int32(7)).numpy()
+    cached = module.generate_cached(source, np.int32(7)).numpy()
+    assert rerun.shape == (2, 7)
+    np.testing.assert_array_equal(rerun, cached)
+
+
+def _equal_graph(path, eos: int) -> None:
+    token = helper.make_tensor_value_info("token", TensorProto.INT32, [None])
+    out = helper.make_tensor_value_info("is_eos", TensorProto.BOOL, [None])
+    eos_const = helper.make_tensor("eos", TensorProto.INT32, [], [eos])
+    graph = helper.make_graph([helper.make_node("Equal", ["token", "eos"], ["is_eos"])], "g", [token], [out],
+                              [eos_const])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def test_patch_generate_eos_disables_the_eos_test(tmp_path):
+    _equal_graph(tmp_path / "g.onnx", eos=3)
+    assert patch_generate_eos(tmp_path / "g.onnx", tmp_path / "p.onnx", eos_id=3) == 1
+    tokens = np.array([3, 1, 3], np.int32)
+    before = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"token": tokens})[0]
+    after = ort.InferenceSession(str(tmp_path / "p.onnx")).run(None, {"token": tokens})[0]
+    assert before.tolist() == [True, False, True] and not after.any()
+
+
+def test_inference_bench_and_report_structure(tmp_path):
+    median, runs = time_call(lambda: None, repeats=3)
+    assert len(runs) == 3 and median >= 0
+
+    def fake(source, n):  # stands in for a generation path: same tokens for everyone
+        return np.full((source.shape[0], n), 5, np.int32)
+
+    paths = {"savedmodel re-run": fake, "ort step+cache": fake}
+    sources = {"short": np.ones((1, 3), np.int32), "long": np.ones((1, 9), np.int32)}
+    inference = run_inference(paths, sources, tokens=4, lengths=(2, 4), repeats=2, log=lambda _: None)
+    inference["source_tokens"] = {"short": 3, "long": 9}
+    assert len(inference["latency"]) == 2 * 2 * 2 and len(inference["scaling"]) == 2 * 2
+    assert all(inference["agreement"].values())
+    # The report's headline compares these two at 32 tokens; the fake paths take ~0 ms.
+    inference["latency"] = [{**row, "tokens": 32, "ms": 10.0 if row["path"] == "savedmodel re-run" else 1.0}
+                            for row in inference["latency"]]
+    training = [{
+        "config": "t", "models": {"ours transformer": {"tokens_per_s": 10.0, "step_ms": 1.0, "parameters": 5},
+                                  "keras MHA transformer": {"tokens_per_s": 8.0, "step_ms": 1.2,
+                                                            "parameters": 5}},
+        "ratios": {"ours transformer / keras MHA transformer": 1.25}}]
+    server = [{"mode": "batching on", "concurrency": 1, "requests": 3, "errors": 0, "requests_per_s": 1.0,
+               "p50_ms": 1.0, "p99_ms": 2.0}]
+    results = {"command": "make bench QUICK=1", "quick": True, "date": "now", "seconds": 1.0,
+               "environment": {"cpu": "x", "cpu_count": 2, "platform": "p", "python": "3", "load_average": [0],
+                               "versions": {"keras": "3"}},
+               "training": training, "inference": inference, "server": server}
+    write_report(results, tmp_path / "B.md", tmp_path / "b.json", tmp_path / "p.png")
+    written = json.loads((tmp_path / "b.json").read_text())
+    assert {"training", "inference", "server", "environment", "headline"} <= set(written)
+    assert set(inference["paired"]) == {"slow_ms", "fast_ms", "speedup", "pairs", "speedup_range"}
+    inference["paired"] = None  # the headline then comes from the (fixed) table figures
+    write_report(results, tmp_path / "B.md", tmp_path / "b.json", tmp_path / "p.png")
+    written = json.loads((tmp_path / "b.json").read_text())
+    assert written["headline"] == {"rerun_ms": 10.0, "ort_cache_ms": 1.0, "speedup": 10.0, "target": 5.0,
+                                   "holds": True, "method": "latency table"}
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    markdown = (tmp_path / "B.md").read_text()
+    for section in ("## Training throughput", "## Greedy generation latency", "### Cost against output length",
+                    "## HTTP server", "make bench QUICK=1", "1.25"):
+        assert section in markdown
+    assert markdown == render_markdown(written) + "\n"
