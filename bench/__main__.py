@@ -17,7 +17,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 # Sizes of the full and the quick run: the full one keeps `make bench` under 15 min on 2 cores.
 SETTINGS = {
-    "full": dict(rounds=5, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
+    "full": dict(rounds=9, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
                  max_seconds=20.0, concurrencies=(1, 8, 32)),
     "quick": dict(rounds=3, steps=4, repeats=3, lengths=(16, 32, 64), requests=40, max_seconds=6.0,
                   concurrencies=(1, 8, 32)),

@@ -153,19 +153,23 @@ def build_paths(run_dir: Path, work: Path, int8: bool = True) -> tuple[dict, dic
     return paths, info
 
 
-def paired_speedup(slow: Callable, fast: Callable, source, tokens: int = 32, pairs: int = 15) -> dict:
-    """`slow` vs `fast` called alternately `pairs` times: the median of the per-pair ratios, so both
-    sides of every ratio see the same load from other processes."""
-    slow(source, tokens), fast(source, tokens)  # warm-up
-    slow_ms, fast_ms = [], []
+def paired_speedup(slow: Callable, fast: Callable, source, tokens: int = 32, pairs: int = 6,
+                   block: int = 5) -> dict:
+    """`slow` vs `fast` in alternating blocks, back to back: `pairs` block pairs, each block one untimed
+    call and then `block` timed ones; the speedup is the median over pairs of (median of the slow block)
+    / (median of the fast block), so both sides of every ratio see the same load from other processes.
+
+    Blocks rather than single calls alternating: after a call TensorFlow's thread pools keep spinning
+    for a while, and a single onnxruntime call right after one would be charged for TensorFlow's
+    threads (a server running only onnxruntime has none); the untimed first call absorbs that."""
+    slow_medians, fast_medians = [], []
     for _ in range(pairs):
-        for fn, runs in ((slow, slow_ms), (fast, fast_ms)):
-            started = time.perf_counter()
-            fn(source, tokens)
-            runs.append(1000 * (time.perf_counter() - started))
-    ratios = np.array(slow_ms) / np.array(fast_ms)
-    return {"slow_ms": round(float(np.median(slow_ms)), 2), "fast_ms": round(float(np.median(fast_ms)), 2),
-            "speedup": round(float(np.median(ratios)), 2), "pairs": pairs,
+        for fn, medians in ((slow, slow_medians), (fast, fast_medians)):
+            medians.append(time_call(lambda fn=fn: fn(source, tokens), repeats=block)[0])
+    ratios = np.array(slow_medians) / np.array(fast_medians)
+    return {"slow_ms": round(float(np.median(slow_medians)), 2),
+            "fast_ms": round(float(np.median(fast_medians)), 2),
+            "speedup": round(float(np.median(ratios)), 2), "pairs": pairs, "block": block,
             "speedup_range": [round(float(ratios.min()), 2), round(float(ratios.max()), 2)]}
 
 
@@ -202,7 +206,7 @@ def run_inference(paths: dict, sources: dict, batches=(1, 32), tokens: int = 32,
     headline = None
     if "savedmodel re-run" in paths and "ort step+cache" in paths:
         headline = paired_speedup(paths["savedmodel re-run"], paths["ort step+cache"], short, tokens,
-                                  pairs=max(2 * repeats, 6))
+                                  pairs=max(repeats, 6))
         log(f"paired: re-run {headline['slow_ms']} ms / ort step+cache {headline['fast_ms']} ms = "
             f"{headline['speedup']}x")
     # Every path computes the same greedy tokens (compared on the short input, batch 1).

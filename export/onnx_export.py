@@ -2,7 +2,8 @@
 
 Each graph is converted from a `tf.function` with a named input signature (`export.functions`), then
 tidied so it matches its description in `export.config` exactly: outputs in the contract's order, the
-dynamic axes named "batch" / "source_length" / "max_length" instead of tf2onnx's `unk__N`, and checked
+dynamic axes named "batch" / "source_length" / "max_length" instead of tf2onnx's `unk__N`, with two of
+tf2onnx's many-node lowerings folded back into single operators (`export.onnx_fusions`), and checked
 with `onnx.checker` (full check, with shape inference) plus a scan for operators that tf2onnx could not
 convert (it leaves those in the graph and only logs them).
 """
@@ -20,6 +21,7 @@ from onnx import helper
 from export.config import OPSET
 from export.functions import GraphFunctions
 from export.onnx_check import check_onnx
+from export.onnx_fusions import fuse_graph_patterns
 
 __all__ = ["convert_graph"]
 
@@ -66,6 +68,9 @@ def convert_graph(functions: GraphFunctions, graph: str, path: Path, opset: int 
     finally:
         tf2onnx_logger.setLevel(level)
     _conform(model, description, graph)
+    # Fewer nodes, same numbers: onnxruntime's per-node overhead dominates a decoder step.
+    folded = fuse_graph_patterns(model)
+    logging.getLogger(__name__).info("%s: %s", graph, folded)
     model.doc_string = f"keras-nlp-week4 {graph} graph (see config.json)"
     model.producer_name = "keras-nlp-week4 export via tf2onnx"
     helper.set_model_props(model, {"graph": graph})

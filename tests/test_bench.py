@@ -91,7 +91,7 @@ def test_inference_bench_and_report_structure(tmp_path):
     write_report(results, tmp_path / "B.md", tmp_path / "b.json", tmp_path / "p.png")
     written = json.loads((tmp_path / "b.json").read_text())
     assert {"training", "inference", "server", "environment", "headline"} <= set(written)
-    assert set(inference["paired"]) == {"slow_ms", "fast_ms", "speedup", "pairs", "speedup_range"}
+    assert set(inference["paired"]) == {"slow_ms", "fast_ms", "speedup", "pairs", "block", "speedup_range"}
     inference["paired"] = None  # the headline then comes from the (fixed) table figures
     write_report(results, tmp_path / "B.md", tmp_path / "b.json", tmp_path / "p.png")
     written = json.loads((tmp_path / "b.json").read_text())
