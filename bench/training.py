@@ -179,8 +179,10 @@ def run_training(configs: list[tuple], rounds: int = 5, steps: int = 10, warmup:
         for mine, peer in pairs:
             if mine in runs and peer in runs:
                 # per-round ratios: each compares two back-to-back measurements
-                ratio = np.median(np.array(runs[mine]) / np.array(runs[peer]))
-                entry["ratios"][f"{mine} / {peer}"] = round(float(ratio), 3)
+                ratios = np.array(runs[mine]) / np.array(runs[peer])
+                entry["ratios"][f"{mine} / {peer}"] = round(float(np.median(ratios)), 3)
+                entry.setdefault("ratio_ranges", {})[f"{mine} / {peer}"] = [
+                    round(float(ratios.min()), 3), round(float(ratios.max()), 3)]
         log(f"training {name}: " + ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s"
                                              for k, v in entry["models"].items()) + f" | {entry['ratios']}")
         results.append(entry)
