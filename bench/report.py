@@ -30,8 +30,11 @@ Profile of ours vs keras-hub (`tiny`, batch 64, 48/12, idle machine, 2026-11-24)
 - After it, the traced training step (forward + backward, grappler-optimised) has 1,169 TensorFlow ops
   for ours and 1,146 for keras-hub's; the difference is the multiply that gives fully masked rows zero
   attention weights (12 `Mul`, 4 `SelectV2`). Forward + backward alone: ours 32.8 ms, keras-hub 33.7 ms.
-- So the two are at parity: the ratios above sit within the run-to-run spread of the per-round ratios
-  (the range column), and the sign of the difference changes between runs.
+- On `small` (matmul-bound steps) the two are at parity. On `tiny` (about 50 ms steps of tiny matrices,
+  bound by per-op overhead) ours averaged about 3 % slower over four runs after the fix (0.95-1.00),
+  the untied variant about 1 % (0.97-1.00): the extra ops above, plus the tied output projection,
+  whose gradient joins the embedding's sparse gradient into a dense one. Both buy something (exactly
+  zero weights for fully masked rows; the paper's shared embedding), so they stay.
 """
 
 
