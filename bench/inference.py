@@ -47,14 +47,12 @@ def patch_generate_eos(source: Path, target: Path, eos_id: int, new_eos: int = N
     import onnx
     from onnx import numpy_helper
 
-    from export.onnx_check import subgraphs
+    from export.onnx_check import constant_tensors, subgraphs
 
     model = onnx.load(str(source))
     changed = 0
     for graph in subgraphs(model.graph):
-        tensors = {t.name: t for t in graph.initializer}
-        tensors.update({n.output[0]: n.attribute[0].t for n in graph.node
-                        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+        tensors = constant_tensors(graph)
         for node in graph.node:
             if node.op_type != "Equal":
                 continue

@@ -5,8 +5,9 @@ shapes, where a shape entry is an int or a symbolic axis ("batch", "source_lengt
 ONNX exporter names graph inputs/outputs and dynamic axes from it, the SavedModel signatures use the same
 names, the validator builds feeds from it and the serving runtime reads it from `config.json`.
 
-Only numpy and the standard library are imported: the validator's reference-only path and the serving
-runtime use this module on machines without TensorFlow.
+Only numpy, the standard library and `serving.manifest` (for the one `FORMAT_VERSION` that export and
+runtime share) are imported: the validator's reference-only path and the serving runtime use this module
+on machines without TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from serving.manifest import FORMAT_VERSION
 
 __all__ = [
     "FORMAT_VERSION",
@@ -28,8 +31,6 @@ __all__ = [
     "tensor",
 ]
 
-# The version `serving.manifest.read_export_config` accepts; bump both together.
-FORMAT_VERSION = 1
 OPSET = 18
 SYMBOLIC_AXES = ("batch", "source_length", "max_length")
 GRAPH_FILES = {"encoder": "onnx/encoder.onnx", "decoder_step": "onnx/decoder_step.onnx",

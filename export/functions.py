@@ -4,7 +4,7 @@ The decoding state is a dict in Keras; an exported graph needs one named input a
 These wrappers take the tensors positionally in the order of the graph description (`export.config`)
 and return dicts keyed by the contract's output names, so tf2onnx names the ONNX outputs after the keys
 and the SavedModel signatures use the same names. Every output goes through `tf.identity`: two outputs
-that are the same tensor (a Luong model's `attention_keys` *is* `encoder_outputs`) would otherwise
+that are the same tensor (a Luong model's `attention_keys` can be `encoder_outputs` itself) would otherwise
 collapse into one graph output.
 """
 

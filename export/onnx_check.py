@@ -1,6 +1,7 @@
 """Checks that an ONNX file is well-formed and runnable: `onnx.checker`, opset, standard operators only.
 
-Imports onnx alone (no TensorFlow, no tf2onnx), so validation can re-check files on any machine.
+Imports onnx and `serving.errors` alone (no TensorFlow, no tf2onnx), so validation can re-check files on
+any machine.
 """
 
 from __future__ import annotations
@@ -10,19 +11,34 @@ from pathlib import Path
 import onnx
 
 from export.config import OPSET
+from serving.errors import first_line
 
-__all__ = ["check_onnx", "subgraphs", "unsupported_ops"]
+__all__ = ["check_onnx", "constant_tensors", "nested_graphs", "subgraphs", "unsupported_ops"]
+
+
+def nested_graphs(graph: onnx.GraphProto):
+    """The graphs held directly in `graph`'s nodes' attributes (Loop / If bodies), not their own."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield attribute.g
+            yield from attribute.graphs
 
 
 def subgraphs(graph: onnx.GraphProto):
     """`graph` and, recursively, every graph nested in its nodes' attributes (Loop / If bodies)."""
     yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from subgraphs(attribute.g)
-            for sub in attribute.graphs:
-                yield from subgraphs(sub)
+    for sub in nested_graphs(graph):
+        yield from subgraphs(sub)
+
+
+def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """{name: tensor} of `graph`'s own initializers and `Constant` nodes (a `value` attribute), by
+    reference: changing a tensor changes the graph."""
+    tensors = {t.name: t for t in graph.initializer}
+    tensors.update({node.output[0]: node.attribute[0].t for node in graph.node
+                    if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
+    return tensors
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
@@ -46,8 +62,7 @@ def check_onnx(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path))
     except Exception as e:  # ValidationError, InferenceError, DecodeError of a damaged protobuf, OSError
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} fails onnx.checker: {first}") from None
+        raise ValueError(f"{path} fails onnx.checker: {first_line(e, 300)}") from None
     opset = max((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), default=0)
     if opset > OPSET:
         raise ValueError(f"{path} uses opset {opset}, above the contract's {OPSET}")

@@ -19,11 +19,13 @@ rewritten graphs against Keras as it does for every graph, so a wrong fold canno
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from export.onnx_check import constant_tensors, nested_graphs, subgraphs
 
 __all__ = ["fuse_graph_patterns"]
 
@@ -32,74 +34,58 @@ _LAYER_NORM_OPSET = 17
 
 
 class _Graph:
-    """Producer/consumer lookups over one (sub)graph, and dead-node removal."""
+    """Producer/consumer lookups over one (sub)graph."""
 
     def __init__(self, graph: onnx.GraphProto, outer_constants: dict | None = None):
         self.graph = graph
         self.producer = {out: node for node in graph.node for out in node.output}
-        # A Loop body reads the weights of the graph around it by name.
-        self.constants = dict(outer_constants or {})
-        self.constants.update({t.name: numpy_helper.to_array(t) for t in graph.initializer})
-        for node in graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        # A Loop body reads the weights of the graph around it by name. Tensors, turned into arrays
+        # only when a pattern asks for one.
+        self.constants = {**(outer_constants or {}), **constant_tensors(graph)}
 
     def op(self, name: str, op_type: str) -> onnx.NodeProto | None:
         node = self.producer.get(name)
         return node if node is not None and node.op_type == op_type else None
 
     def constant(self, name: str) -> np.ndarray | None:
-        if name in self.constants:
-            return self.constants[name]
-        node = self.producer.get(name)
-        # A constant reshaped (Keras broadcasts gamma/beta to the input's rank): still a constant.
-        if node is not None and node.op_type == "Reshape" and node.input[0] in self.constants:
-            return self.constants[node.input[0]]
-        return None
-
-    def remove_dead_nodes(self) -> int:
-        """Drops nodes none of whose outputs is used (in this graph, a nested one, or as an output),
-        then the initializers nothing reads any more."""
-        removed = 0
-        while True:
-            used = {name for node in self.graph.node for name in node.input}
-            used |= {o.name for o in self.graph.output} | _names_used_by_subgraphs(self.graph)
-            keep = [n for n in self.graph.node if any(out in used for out in n.output if out)]
-            if len(keep) == len(self.graph.node):
-                break
-            removed += len(self.graph.node) - len(keep)
-            del self.graph.node[:]
-            self.graph.node.extend(keep)
-        initializers = [t for t in self.graph.initializer if t.name in used]
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(initializers)
-        return removed
+        tensor = self.constants.get(name)
+        if tensor is None:
+            node = self.producer.get(name)
+            # A constant reshaped (Keras broadcasts gamma/beta to the input's rank): still a constant.
+            if node is not None and node.op_type == "Reshape":
+                tensor = self.constants.get(node.input[0])
+        return None if tensor is None else numpy_helper.to_array(tensor)
 
 
-def _names_used_by_subgraphs(graph: onnx.GraphProto) -> set[str]:
-    """Every name read inside the Loop/If bodies of `graph`'s nodes (outer-scope reads included)."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []) + list(
-                    attribute.graphs):
-                for inner in sub.node:
-                    names.update(inner.input)
-                names.update(o.name for o in sub.output)
-                names |= _names_used_by_subgraphs(sub)
-    return names
+def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Drops nodes none of whose outputs is used (in this graph, a nested one, or as an output), then
+    the initializers nothing reads any more."""
+    # Every name read inside the Loop/If bodies (outer-scope reads included); removing nodes of
+    # `graph` does not change them.
+    nested = set()
+    for sub in nested_graphs(graph):
+        for inner in subgraphs(sub):
+            nested.update(name for node in inner.node for name in node.input)
+            nested.update(o.name for o in inner.output)
+    while True:
+        used = {name for node in graph.node for name in node.input}
+        used |= {o.name for o in graph.output} | nested
+        keep = [n for n in graph.node if any(out in used for out in n.output if out)]
+        if len(keep) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(keep)
+    initializers = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
 
 
 def _graphs(graph: onnx.GraphProto, outer_constants: dict | None = None) -> Iterator[_Graph]:
     """`graph` and, recursively, every Loop/If body in it (which sees the outer graphs' constants)."""
     current = _Graph(graph, outer_constants)
     yield current
-    for node in graph.node:
-        for attribute in node.attribute:
-            subs = ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []) + list(
-                attribute.graphs)
-            for sub in subs:
-                yield from _graphs(sub, current.constants)
+    for sub in nested_graphs(graph):
+        yield from _graphs(sub, current.constants)
 
 
 def _either(pair, check):
@@ -108,36 +94,42 @@ def _either(pair, check):
     return check(a, b) or check(b, a)
 
 
-def _fold_selects(g: _Graph) -> int:
-    """`Add(Mul(Cast(c), x), Mul(y, Cast(Not(c))))` -> `Where(c, x, y)`."""
+def _fold_adds(g: _Graph, match: Callable, rewrite: Callable[[onnx.NodeProto, tuple], onnx.NodeProto]
+               ) -> int:
+    """Replaces every two-input `Add` whose inputs `match` (in either order) by `rewrite(add, found)`;
+    returns how many it replaced."""
     folded = 0
-    for index, node in enumerate(g.graph.node):
+    for node in g.graph.node:
         if node.op_type != "Add" or len(node.input) != 2:
             continue
-
-        def match(a, b):
-            taken, other = g.op(a, "Mul"), g.op(b, "Mul")
-            if taken is None or other is None:
-                return None
-            for cast_c, x in (taken.input, reversed(taken.input)):
-                cast = g.op(cast_c, "Cast")
-                if cast is None:
-                    continue
-                for cast_not, y in (other.input, reversed(other.input)):
-                    cast2 = g.op(cast_not, "Cast")
-                    negation = g.op(cast2.input[0], "Not") if cast2 is not None else None
-                    if negation is not None and negation.input[0] == cast.input[0]:
-                        return cast.input[0], x, y
-            return None
-
         found = _either(node.input, match)
         if found is None:
             continue
-        condition, x, y = found
-        g.graph.node[index].CopyFrom(helper.make_node("Where", [condition, x, y], list(node.output),
-                                                      name=node.name))
+        node.CopyFrom(rewrite(node, found))
         folded += 1
     return folded
+
+
+def _fold_selects(g: _Graph) -> int:
+    """`Add(Mul(Cast(c), x), Mul(y, Cast(Not(c))))` -> `Where(c, x, y)`."""
+
+    def match(a, b):
+        taken, other = g.op(a, "Mul"), g.op(b, "Mul")
+        if taken is None or other is None:
+            return None
+        for cast_c, x in (taken.input, reversed(taken.input)):
+            cast = g.op(cast_c, "Cast")
+            if cast is None:
+                continue
+            for cast_not, y in (other.input, reversed(other.input)):
+                cast2 = g.op(cast_not, "Cast")
+                negation = g.op(cast2.input[0], "Not") if cast2 is not None else None
+                if negation is not None and negation.input[0] == cast.input[0]:
+                    return cast.input[0], x, y
+        return None
+
+    return _fold_adds(g, match, lambda add, found: helper.make_node(
+        "Where", list(found), list(add.output), name=add.name))
 
 
 def _fold_layer_norms(g: _Graph) -> int:
@@ -147,34 +139,28 @@ def _fold_layer_norms(g: _Graph) -> int:
     ``out = Add(Mul(x, m), Add(Mul(Neg(mean), m), beta))`` with ``mean = ReduceMean(x)`` and
     ``var = ReduceMean(Mul(Sub(x, mean), Sub(x, mean)))``, both over the last axis only.
     """
-    folded = 0
     new_initializers = []
-    for index, node in enumerate(g.graph.node):
-        if node.op_type != "Add" or len(node.input) != 2:
-            continue
 
-        def match(scaled_name, shifted_name):
-            scaled, shifted = g.op(scaled_name, "Mul"), g.op(shifted_name, "Add")
-            if scaled is None or shifted is None:
-                return None
-            for x, m in (scaled.input, reversed(scaled.input)):
-                found = _either(shifted.input, lambda a, b, x=x, m=m: _layer_norm_shift(g, x, m, a, b))
-                if found is not None:
-                    return (x, *found)
+    def match(scaled_name, shifted_name):
+        scaled, shifted = g.op(scaled_name, "Mul"), g.op(shifted_name, "Add")
+        if scaled is None or shifted is None:
             return None
+        for x, m in (scaled.input, reversed(scaled.input)):
+            found = _either(shifted.input, lambda a, b, x=x, m=m: _layer_norm_shift(g, x, m, a, b))
+            if found is not None:
+                return (x, *found)
+        return None
 
-        found = _either(node.input, match)
-        if found is None:
-            continue
+    def rewrite(add: onnx.NodeProto, found: tuple) -> onnx.NodeProto:
         x, gamma, beta, epsilon = found
         # Named after the output, which is unique (node names may be empty).
-        scale_name, bias_name = f"{node.output[0]}/ln_scale", f"{node.output[0]}/ln_bias"
-        new_initializers += [numpy_helper.from_array(gamma.reshape(-1).astype(np.float32), scale_name),
-                             numpy_helper.from_array(beta.reshape(-1).astype(np.float32), bias_name)]
-        g.graph.node[index].CopyFrom(helper.make_node(
-            "LayerNormalization", [x, scale_name, bias_name], list(node.output), name=node.name,
-            axis=-1, epsilon=float(epsilon)))
-        folded += 1
+        scale_name, bias_name = f"{add.output[0]}/ln_scale", f"{add.output[0]}/ln_bias"
+        new_initializers.extend([numpy_helper.from_array(gamma.reshape(-1).astype(np.float32), scale_name),
+                                 numpy_helper.from_array(beta.reshape(-1).astype(np.float32), bias_name)])
+        return helper.make_node("LayerNormalization", [x, scale_name, bias_name], list(add.output),
+                                name=add.name, axis=-1, epsilon=float(epsilon))
+
+    folded = _fold_adds(g, match, rewrite)
     g.graph.initializer.extend(new_initializers)
     return folded
 
@@ -258,7 +244,7 @@ def fuse_graph_patterns(model: onnx.ModelProto) -> dict[str, int]:
     """Rewrites `model` in place (every subgraph too); returns how many patterns of each kind it folded
     and how many nodes it removed."""
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
-    before = sum(len(g.graph.node) for g in _graphs(model.graph))
+    before = sum(len(graph.node) for graph in subgraphs(model.graph))
     counts = {"where": 0, "layer_normalization": 0}
     for g in list(_graphs(model.graph)):
         counts["where"] += _fold_selects(g)
@@ -266,7 +252,7 @@ def fuse_graph_patterns(model: onnx.ModelProto) -> dict[str, int]:
             g = _Graph(g.graph, g.constants)  # fresh lookups after the first rewrite
             counts["layer_normalization"] += _fold_layer_norms(g)
     # Bodies are cleaned before the graphs around them (their reads of outer names count as uses).
-    for g in reversed(list(_graphs(model.graph))):
-        g.remove_dead_nodes()
-    counts["nodes_removed"] = before - sum(len(g.graph.node) for g in _graphs(model.graph))
+    for graph in reversed(list(subgraphs(model.graph))):
+        _remove_dead_nodes(graph)
+    counts["nodes_removed"] = before - sum(len(graph.node) for graph in subgraphs(model.graph))
     return counts

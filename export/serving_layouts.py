@@ -12,10 +12,11 @@ interrupted run never leaves a half-written repository under the final name.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
+
+from serving.manifest import read_export_config
 
 TARGETS = ("triton", "tfserving")
 
@@ -70,13 +71,6 @@ def _install(staging: Path, final: Path) -> None:
         final.rename(old)
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def read_export_config(export_dir: Path) -> dict:
-    path = Path(export_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; export the run first (make export RUN=...)")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def write_triton_repository(export_dir: Path, destination: Path) -> Path:

@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from export import parity
-from export.config import FORMAT_VERSION
 from export.manifest import verify_manifest
 from export.onnx_check import check_onnx
-from serving.errors import ExportError, ServingError
+from serving.errors import ExportError, ServingError, first_line
 from serving.manifest import read_export_config
 from serving.tokenizer import SentencePieceTokenizer
 
@@ -50,9 +49,8 @@ def export_dir_of(path: Path) -> Path:
 
 
 def _check_files(export_dir: Path, config: dict) -> None:
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ExportError(f"{export_dir / 'config.json'} has format_version "
-                          f"{config.get('format_version')!r}, expected {FORMAT_VERSION}")
+    """The manifest's hashes and `onnx.checker` on every graph (`read_export_config` has already checked
+    config.json's format version)."""
     graphs = [g["file"] for g in config["graphs"].values()]
     graphs += [g["file"] for g in config.get("quantized", {}).get("graphs", {}).values()]
     verify_manifest(export_dir, required=("config.json", config.get("tokenizer", "tokenizer.model"),
@@ -73,8 +71,7 @@ def _onnx_rows(export_dir: Path, config: dict, reference: parity.ReferenceData, 
         try:
             return parity.ort_session(export_dir / relative, provider, threads)
         except Exception as e:  # onnxruntime raises its own exception types
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ExportError(f"cannot load {export_dir / relative} on {provider}: {first}") from None
+            raise ExportError(f"cannot load {export_dir / relative} on {provider}: {first_line(e)}") from None
 
     for provider in providers:
         sessions = {name: session(g["file"], provider) for name, g in config["graphs"].items()}
@@ -164,8 +161,7 @@ def _tensorflow_rows(export_dir: Path, config: dict, reference: parity.Reference
     try:
         loaded = tf.saved_model.load(str(directory))
     except Exception as e:  # a damaged SavedModel fails deep inside TensorFlow
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ExportError(f"cannot load the SavedModel {directory}: {first}") from None
+        raise ExportError(f"cannot load the SavedModel {directory}: {first_line(e)}") from None
     missing = sorted({"serving_default", "generate_text", *SIGNATURES.values()} - set(loaded.signatures))
     if missing:
         raise ExportError(f"the SavedModel {directory} lacks the signatures {', '.join(missing)}; "

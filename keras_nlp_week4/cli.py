@@ -34,7 +34,6 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from keras_nlp_week4.errors import UserError
     from keras_nlp_week4.plots import plot_attention, plot_training_curves
     from keras_nlp_week4.runs import latest_run, load_run
 
@@ -50,8 +49,6 @@ def _plot(args: argparse.Namespace) -> None:
         print(f"note: model {run.config.get('model')!r} has no attention; only the training curves "
               "were drawn")
         return
-    if not text.strip():
-        raise UserError("give a non-empty input text (TEXT=...)")
     print(f"Attention: {plot_attention(run, text, out / 'attention.png')}")
 
 
@@ -96,6 +93,7 @@ def _generate(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from keras_nlp_week4.models.registry import MODEL_NAMES
     from keras_nlp_week4.tasks import TASKS
+    from keras_nlp_week4.training.distribute import PRECISIONS, STRATEGIES
 
     parser = argparse.ArgumentParser(prog="python -m keras_nlp_week4", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,10 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-train-examples", dest="max_train_examples", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--verbose", type=int, help="Keras fit verbosity (0, 1, 2)")
-    train.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
+    train.add_argument("--strategy", choices=STRATEGIES,
                        help="tf.distribute strategy: mirrored = all local GPUs, multi-worker = the hosts "
                             "in TF_CONFIG; --batch-size is then the global batch")
-    train.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"),
+    train.add_argument("--precision", choices=PRECISIONS,
                        help="mixed precision keeps the output layer and the loss in float32")
     train.add_argument("--jit", action="store_true", default=None, help="compile train steps with XLA")
     train.set_defaults(func=_train)

@@ -49,21 +49,15 @@ def _sha256(path: Path) -> str:
 
 def _finished_with(run_dir: Path, settings: dict) -> bool:
     """True when `run_dir` holds a finished, evaluated run trained with exactly `settings`."""
+    from keras_nlp_week4.training.trainer import same_training
+
     try:
         config = json.loads((run_dir / "config.json").read_text())
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-
-    def comparable(values: dict) -> dict:
-        # Verbosity changes what is printed, not what is trained; the replica count is recorded by
-        # training (from the strategy), it is not a setting.
-        return {k: v for k, v in json.loads(json.dumps(values, default=str)).items()
-                if k not in ("verbose", "num_replicas")}
-
-    same = comparable(config.get("train") or {}) == comparable(settings)
-    return (same and "training_seconds" in metrics and (run_dir / "model.keras").is_file()
-            and not (run_dir / "backup").exists())
+    return (same_training(config.get("train") or {}, settings) and "training_seconds" in metrics
+            and (run_dir / "model.keras").is_file() and not (run_dir / "backup").exists())
 
 
 def _row(run_dir: Path) -> dict:

@@ -39,13 +39,20 @@ def decode_texts(run: Run, sources: list[str], method: str = "greedy", batch_siz
     return outputs
 
 
-def _token_figures(run: Run, pairs, batch_size: int) -> dict:
-    """Unsmoothed masked cross-entropy (so perplexity is the model's, not the regulariser's) and accuracy."""
+def _token_figures(run: Run, pairs, batch_size: int, label_smoothing: float | None = None) -> dict:
+    """Unsmoothed masked cross-entropy (so perplexity is the model's, not the regulariser's) and accuracy.
+
+    With `label_smoothing`, the same pass also gives ``smoothed_loss``: the mean over batches of the
+    smoothed loss, as Keras reports ``val_loss`` during training.
+    """
     cfg = run.config
     dataset = make_dataset(pairs, run.tokenizer, batch_size, cfg["max_source_length"],
                            cfg["max_target_length"])
     loss_fn = MaskedSparseCrossEntropy(label_smoothing=0.0, pad_id=cfg["special_ids"]["pad"])
+    smoothed_fn = (None if label_smoothing is None
+                   else MaskedSparseCrossEntropy(label_smoothing=label_smoothing))
     nll_sum = correct = count = 0.0
+    smoothed_losses = []
     for (source, target_in), target in dataset:
         logits = run.model((source, target_in), training=False)
         mask = np.asarray(target) != cfg["special_ids"]["pad"]
@@ -53,9 +60,14 @@ def _token_figures(run: Run, pairs, batch_size: int) -> dict:
         nll_sum += float(loss_fn(target, logits)) * tokens
         correct += float(((np.argmax(logits, -1) == np.asarray(target)) & mask).sum())
         count += tokens
+        if smoothed_fn is not None:
+            smoothed_losses.append(float(smoothed_fn(target, logits)))
     mean_nll = nll_sum / max(count, 1.0)
-    return {"cross_entropy": mean_nll, "perplexity": math.exp(min(mean_nll, 50.0)),
-            "token_accuracy": correct / max(count, 1.0)}
+    figures = {"cross_entropy": mean_nll, "perplexity": math.exp(min(mean_nll, 50.0)),
+               "token_accuracy": correct / max(count, 1.0)}
+    if smoothed_fn is not None:
+        figures["smoothed_loss"] = float(np.mean(smoothed_losses))
+    return figures
 
 
 # Sampling settings of the sample outputs: a slightly cooled softmax cut to its nucleus (Holtzman et al., 2020).
@@ -166,14 +178,10 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
         metrics["training_seconds"] = round(training_seconds, 1)
     validation, test = run.pairs("validation"), run.pairs("test")
 
-    val = _token_figures(run, validation, batch_size)
     # val_loss as Keras reports it during training: with the run's label smoothing.
-    smoothing = run.config["train"].get("label_smoothing", 0.0)
-    val_ds = make_dataset(validation, run.tokenizer, batch_size, run.config["max_source_length"],
-                          run.config["max_target_length"])
-    smoothed = MaskedSparseCrossEntropy(label_smoothing=smoothing)
-    losses = [float(smoothed(t, run.model((s, ti), training=False))) for (s, ti), t in val_ds]
-    metrics["val_loss"] = float(np.mean(losses))
+    val = _token_figures(run, validation, batch_size,
+                         label_smoothing=run.config["train"].get("label_smoothing", 0.0))
+    metrics["val_loss"] = val["smoothed_loss"]
     metrics["val_perplexity"] = val["perplexity"]
     test_figures = _token_figures(run, test, batch_size)
     metrics.update({f"test_{k}": v for k, v in test_figures.items()})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ExportError", "RequestError", "ServingError"]
+__all__ = ["ExportError", "RequestError", "ServingError", "first_line"]
 
 
 class ServingError(Exception):
@@ -23,3 +23,10 @@ class RequestError(ServingError):
     def __init__(self, message: str, status: int = 422) -> None:
         super().__init__(message)
         self.status = status
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of `error`'s message, at most `limit` characters (its type name when empty): what
+    a one-line message quotes of a library's multi-line exception."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.errors import ExportError, RequestError
+from serving.errors import ExportError, RequestError, first_line
 from serving.manifest import graph_file, read_export_config, served_files, verify_manifest
 from serving.search import SearchResult, beam_search, greedy_search, sample_search
 from serving.tokenizer import SentencePieceTokenizer
@@ -199,6 +199,8 @@ class Runtime:
         self.decoder = self._session("decoder_step", options)
         self._encoder_outputs = [o.name for o in self.encoder.get_outputs()]
         self._decoder_outputs = [o.name for o in self.decoder.get_outputs()]
+        # decoder output "<name>_out" -> the state entry it replaces, worked out once, not per step
+        self._state_updates = {o: o[: -len("_out")] for o in self._decoder_outputs if o.endswith("_out")}
         self.has_attention = "attention" in self._decoder_outputs
         self._check_signatures()
 
@@ -211,9 +213,8 @@ class Runtime:
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ExportError(f"cannot load {path}: {first}; the file is damaged, export the run again") \
-                from None
+            raise ExportError(f"cannot load {path}: {first_line(e)}; the file is damaged, export the run "
+                              "again") from None
 
     def _check_signatures(self) -> None:
         """The sessions must take and give the state entries the config lists, by name."""
@@ -254,7 +255,7 @@ class Runtime:
         """One decoder step (the `serving.search` step-function signature)."""
         feeds = {"token_ids": np.asarray(token_ids, np.int32), "index": np.asarray(index, np.int32), **state}
         values = dict(zip(self._decoder_outputs, self.decoder.run(None, feeds), strict=True))
-        updates = {name[: -len("_out")]: value for name, value in values.items() if name.endswith("_out")}
+        updates = {entry: values[output] for output, entry in self._state_updates.items()}
         return values["logits"], updates, values.get("attention")
 
     def generate_ids(self, encoder_input: np.ndarray, options: DecodingOptions = DecodingOptions(),

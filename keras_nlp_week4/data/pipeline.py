@@ -133,18 +133,15 @@ def make_dataset(
     if shuffle:
         dataset = dataset.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
 
-    def encode_batch(source, target):
-        (encoder_input, decoder_input), target_ids = _encode_batch(
-            tokenizer, source, target, max_source_length, max_target_length
-        )
-        return (
-            (encoder_input.to_tensor(PAD_ID), decoder_input.to_tensor(PAD_ID)),
-            target_ids.to_tensor(PAD_ID),
-        )
+    def encode_ragged(source, target):
+        return _encode_batch(tokenizer, source, target, max_source_length, max_target_length)
 
     if bucket_boundaries is None:
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-        dataset = dataset.map(encode_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(
+            lambda source, target: _as_dense_example(*encode_ragged(source, target)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     boundaries = [int(b) for b in bucket_boundaries]
@@ -153,9 +150,6 @@ def make_dataset(
             f"bucket_boundaries must be a non-empty increasing list of positive lengths, "
             f"got {list(bucket_boundaries)}"
         )
-
-    def encode_ragged(source, target):
-        return _encode_batch(tokenizer, source, target, max_source_length, max_target_length)
 
     # Tokenize in large batches, then split back into examples for the bucketing transform.
     dataset = dataset.batch(_TOKENIZE_BATCH_SIZE)

@@ -476,14 +476,15 @@ def load_pair_splits(sources: DataSources, seed: int, file_format: str,
     read = readers[file_format]
     options = dict(encoding=sources.encoding, reverse=sources.reverse)
 
+    # (data, src, tgt) of each split, keyed by the prefix of its command-line options.
+    split_files = {"": (sources.data, sources.src, sources.tgt),
+                   "validation-": (sources.validation_data, sources.validation_src,
+                                   sources.validation_tgt),
+                   "test-": (sources.test_data, sources.test_src, sources.test_tgt)}
     # Check the combination of options before reading anything, so a mistake costs no time.
-    for name, (src, tgt) in {"": (sources.src, sources.tgt),
-                             "validation-": (sources.validation_src, sources.validation_tgt),
-                             "test-": (sources.test_src, sources.test_tgt)}.items():
+    for name, (data, src, tgt) in split_files.items():
         if bool(src) != bool(tgt):
             raise UserError(f"give both --{name}src and --{name}tgt, or neither")
-        data = {"": sources.data, "validation-": sources.validation_data,
-                "test-": sources.test_data}[name]
         if data and src:
             raise UserError(f"give either --{name}data or --{name}src/--{name}tgt, not both")
     if not sources.data and not sources.src:
@@ -496,9 +497,7 @@ def load_pair_splits(sources: DataSources, seed: int, file_format: str,
             return read(data, **options).pairs
         return read_aligned_files(src, tgt, **options).pairs if src else None
 
-    train = load(sources.data, sources.src, sources.tgt)
-    validation = load(sources.validation_data, sources.validation_src, sources.validation_tgt)
-    test = load(sources.test_data, sources.test_src, sources.test_tgt)
+    train, validation, test = (load(*files) for files in split_files.values())
 
     if validation is not None and test is not None:
         validation = _drop_sources(validation, test, "validation", "test")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import keras
-from keras import ops
 
-from keras_nlp_week4.layers.scaled_dot_product_attention import ScoreAttentionBase
+from keras_nlp_week4.layers.scaled_dot_product_attention import (
+    ScoreAttentionBase,
+    additive_scores,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_nlp_week4")
@@ -85,13 +87,8 @@ class BahdanauAttention(ScoreAttentionBase):
         return self.keys_dense(keys)  # (batch, src_len, units)
 
     def compute_scores(self, query, keys, processed_keys):
-        # (batch, tgt_len, 1, units) + (batch, 1, src_len, units): every step with every
-        # source position.
-        hidden = ops.tanh(
-            ops.expand_dims(self.query_dense(query), axis=2)
-            + ops.expand_dims(processed_keys, axis=1)
-        )
-        return ops.squeeze(self.score_dense(hidden), axis=-1)  # (batch, tgt_len, src_len)
+        # e_j = v_a^T tanh(W_a s + U_a h_j), with U_a h_j = processed_keys.
+        return additive_scores(query, processed_keys, self.query_dense, self.score_dense)
 
     def get_config(self):
         config = super().get_config()

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_nlp_week4.layers.scaled_dot_product_attention import (
     ScoreAttentionBase,
+    additive_scores,
     scaled_dot_product_scores,
 )
 
@@ -158,12 +159,8 @@ class LuongAttention(ScoreAttentionBase):
         if self.score == "general":
             return ops.matmul(query, ops.swapaxes(processed_keys, -1, -2))
         if self.score == "concat":
-            # (batch, tgt_len, 1, units) + (batch, 1, src_len, units)
-            hidden = ops.tanh(
-                ops.expand_dims(self.query_dense(query), axis=2)
-                + ops.expand_dims(processed_keys, axis=1)
-            )
-            return ops.squeeze(self.score_dense(hidden), axis=-1)
+            # v_a^T tanh(W_q h_t + W_k h̄_s), with W_k h̄_s = processed_keys.
+            return additive_scores(query, processed_keys, self.query_dense, self.score_dense)
         # "location": one score per position up to max_source_length, cut to this batch.
         self._check_source_length(keys.shape[1])
         scores = self.query_dense(query)  # (batch, tgt_len, max_source_length)

@@ -217,8 +217,11 @@ class MultiHeadAttention(keras.layers.Layer):
         self._check_cacheable()
         if not self.built:
             self.build(value.shape, value.shape)
-        key = value if key is None else key
-        # (batch, heads, src_len, head_dim) x 2 -> (batch, 2, heads, src_len, head_dim)
+        return self._project_key_value(value, value if key is None else key)
+
+    def _project_key_value(self, value, key):
+        """Keys and values projected and stacked as cache entries, `(batch, 2, heads, len, head_dim)`."""
+        # (batch, heads, len, head_dim) x 2 -> (batch, 2, heads, len, head_dim)
         return ops.stack([_split_heads(self.key_dense(key)), _split_heads(self.value_dense(value))],
                          axis=1)
 
@@ -271,9 +274,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 # Cross-attention: keys/values were projected once by `compute_cache`.
                 key_heads, value_heads = cache[:, 0], cache[:, 1]
             else:
-                new_key_value = ops.stack(
-                    [_split_heads(self.key_dense(key)), _split_heads(self.value_dense(value))], axis=1
-                )  # (batch, 2, heads, q_len, head_dim)
+                new_key_value = self._project_key_value(value, key)  # (batch, 2, heads, q_len, head_dim)
                 cache = self._update_self_attention_cache(cache, new_key_value, cache_update_index)
                 key_heads, value_heads = cache[:, 0], cache[:, 1]  # (batch, heads, max_len, hd)
                 # Slots after index + i are empty (or stale): the causal rule hides them.

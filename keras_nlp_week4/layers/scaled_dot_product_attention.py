@@ -6,6 +6,8 @@ Everything that turns attention scores into a context vector lives here, once:
   of the values. Used by `scaled_dot_product_attention` and by every score-based layer.
 - `scaled_dot_product_attention`: Vaswani et al. 2017, eq. (1). Also used by
   `MultiHeadAttention` and by `LuongAttention(score="scaled_dot")`.
+- `additive_scores`: `v^T tanh(W q + U k)`, the score of `BahdanauAttention` and of
+  `LuongAttention(score="concat")`.
 - `ScoreAttentionBase`: the layer skeleton shared by `BahdanauAttention` and
   `LuongAttention` (one decoder step `(batch, d_q)` or many `(batch, tgt_len, d_q)`);
   subclasses only define `compute_scores`.
@@ -18,7 +20,7 @@ import math
 import keras
 from keras import ops
 
-from keras_nlp_week4.layers.masks import masked_softmax
+from keras_nlp_week4.layers.masks import masked_softmax, merge_padding_and_attention_masks
 
 
 def attend_from_scores(scores, value, mask=None, dropout=None, training=None):
@@ -68,6 +70,27 @@ def scaled_dot_product_scores(query, key):
     # Without the scale the dot products grow like sqrt(d_k) and push the softmax into
     # regions with tiny gradients (Vaswani et al. 2017, section 3.2.1).
     return scores * ops.cast(scale, scores.dtype)
+
+
+def additive_scores(query, processed_keys, query_dense, score_dense):
+    """Additive ("concat") scores `v^T tanh(W q + U k)` (Bahdanau et al. 2015, eq. (6)).
+
+    Args:
+        query: float tensor `(batch, tgt_len, d_q)`.
+        processed_keys: float tensor `(batch, src_len, units)`, the keys already projected
+            by `U` (computed once per source sentence).
+        query_dense: the `W` projection, `d_q -> units`.
+        score_dense: the `v` projection, `units -> 1`.
+
+    Returns:
+        float tensor `(batch, tgt_len, src_len)`.
+    """
+    # (batch, tgt_len, 1, units) + (batch, 1, src_len, units): every step with every
+    # source position.
+    hidden = ops.tanh(
+        ops.expand_dims(query_dense(query), axis=2) + ops.expand_dims(processed_keys, axis=1)
+    )
+    return ops.squeeze(score_dense(hidden), axis=-1)  # (batch, tgt_len, src_len)
 
 
 def scaled_dot_product_attention(query, key, value, mask=None, dropout=None, training=None):
@@ -171,9 +194,8 @@ class ScoreAttentionBase(keras.layers.Layer):
         if processed_keys is None:
             processed_keys = self.process_keys(keys)
         scores = self.compute_scores(query, keys, processed_keys)  # (batch, tgt_len, src_len)
-        if mask is not None:
-            # (batch, src_len) -> (batch, 1, src_len): the same source tokens for every step.
-            mask = ops.expand_dims(ops.cast(mask, "bool"), axis=1)
+        # (batch, src_len) -> (batch, 1, src_len): the same source tokens for every step.
+        mask = merge_padding_and_attention_masks(key_padding_mask=mask)
         context, weights = attend_from_scores(
             scores, keys, mask=mask, dropout=self._dropout_layer, training=training
         )

@@ -48,6 +48,11 @@ class Seq2SeqModel(keras.Model):
 
     pad_id: int = 0
 
+    def build(self, input_shape=None):
+        # Build every weight from the config alone, so a `.keras` file loads without a sample batch.
+        self.call((keras.ops.ones((1, 2), "int32"), keras.ops.ones((1, 2), "int32")))
+        self.built = True
+
     def encode(self, encoder_input, training: bool = False) -> dict:
         """Runs the encoder once: returns the state entries whose `source` is "encode"."""
         raise NotImplementedError

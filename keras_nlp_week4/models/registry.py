@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from keras_nlp_week4.errors import UserError
+from keras_nlp_week4.layers.luong_attention import SCORE_FUNCTIONS as LUONG_SCORES
 from keras_nlp_week4.models.base import Seq2SeqModel
 from keras_nlp_week4.models.rnn_seq2seq import RNN_PRESETS, RNNSeq2Seq
 from keras_nlp_week4.models.transformer import TRANSFORMER_PRESETS, Transformer
-
-LUONG_SCORES = ("dot", "general", "concat", "location", "scaled_dot")
 
 # name -> (family, fixed constructor arguments)
 MODEL_NAMES: dict[str, tuple[str, dict]] = {

@@ -14,11 +14,11 @@ import keras
 from keras import layers, ops
 
 from keras_nlp_week4.layers.bahdanau_attention import BahdanauAttention
-from keras_nlp_week4.layers.luong_attention import LuongAttention
+from keras_nlp_week4.layers.luong_attention import SCORE_FUNCTIONS, LuongAttention
 from keras_nlp_week4.layers.masks import padding_mask
 from keras_nlp_week4.models.base import Seq2SeqModel, StateSpec
 
-RNN_ATTENTIONS = ("bahdanau", "dot", "general", "concat", "location", "scaled_dot")
+RNN_ATTENTIONS = ("bahdanau", *SCORE_FUNCTIONS)
 
 RNN_PRESETS: dict[str, dict] = {
     "tiny": dict(embedding_dim=32, units=64, num_layers=1),
@@ -118,11 +118,6 @@ class RNNSeq2Seq(Seq2SeqModel):
             raise ValueError(f"Unknown RNN preset {preset!r}; choose one of {', '.join(RNN_PRESETS)}.")
         return cls(vocab_size=vocab_size, **{**RNN_PRESETS[preset], **overrides})
 
-    def build(self, input_shape=None):
-        # Build every weight from the config alone, so a `.keras` file loads without a sample batch.
-        self.call((ops.ones((1, 2), "int32"), ops.ones((1, 2), "int32")))
-        self.built = True
-
     # ----------------------------------------------------------------------------------------- encoder
     def _encode(self, encoder_input, training=False):
         source_mask = padding_mask(encoder_input, self.pad_id)  # (batch, src_len)
@@ -159,14 +154,20 @@ class RNNSeq2Seq(Seq2SeqModel):
             if i + 1 < self.num_layers:
                 x = self.layer_dropout(x, training=training)
         if self.is_luong:
-            context, weights = self.attention_layer(x, keys, mask=source_mask)  # (batch, d), (batch, src)
+            context, weights = self.attention_layer(x, keys, mask=source_mask,
+                                                    processed_keys=attention_keys)  # (batch, d), (batch, src)
             x = self.attention_combine(ops.concatenate([context, x], axis=-1))
         if weights is None:
             weights = ops.zeros((ops.shape(x)[0], 1), x.dtype)  # keeps the scan carry's structure fixed
         return x, ops.stack(new_states, axis=1), weights
 
     def _attention_keys(self, keys):
-        return self.attention_layer.process_keys(keys) if self.attention == "bahdanau" else keys
+        """The source-only part of the attention score, computed once per source (`process_keys`)."""
+        if self.is_luong and not self.attention_layer.built:
+            # Luong's projections are created in `build` (Bahdanau's U_a exists from the start and
+            # `process_keys` builds it); the query is the decoder's top-layer output.
+            self.attention_layer.build((None, self.decoder_units), keys.shape)
+        return self.attention_layer.process_keys(keys)
 
     # ------------------------------------------------------------------------------- teacher forcing
     def _decode_full(self, encoder_input, decoder_input, training):
@@ -246,8 +247,10 @@ class RNNSeq2Seq(Seq2SeqModel):
                            ("batch", self.num_layers, self.states_per_layer, self.decoder_units),
                            dtype, "encode", True)]
         if self.has_attention:
+            # U_a h_j (Bahdanau) and W_k h̄_s (Luong "concat") are attention_units wide; Luong "general"
+            # maps the keys to the query's width, the other scores keep the keys.
             key_width = ((self.attention_units or self.decoder_units)
-                         if self.attention == "bahdanau" else self.decoder_units)
+                         if self.attention in ("bahdanau", "concat") else self.decoder_units)
             specs += [
                 StateSpec("encoder_outputs", ("batch", "source_length", self.decoder_units), dtype,
                           "encode", False),

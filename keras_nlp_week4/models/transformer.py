@@ -9,6 +9,7 @@ from keras_nlp_week4.layers.masks import padding_mask
 from keras_nlp_week4.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from keras_nlp_week4.layers.transformer_decoder_layer import TransformerDecoderLayer
 from keras_nlp_week4.layers.transformer_encoder_layer import TransformerEncoderLayer
+from keras_nlp_week4.layers.transformer_layer_base import check_transformer_dims
 from keras_nlp_week4.models.base import Seq2SeqModel, StateSpec
 
 # `base` and `big` are Table 3 of the paper; the smaller ones train on a laptop CPU in minutes.
@@ -58,15 +59,13 @@ class Transformer(Seq2SeqModel):
                  d_ff: int = 2048, dropout: float = 0.1, norm_first: bool = False,
                  share_embeddings: bool = True, pad_id: int = 0, **kwargs):
         super().__init__(**kwargs)
-        if d_model % num_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}).")
         self.source_vocab_size = int(source_vocab_size)
         self.target_vocab_size = int(target_vocab_size or source_vocab_size)
         self.d_model, self.num_heads, self.d_ff = int(d_model), int(num_heads), int(d_ff)
         self.num_encoder_layers, self.num_decoder_layers = int(num_encoder_layers), int(num_decoder_layers)
         self.dropout, self.norm_first, self.pad_id = float(dropout), bool(norm_first), int(pad_id)
         self.share_embeddings = bool(share_embeddings)
-        self.head_dim = self.d_model // self.num_heads
+        self.head_dim = check_transformer_dims(self.d_model, self.num_heads)
         tied = self.share_embeddings and self.source_vocab_size == self.target_vocab_size
 
         self.source_embedding = TokenAndPositionEmbedding(
@@ -96,13 +95,6 @@ class Transformer(Seq2SeqModel):
             raise ValueError(f"Unknown Transformer preset {preset!r}; choose one of "
                              f"{', '.join(TRANSFORMER_PRESETS)}.")
         return cls(source_vocab_size=source_vocab_size, **{**TRANSFORMER_PRESETS[preset], **overrides})
-
-    def build(self, input_shape=None):
-        # Build every weight from the config alone, so a `.keras` file loads without a sample batch.
-        source = ops.ones((1, 2), "int32")
-        target = ops.ones((1, 2), "int32")
-        self.call((source, target))
-        self.built = True
 
     # ----------------------------------------------------------------------------------------- encoder
     def _encode(self, encoder_input, training=False):

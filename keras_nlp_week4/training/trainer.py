@@ -123,6 +123,21 @@ def _resolve(config: TrainConfig) -> dict:
     return settings
 
 
+# Recorded in config.json["train"] but not what defines the training: verbosity changes what is
+# printed, and the replica count is added by `train` from the strategy, it is not a setting.
+_NOT_TRAINING_SETTINGS = ("verbose", "num_replicas")
+
+
+def same_training(recorded: dict, settings: dict) -> bool:
+    """True when a run's recorded config.json["train"] trains what `settings` (from `_resolve`) do."""
+
+    def comparable(values: dict) -> dict:
+        return {k: v for k, v in json.loads(json.dumps(values, default=str)).items()
+                if k not in _NOT_TRAINING_SETTINGS}
+
+    return comparable(recorded) == comparable(settings)
+
+
 def _optimizer(settings: dict, model) -> keras.optimizers.Optimizer:
     width = getattr(model, "d_model", None) or model.decoder_units
     warmup = max(1, settings["warmup_steps"])
