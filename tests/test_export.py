@@ -26,7 +26,8 @@ from export.manifest import verify_manifest, write_manifest
 from serving.errors import ExportError
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("transformer", "seq2seq-gru", "bahdanau")  # Transformer, RNN seq2seq, attention seq2seq
+# Transformer, RNN seq2seq, attention seq2seq (additive, and multiplicative with keys projected once).
+MODELS = ("transformer", "seq2seq-gru", "bahdanau", "luong-general")
 TEST_EXAMPLES = 300
 _RUNS: dict[str, Path] = {}
 
