@@ -6,7 +6,9 @@ one deleted. Every step is a rename within one directory, so a crash leaves eith
 new one, or no `export/` at all (with the old one still beside it as `.export-old-<pid>`, restored by the
 next run) -- never a half-written directory under the name `export`. `manifest.json` is written last
 inside the staging directory, so even a staging directory is never complete-looking before its files
-are. An export that fails validation is kept as `RUN/export.failed/` for inspection and not installed.
+are, and it says `"validated": false` until validation has passed, so the runtime refuses a staging
+directory that a killed export left behind (and an export made with `--no-validate` until
+`python -m export.validate` passes on it). An export that fails validation is kept as `RUN/export.failed/` for inspection and not installed.
 """
 
 from __future__ import annotations

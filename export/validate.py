@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from export import parity
-from export.manifest import verify_manifest
+from export.manifest import mark_validated, verify_manifest
 from export.onnx_check import check_onnx
 from serving.errors import ExportError, ServingError, first_line
 from serving.manifest import read_export_config
@@ -195,7 +195,8 @@ def _tensorflow_rows(export_dir: Path, config: dict, reference: parity.Reference
 
 
 def validate(path: Path, providers: list[str] | None = None, reference_only: bool = False,
-             threads: int = 0, run=None, verbose: bool = True, label: Path | None = None) -> dict:
+             threads: int = 0, run=None, verbose: bool = True, label: Path | None = None,
+             mark: bool = True) -> dict:
     """Validates the export of `path` (a run or an export directory); writes and returns parity.json.
 
     Args:
@@ -208,6 +209,7 @@ def validate(path: Path, providers: list[str] | None = None, reference_only: boo
         verbose: print progress, the table and the mismatches.
         label: the directory to name in messages (the exporter validates a staging directory that it
             then installs as `RUN/export`).
+        mark: record the verdict in `manifest.json` (what the runtime checks before it loads).
 
     Raises:
         ExportError: for a missing, damaged or mixed-up export (naming the file).
@@ -241,6 +243,8 @@ def validate(path: Path, providers: list[str] | None = None, reference_only: boo
     report = parity.write_parity(export_dir / "parity.json", rows, extra)
     current = {parity.row_key(r) for r in rows}
     report["current_passed"] = all(r["passed"] for r in rows)
+    if mark:
+        mark_validated(export_dir, report["current_passed"])
     if verbose:
         print()
         print(parity.format_table(rows))

@@ -75,7 +75,8 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Intermixed: options may come after the texts (`python -m serving EXPORT "9/27/94" --method beam`).
+    args = build_parser().parse_intermixed_args(argv)
     try:
         options = DecodingOptions(method=args.method, max_new_tokens=args.max_new_tokens,
                                   beam_size=args.beam_size, length_penalty=args.length_penalty,

@@ -48,8 +48,8 @@ def _resolve(export_dir: Path, relative: str) -> Path:
     return path
 
 
-def verify_manifest(export_dir: Path, required: tuple[str, ...] = (), only_required: bool = False
-                    ) -> dict[str, str]:
+def verify_manifest(export_dir: Path, required: tuple[str, ...] = (), only_required: bool = False,
+                    require_validated: bool = False) -> dict[str, str]:
     """Checks the files listed in `manifest.json` against their sha256.
 
     Args:
@@ -57,6 +57,8 @@ def verify_manifest(export_dir: Path, required: tuple[str, ...] = (), only_requi
         required: relative paths that must be listed (the files the caller is about to load).
         only_required: check the `required` files alone (a runtime that ships only what it loads, e.g.
             without the SavedModel); by default every listed file is checked.
+        require_validated: refuse an export whose parity validation did not pass (the exporter writes
+            `"validated": false` until it has; see `export.manifest.write_manifest`).
 
     Returns:
         The manifest's {relative path: sha256}.
@@ -69,6 +71,10 @@ def verify_manifest(export_dir: Path, required: tuple[str, ...] = (), only_requi
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ExportError(f"{export_dir / 'manifest.json'} has no 'files' table; export the run again")
+    if require_validated and manifest.get("validated") is not True:
+        raise ExportError(f"{export_dir} has not passed parity validation (an interrupted or --no-validate "
+                          "export); validate it with python -m export.validate RUN_DIR, or export the run "
+                          "again")
     for relative in required:
         if relative not in files:
             raise ExportError(f"{export_dir / 'manifest.json'} does not list {relative}; export the run again")

@@ -168,7 +168,8 @@ class Runtime:
         intra_op_threads: threads per operator (0: one per physical core; see `session_options`).
         inter_op_threads: threads across independent operators.
         allow_spinning: let idle onnxruntime threads spin (see `session_options`).
-        verify: check the files it loads (config, tokenizer, the two graphs) against `manifest.json`.
+        verify: check the files it loads (config, tokenizer, the two graphs) against `manifest.json`, and
+            that the export passed parity validation.
         int8: load the dynamic-int8 graphs (`python -m export RUN --quantize`) instead of float32.
 
     Raises:
@@ -184,7 +185,8 @@ class Runtime:
         self.graph_files = {name: graph_file(self.config, name, int8) for name in ("encoder", "decoder_step")}
         if verify:
             # The files this runtime loads: an export shipped without its SavedModel still serves.
-            verify_manifest(self.export_dir, required=served_files(self.config, int8), only_required=True)
+            verify_manifest(self.export_dir, required=served_files(self.config, int8), only_required=True,
+                            require_validated=True)
         cfg = self.config
         self.special_ids = {k: int(v) for k, v in cfg["special_ids"].items()}
         self.bos_id, self.eos_id, self.pad_id = (self.special_ids[k] for k in ("bos", "eos", "pad"))
@@ -265,6 +267,7 @@ class Runtime:
         `seeds`: for sampling, one seed per row (see `serving.search.sample_search`), instead of
         `options.seed` for the whole batch."""
         max_length = options.max_new_tokens or self.max_target_length
+        self._check_max_new_tokens(max_length)
         state = self.initial_state(encoder_input, max_length)
         search = {"greedy": greedy_search, "beam": beam_search, "sample": sample_search}[options.method]
         kwargs = options.search_kwargs()
@@ -272,6 +275,13 @@ class Runtime:
             kwargs["seed"] = list(seeds)
         return search(self.step, state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id,
                       self.pad_id, return_attention=return_attention and self.has_attention, **kwargs)
+
+    def _check_max_new_tokens(self, max_new_tokens: int) -> None:
+        # The caches are allocated for max_new_tokens steps up front, and the model was trained (and its
+        # positions sized) for max_target_length: more can only allocate memory, never help.
+        if max_new_tokens > self.max_target_length:
+            raise RequestError(f"max_new_tokens {max_new_tokens} is above the limit {self.max_target_length} "
+                               "(the model's max_target_length)")
 
     # Text --------------------------------------------------------------------------------------------
 
@@ -311,6 +321,8 @@ class Runtime:
         if isinstance(texts, str):
             raise TypeError("generate expects a list of strings, not a single string")
         options.validate()
+        if options.max_new_tokens is not None:
+            self._check_max_new_tokens(options.max_new_tokens)
         if seeds is None and options.method == "sample" and options.seed is not None:
             seeds = [(options.seed, i) for i in range(len(texts))]
         if seeds is not None and len(seeds) != len(texts):

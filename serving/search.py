@@ -35,6 +35,19 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def tempered_log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """`log_softmax(logits / temperature)`, safe for every finite temperature > 0.
+
+    The largest logit is subtracted before dividing, so the top token's scaled logit is exactly 0 and the
+    others are <= 0: a tiny temperature sends them to -inf (probability 0) instead of overflowing
+    `logits / temperature` to inf - inf = NaN (1e-40 would, in float32 and float64 alike). As the
+    temperature goes to 0 this becomes greedy decoding, with ties shared evenly."""
+    logits = logits.astype(np.float64)
+    with np.errstate(over="ignore"):
+        scaled = (logits - logits.max(axis=-1, keepdims=True)) / temperature
+    return log_softmax(scaled)
+
+
 def _trim(tokens: np.ndarray, pad_id: int) -> np.ndarray:
     """Drops trailing columns that are padding in every row."""
     keep = np.flatnonzero((tokens != pad_id).any(axis=0))
@@ -94,7 +107,7 @@ def sample_search(step: StepFn, state: dict, batch_size: int, max_length: int, b
     rngs = [np.random.default_rng(s) for s in seed] if per_row else [np.random.default_rng(seed)] * batch_size
 
     def choose(logits: np.ndarray) -> np.ndarray:
-        log_probs = log_softmax(logits / temperature)  # (batch, vocab)
+        log_probs = tempered_log_softmax(logits, temperature)  # (batch, vocab)
         order = np.argsort(-log_probs, axis=-1, kind="stable")
         sorted_probs = np.exp(np.take_along_axis(log_probs, order, axis=-1))
         keep = np.ones_like(sorted_probs, dtype=bool)

@@ -3,9 +3,11 @@
 Endpoints: `POST /v1/generate` (one or many inputs, decoding options), `GET /healthz` (the process is
 alive), `GET /readyz` (the model is loaded and warmed up), `GET /metrics` (Prometheus), `GET /docs` and
 `GET /openapi.json`. Concurrent requests are batched together (`serving.batching`). Every bad request gets
-a 4xx with `{"error": "one line"}`: 400 bad JSON or UTF-8, 413 a body, input count or input too large,
-422 wrong types or values, 408 past the request timeout, 503 when the queue is full; the server keeps
-running whatever it is sent.
+a 4xx with `{"error": "one line"}`: 400 bad JSON or UTF-8 (or HTTP that does not parse), 413 a body,
+input count or input too large, 415 a body not sent as `application/json`, 422 wrong types or values,
+408 past the request timeout (or headers slower than `--header-timeout`), 503 when the queue is full or
+the server has `--max-connections` open; the server keeps running whatever it is sent. The cases below
+the app are `serving.http_protocol`'s.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.batching import MicroBatcher
 from serving.cli import add_runtime_arguments
 from serving.errors import RequestError, ServingError
+from serving.http_protocol import guarded_protocol
 from serving.runtime import DecodingOptions, Runtime
 
 __all__ = ["GenerateRequest", "ServerSettings", "create_app", "main"]
@@ -60,6 +63,9 @@ class ServerSettings:
     request_timeout_s: float = 10.0
     max_body_bytes: int = 65536
     max_queued_texts: int = 4096
+    # Below the app (serving.http_protocol): slow or incomplete request headers, open connections.
+    header_timeout_s: float = 10.0
+    max_connections: int = 512
 
 
 class GenerateRequest(BaseModel):
@@ -190,6 +196,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _check_json_content_type(value: str | None) -> None:
+    """415 unless the body is declared JSON: `application/json` or a `+json` type, any parameters.
+
+    A missing or other type (curl's `-d` sends `application/x-www-form-urlencoded`) is refused rather than
+    guessed at, so a client that sends a form or plain text learns it at once."""
+    media_type = (value or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (media_type.startswith("application/")
+                                                and media_type.endswith("+json")):
+        shown = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
+        raise RequestError(f"the body must be JSON sent with Content-Type: application/json (got {shown})",
+                           status=415)
+
+
 def create_app(runtime: Runtime, settings: ServerSettings | None = None) -> FastAPI:
     """The FastAPI application around a loaded runtime (the batcher starts with the app's lifespan)."""
     settings = settings or ServerSettings()
@@ -247,11 +266,13 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None) -> Fast
                   "application/json": {"schema": request_schema}}}},
               responses={code: {"model": ErrorResponse, "description": what} for code, what in (
                   (400, "body is not valid UTF-8 JSON"), (408, "request timed out"),
-                  (413, "body, input count or an input too large"), (422, "wrong types or values"),
+                  (413, "body, input count or an input too large"),
+                  (415, "body not sent as Content-Type: application/json"), (422, "wrong types or values"),
                   (503, "not ready or queue full"))})
     async def generate(request: Request):
         deadline = time.perf_counter() + settings.request_timeout_s
         try:
+            _check_json_content_type(request.headers.get("content-type"))
             try:
                 body = await asyncio.wait_for(_read_body(request, settings.max_body_bytes),
                                               settings.request_timeout_s)
@@ -333,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
                         default=defaults.request_timeout_s, help="request timeout in seconds")
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-queued-texts", type=int, default=defaults.max_queued_texts)
+    parser.add_argument("--header-timeout", dest="header_timeout_s", type=float,
+                        default=defaults.header_timeout_s,
+                        help="seconds a client has to send its request line and headers")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="open connections at once; more are answered 503 and closed")
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     return parser
@@ -345,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = ServerSettings(**{k: getattr(args, k) for k in asdict(ServerSettings())})
     for name in ("max_batch_size", "workers", "max_inputs", "max_beam_size", "max_body_bytes",
-                 "max_queued_texts"):
+                 "max_queued_texts", "max_connections"):
         if getattr(settings, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    for name, flag in (("request_timeout_s", "--timeout"), ("header_timeout_s", "--header-timeout")):
+        if not getattr(settings, name) > 0:
+            print(f"error: {flag} must be > 0 seconds", file=sys.stderr)
             return 2
     try:
         runtime = Runtime(args.export_dir, provider=args.provider, intra_op_threads=args.threads,
@@ -355,12 +385,17 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if settings.max_new_tokens is not None and settings.max_new_tokens > runtime.max_target_length:
+        print(f"error: --max-new-tokens {settings.max_new_tokens} is above the model's max_target_length "
+              f"{runtime.max_target_length}", file=sys.stderr)
+        return 2
     app = create_app(runtime, settings)
     print(f"serving {runtime.export_dir} ({runtime.config.get('model')}, {', '.join(runtime.providers)}) "
           f"on http://{args.host}:{args.port} (batching {'on' if settings.batching else 'off'}); "
           f"docs at /docs", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10,
+                http=guarded_protocol(settings.header_timeout_s, settings.max_connections))
     return 0
 
 

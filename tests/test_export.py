@@ -370,18 +370,36 @@ def test_crash_mid_export_leaves_the_previous_export(export_of, monkeypatch):
     assert not list(run_dir.glob(".export-*"))
 
 
-def test_export_failing_validation_is_not_installed(export_of, monkeypatch):
+def test_export_failing_validation_is_not_installed_nor_loadable(export_of, monkeypatch, tmp_path):
     import export.validate
     from export.exporter import ExportFailed, export_run
+    from serving.errors import ExportError
+    from serving.runtime import Runtime
 
     run_dir = export_of("seq2seq-gru")
     before = verify_manifest(run_dir / "export")
-    monkeypatch.setattr(export.validate, "validate", lambda *a, **k: {"current_passed": False})
+    left_behind = tmp_path / ".export-staging-killed"
+
+    def fails(staging, **kwargs):
+        # What `kill -9` during validation leaves: the staging directory, manifest and all.
+        shutil.copytree(staging, left_behind)
+        return {"current_passed": False}
+
+    monkeypatch.setattr(export.validate, "validate", fails)
     with pytest.raises(ExportFailed, match="export.failed"):
         export_run(run_dir, max_test_examples=20, verbose=False)
+    monkeypatch.undo()
     assert verify_manifest(run_dir / "export") == before
     assert (run_dir / "export.failed" / "manifest.json").is_file()
+    for unvalidated in (left_behind, run_dir / "export.failed"):
+        with pytest.raises(ExportError, match="has not passed parity validation.*export.validate"):
+            Runtime(unvalidated)
     shutil.rmtree(run_dir / "export.failed")
+    # Validation that passes makes it loadable (and the installed export always was).
+    assert export.validate.main([str(left_behind), "--reference-only", "--threads", "1"]) == 0
+    assert json.loads((left_behind / "manifest.json").read_text())["validated"] is True
+    assert Runtime(left_behind).generate(["9/27/94"])[0].text == \
+        Runtime(run_dir / "export").generate(["9/27/94"])[0].text
 
 
 def test_interrupted_install_is_recovered(tmp_path):

@@ -11,6 +11,7 @@ from serving.search import (
     length_penalty_factor,
     log_softmax,
     sample_search,
+    tempered_log_softmax,
 )
 
 PAD, BOS, EOS, VOCAB = 0, 2, 3, 6
@@ -123,3 +124,21 @@ def test_sampling_rejects_bad_options(kwargs):
     step, _ = markov_step()
     with pytest.raises(ValueError):
         sample_search(step, {"steps": np.zeros((1, 1))}, 1, 3, BOS, EOS, **kwargs)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])
+def test_tiny_temperatures_are_numerically_safe_and_tend_to_greedy(temperature):
+    logits = np.array([[3.0, 1.0, 3.0, -2.0], [0.5, 9.0, -1e9, 2.0]], np.float32)
+    probs = np.exp(tempered_log_softmax(logits, temperature))
+    assert np.array_equal(probs, [[0.5, 0, 0.5, 0], [0, 1, 0, 0]])  # ties share, the rest get 0
+    step, _ = markov_step()
+    state = {"steps": np.zeros((3, 1), np.int64)}
+    sampled = sample_search(step, state, 3, 8, BOS, EOS, PAD, temperature=temperature, seed=1)
+    assert np.array_equal(sampled.tokens, greedy_search(step, state, 3, 8, BOS, EOS, PAD).tokens)
+    assert np.isfinite(sampled.scores).all()
+
+
+def test_tempered_log_softmax_is_log_softmax_of_scaled_logits():
+    logits = np.random.default_rng(0).normal(size=(4, 7)) * 3
+    for temperature in (0.3, 1.0, 2.5):
+        assert np.allclose(tempered_log_softmax(logits, temperature), log_softmax(logits / temperature))

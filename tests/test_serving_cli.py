@@ -66,6 +66,25 @@ def test_errors_are_one_line_and_exit_2(tiny_export, tmp_path, monkeypatch, caps
     fails([str(tiny_export)], "input line 2 is empty")
 
 
+def test_options_and_texts_in_any_order(tiny_export, runtime, capsys):  # noqa: F811
+    assert main([str(tiny_export), "--method", "beam", TEXTS[1], "--beam-size", "3", TEXTS[0]]) == 0
+    expected = runtime.generate([TEXTS[1], TEXTS[0]], DecodingOptions(method="beam", beam_size=3))
+    assert capsys.readouterr().out.splitlines() == [g.text for g in expected]
+
+
+@pytest.mark.parametrize("temperature", ["1e-40", "1e-300"])
+def test_a_tiny_temperature_samples_the_greedy_output(tiny_export, runtime, capsys, temperature):  # noqa: F811
+    argv = [str(tiny_export), *TEXTS, "--method", "sample", "--temperature", temperature, "--seed", "1"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == [g.text for g in runtime.generate(TEXTS)]
+
+
+def test_a_huge_max_new_tokens_is_a_one_line_error(tiny_export, runtime, capsys):  # noqa: F811
+    assert main([str(tiny_export), "9/27/94", "--max-new-tokens", "100000000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"above the limit {runtime.max_target_length}" in err, err
+
+
 def test_bad_flags_exit_2(tiny_export):  # noqa: F811
     done = run_module("serving", str(tiny_export), "x", "--beam-size", "0", timeout=60)
     assert done.returncode == 2 and "--beam-size" in done.stderr

@@ -192,6 +192,14 @@ def test_max_new_tokens_bounds_the_output(runtime, test_sources):  # noqa: F811
     assert max(len(g.tokens) for g in full) <= runtime.max_target_length
 
 
+def test_max_new_tokens_above_the_model_limit_is_refused(runtime):  # noqa: F811
+    too_many = DecodingOptions(max_new_tokens=runtime.max_target_length + 1)
+    with pytest.raises(RequestError, match=f"above the limit {runtime.max_target_length}"):
+        runtime.generate(["9/27/94"], too_many)
+    with pytest.raises(RequestError, match="above the limit"):
+        runtime.generate_ids(np.ones((1, 3), np.int32), too_many)
+
+
 def test_texts_are_checked(runtime):  # noqa: F811
     assert runtime.check_texts(["9/27/94"]) == [len(runtime.tokenizer.encode(["9/27/94"])[0]) + 1]
     for texts, status, message in [

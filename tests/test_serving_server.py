@@ -125,6 +125,23 @@ BAD_REQUESTS = [
 ]
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_not_declared_json_is_415(client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = client.post("/v1/generate", content=b'{"inputs": "9/27/94"}', headers=headers)
+    assert answer.status_code == 415 and "Content-Type: application/json" in answer.json()["error"]
+    charset = client.post("/v1/generate", content=b'{"inputs": "9/27/94"}',
+                          headers={"Content-Type": "application/json; charset=utf-8"})
+    assert charset.status_code == 200
+
+
+def test_a_tiny_temperature_is_served(client, runtime):  # noqa: F811
+    answer = client.post("/v1/generate", json={"inputs": TEXTS, "method": "sample", "temperature": 1e-40,
+                                               "seed": 1})
+    assert answer.status_code == 200, answer.text
+    assert [o["text"] for o in answer.json()["outputs"]] == [g.text for g in runtime.generate(TEXTS)]
+
+
 @pytest.mark.parametrize("body, status, message", BAD_REQUESTS)
 def test_bad_requests_are_clear_4xx_and_the_server_keeps_serving(client, body, status, message):
     answer = client.post("/v1/generate", content=body, headers={"Content-Type": "application/json"})
@@ -204,11 +221,16 @@ def _raw_request(port: int, data: bytes) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
+HEADER_TIMEOUT_S, MAX_CONNECTIONS = 1.0, 24
+
+
 @pytest.fixture(scope="module")
 def server(tiny_export):  # noqa: F811
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "serving.server", str(tiny_export), "--port", str(port),
-                                "--threads", "1", "--max-wait-ms", "20", "--max-body-bytes", "2048"],
+                                "--threads", "1", "--max-wait-ms", "20", "--max-body-bytes", "2048",
+                                "--header-timeout", str(HEADER_TIMEOUT_S), "--max-connections",
+                                str(MAX_CONNECTIONS)],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -239,6 +261,7 @@ def test_real_server_answers_batches_and_survives_load(server, runtime):  # noqa
     assert status == 400 and "UTF-8" in error["error"]
     chunk = b'{"inputs": "' + b"9" * 3000 + b'"}'
     status, error = _raw_request(port, b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+                                 b"\r\nContent-Type: application/json"
                                  b"\r\n\r\n%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n")
     assert status == 413 and "limit of 2048 bytes" in error["error"]
 
@@ -249,6 +272,59 @@ def test_real_server_answers_batches_and_survives_load(server, runtime):  # noqa
     calls = _metric(metrics, "serving_batch_texts_count")
     texts = _metric(metrics, "serving_batch_texts_sum")
     assert texts / calls > 1.5  # 8 concurrent clients share model calls
+    assert process.poll() is None
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (or 5 s pass)."""
+    data = b""
+    sock.settimeout(5)
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+def _json_status(response: bytes) -> tuple[int, dict]:
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("head", [
+    b"Content-Length: abc\r\n", b"Content-Length: -5\r\n", b"X-Big: " + b"a" * 300_000 + b"\r\n",
+], ids=["content-length-abc", "content-length-negative", "oversized-headers"])
+def test_malformed_http_gets_json_400(server, head):
+    _, port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head +
+                  b"\r\n{}")
+        status, error = _json_status(_read_all(s))
+    assert status == 400 and "invalid HTTP request" in error["error"]
+
+
+def test_slow_clients_are_dropped_and_connections_limited(server):
+    process, port, url = server
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MAX_CONNECTIONS + 6)]
+    try:
+        for s in slow:  # headers started, never finished
+            s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        answers = [_json_status(_read_all(s)) for s in slow]
+        waited = time.monotonic() - started
+    finally:
+        for s in slow:
+            s.close()
+    statuses = [status for status, _ in answers]
+    # Connections past the limit are refused at once; the rest are dropped after the header timeout.
+    assert statuses.count(503) >= 6 and set(statuses) == {408, 503}, statuses
+    assert any("did not arrive within 1 s" in e["error"] for status, e in answers if status == 408)
+    assert waited < HEADER_TIMEOUT_S + 4
+    request = urllib.request.Request(url + "/v1/generate", data=json.dumps({"inputs": TEXTS[0]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    assert urllib.request.urlopen(request, timeout=10).status == 200
     assert process.poll() is None
 
 

@@ -95,7 +95,7 @@ def test_killed_run_resumes_from_last_epoch(tmp_path):
     (["train", "--task", "poetry"], "unknown task 'poetry'"),
     (["train", "--data", "nowhere.csv"], "drop --data"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
-    (["train", "--epochs", "0"], "epochs must be at least 1"),
+    (["train", "--epochs", "0"], "epochs must be >= 1"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     result = cli(*args)
@@ -103,6 +103,21 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": -1}, "batch_size must be >= 1, got -1"),
+    ({"learning_rate": 0.0}, "learning_rate must be a number > 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0.0, 1.0\)"),
+    ({"max_target_length": 1}, "max_target_length must be >= 2"),
+    ({"task": "translate", "src": "nowhere.en", "tgt": "nowhere.de"}, "nowhere"),
+    ({"task": "chatbot", "data": str(ROOT / "pyproject.toml")}, "pyproject.toml"),
+])
+def test_a_refused_command_changes_nothing_on_disk(tmp_path, overrides, message):
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=message):
+        train(TrainConfig(out=str(out), verbose=0, **overrides))
+    assert not out.exists()
 
 
 def test_damaged_model_file_is_a_clear_error(tiny_run, tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,9 +119,33 @@ def _resolve(config: TrainConfig) -> dict:
             settings[key] = value
     settings["family"] = family
     settings["out"] = str(Path(config.out) if config.out else default_run_dir(config.task, config.model))
-    if settings["epochs"] < 1:
-        raise UserError(f"epochs must be at least 1, got {settings['epochs']}")
+    check_settings(settings)
     return settings
+
+
+# (name, smallest allowed, largest allowed, whether the largest is excluded); None: no bound.
+_SETTING_RANGES = (
+    ("epochs", 1, None, False), ("batch_size", 1, None, False), ("warmup_steps", 0, None, False),
+    ("vocab_size", 5, None, False), ("max_source_length", 2, None, False),
+    ("max_target_length", 2, None, False), ("patience", 0, None, False),
+    ("max_train_examples", 1, None, False), ("label_smoothing", 0.0, 1.0, True),
+    ("dropout", 0.0, 1.0, True), ("teacher_forcing_ratio", 0.0, 1.0, False),
+)
+
+
+def check_settings(settings: dict) -> None:
+    """Raises `UserError` naming the first setting out of its range, before anything is written."""
+    rate = settings["learning_rate"]
+    if not (isinstance(rate, int | float) and np.isfinite(rate) and rate > 0):
+        raise UserError(f"learning_rate must be a number > 0, got {rate}")
+    for name, low, high, high_excluded in _SETTING_RANGES:
+        value = settings.get(name)
+        if value is None:
+            continue  # the task's or the model's default
+        too_high = high is not None and (value >= high if high_excluded else value > high)
+        if not np.isfinite(value) or value < low or too_high:
+            bound = f"in [{low}, {high}{')' if high_excluded else ']'}" if high is not None else f">= {low}"
+            raise UserError(f"{name} must be {bound}, got {value}")
 
 
 # Recorded in config.json["train"] but not what defines the training: verbosity changes what is
@@ -177,11 +202,12 @@ def train(config: TrainConfig) -> Path:
     # Every worker runs the same fit; only the chief writes the run directory. The others keep their
     # (identical) checkpoints in a scratch folder beside it, which resuming needs and success removes.
     run_dir = chief_dir if role.is_chief else chief_dir.parent / f".{chief_dir.name}-worker-{role.task_index}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     backup_dir = run_dir / "backup"
     resuming = backup_dir.exists() and any(backup_dir.iterdir())
     keras.utils.set_random_seed(config.seed)
 
+    # Everything that can refuse the command (data, tokenizer, model) runs before the first write to
+    # the run directory, so a refused command changes nothing on disk.
     splits = task.load_splits(data_sources(config), config.seed)
     train_pairs = list(splits.train)
     if config.max_train_examples:
@@ -190,15 +216,14 @@ def train(config: TrainConfig) -> Path:
                         ("test", splits.test)):
         if not pairs:
             raise UserError(f"the {name} split of task {config.task!r} is empty; give more data")
-    write_pairs(run_dir / "validation.tsv", splits.validation)
-    write_pairs(run_dir / "test.tsv", splits.test)
 
+    scratch = tempfile.TemporaryDirectory(prefix="tokenizer-")
     tokenizer_path = run_dir / "tokenizer.model"
     if not (resuming and tokenizer_path.exists()):
         # The vocabulary is learned from the training split only, so held-out text stays unseen.
         texts = [s for pair in train_pairs for s in pair]
-        train_sentencepiece(texts, tokenizer_path, vocab_size=settings["vocab_size"],
-                            model_type=task.tokenizer_type)
+        tokenizer_path = train_sentencepiece(texts, Path(scratch.name) / "tokenizer.model",
+                                             vocab_size=settings["vocab_size"], model_type=task.tokenizer_type)
     tokenizer = Tokenizer(tokenizer_path)
     if task.tokenizer_type != "char":
         # Training tokenizes in tf.data (tensorflow-text), evaluation in Python (sentencepiece): they must agree.
@@ -224,6 +249,14 @@ def train(config: TrainConfig) -> Path:
                             max_source_length=settings["max_source_length"], **overrides)
         compile_model(model, settings)
         model.build()
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_pairs(run_dir / "validation.tsv", splits.validation)
+    write_pairs(run_dir / "test.tsv", splits.test)
+    if tokenizer_path != run_dir / "tokenizer.model":
+        shutil.copyfile(tokenizer_path, run_dir / "tokenizer.model")
+        tokenizer = Tokenizer(run_dir / "tokenizer.model")
+    scratch.cleanup()
 
     run_config = {
         "task": config.task,
