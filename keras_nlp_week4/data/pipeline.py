@@ -28,10 +28,39 @@ import tensorflow as tf
 from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from keras_nlp_week4.errors import UserError
 
-__all__ = ["encode_sources", "make_dataset", "max_lengths"]
+__all__ = ["EpochOrder", "encode_sources", "make_dataset", "max_lengths"]
 
 # Strings per TensorFlow Text call on the bucketing path (larger amortizes the op overhead).
 _TOKENIZE_BATCH_SIZE = 1024
+
+
+class EpochOrder:
+    """The order in which a training dataset visits its examples: a permutation that is a pure function
+    of `(seed, epoch)`, so epoch 7 sees the same order in a run that was killed and resumed as in one
+    that never stopped (`tf.data`'s own reshuffling depends on how many iterators were made before).
+
+    `epoch` is a variable the dataset reads when an iterator starts; the training loop sets it at the
+    start of every epoch (`keras_nlp_week4.training.resume.EpochRandomness`).
+
+    Example:
+
+    >>> order = EpochOrder(seed=3)
+    >>> first = order.permutation(5).numpy()
+    >>> order.set_epoch(1)
+    >>> sorted(order.permutation(5).numpy()) == sorted(first)  # another order of the same examples
+    True
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_order_epoch")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.assign(epoch)
+
+    def permutation(self, size: int) -> tf.Tensor:
+        seed = tf.stack([tf.constant(self.seed, tf.int64), self.epoch.read_value()])
+        return tf.random.experimental.stateless_shuffle(tf.range(size, dtype=tf.int64), seed=seed)
 
 
 def _check_length(name: str, value: int) -> None:
@@ -87,6 +116,7 @@ def make_dataset(
     seed: int = 0,
     bucket_boundaries: Sequence[int] | None = None,
     drop_remainder: bool = False,
+    order: EpochOrder | None = None,
 ) -> tf.data.Dataset:
     """Builds a batched, padded teacher-forcing dataset from ``(source, target)`` strings.
 
@@ -105,6 +135,9 @@ def make_dataset(
             padding; each batch is padded to its own longest example. Its per-example steps
             cost time: about 1.3 s per epoch of 20,000 dates on 2 cores, against 0.2 s without.
         drop_remainder: drop the last, smaller batch (of each bucket, with bucketing).
+        order: visit the examples in `order`'s permutation for its current epoch instead (what
+            training uses: reproducible per epoch, so a resumed run sees the same data; see
+            `EpochOrder`). `shuffle` and `seed` are then ignored.
 
     Returns:
         A dataset of ``((encoder_input, decoder_input), target)``, all int32 of shape
@@ -127,10 +160,17 @@ def make_dataset(
     _check_length("max_source_length", max_source_length)
     _check_length("max_target_length", max_target_length)
     sources, targets = zip(*pairs, strict=True)
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(sources, tf.string), tf.constant(targets, tf.string))
-    )
-    if shuffle:
+    sources, targets = tf.constant(sources, tf.string), tf.constant(targets, tf.string)
+    if order is not None:
+        # One element, the whole split in this epoch's order, read when an iterator starts.
+        def ordered(_):
+            permutation = order.permutation(len(pairs))
+            return tf.gather(sources, permutation), tf.gather(targets, permutation)
+
+        dataset = tf.data.Dataset.range(1).map(ordered).unbatch()
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((sources, targets))
+    if shuffle and order is None:
         dataset = dataset.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
 
     def encode_ragged(source, target):

@@ -26,7 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_nlp_week4.data.pipeline import make_dataset
+from keras_nlp_week4.data.pipeline import EpochOrder, make_dataset
 from keras_nlp_week4.data.readers import DataSources
 from keras_nlp_week4.data.tokenizer import (
     BOS_ID,
@@ -48,6 +48,7 @@ from keras_nlp_week4.training.distribute import (
     shard_by_data,
 )
 from keras_nlp_week4.training.losses import MaskedAccuracy, MaskedSparseCrossEntropy
+from keras_nlp_week4.training.resume import EpochRandomness, ResumableBackup, finished_epochs
 from keras_nlp_week4.training.schedule import TransformerSchedule
 
 log = logging.getLogger(__name__)
@@ -235,8 +236,9 @@ def train(config: TrainConfig) -> Path:
 
     lengths = dict(max_source_length=settings["max_source_length"],
                    max_target_length=settings["max_target_length"])
-    train_ds = shard_by_data(make_dataset(train_pairs, tokenizer, settings["batch_size"], shuffle=True,
-                                          seed=config.seed, **lengths))
+    order = EpochOrder(config.seed)
+    train_ds = shard_by_data(make_dataset(train_pairs, tokenizer, settings["batch_size"], order=order,
+                                          **lengths))
     val_ds = shard_by_data(make_dataset(splits.validation, tokenizer, settings["batch_size"], **lengths))
 
     overrides = {}
@@ -279,17 +281,22 @@ def train(config: TrainConfig) -> Path:
     }
     (run_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
 
+    checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_loss",
+                                                 save_best_only=True)
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
+                                                   restore_best_weights=True)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_loss",
-                                        save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
-                                      restore_best_weights=True),
+        EpochRandomness(order),
+        checkpoint,
+        early_stopping,
         keras.callbacks.TensorBoard(str(run_dir / "logs"), profile_batch=0),
         keras.callbacks.CSVLogger(str(run_dir / "training_log.csv"), append=resuming),
+        # Last: it backs up what the callbacks above have just updated (see training/resume.py).
+        ResumableBackup(backup_dir, early_stopping, checkpoint),
     ]
     if resuming:
-        print(f"Resuming the interrupted run in {run_dir} from its last finished epoch.")
+        finished = finished_epochs(backup_dir)
+        print(f"Resuming the interrupted run in {run_dir} after its last finished epoch ({finished}).")
     started = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], callbacks=callbacks,
               shuffle=False, verbose=config.verbose)  # the dataset shuffles itself, seeded
