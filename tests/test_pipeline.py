@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from keras_nlp_week4.data.dates import generate_date_pairs
-from keras_nlp_week4.data.pipeline import encode_sources, make_dataset, max_lengths
+from keras_nlp_week4.data.pipeline import EpochOrder, encode_sources, make_dataset, max_lengths
 from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
 from keras_nlp_week4.errors import UserError
 
@@ -112,6 +112,23 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch(pairs, tokenizer):
     assert _source_order(other, tokenizer) != epoch_1
     unshuffled = make_dataset(data, tokenizer, 16, 40, 12)
     assert _source_order(unshuffled, tokenizer) == sources
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch_alone(pairs, tokenizer):
+    data = pairs[:64]
+    order = EpochOrder(seed=3)
+    dataset = make_dataset(data, tokenizer, 16, 40, 12, order=order)
+    epoch_0 = _source_order(dataset, tokenizer)
+    assert _source_order(dataset, tokenizer) == epoch_0  # iterating again does not reshuffle
+    order.set_epoch(5)
+    epoch_5 = _source_order(dataset, tokenizer)
+    assert sorted(epoch_5) == sorted(epoch_0) == sorted(s for s, _ in data) and epoch_5 != epoch_0
+    # Another process (a resumed run) that starts at epoch 5 sees the same order.
+    fresh = EpochOrder(seed=3)
+    fresh.set_epoch(5)
+    assert _source_order(make_dataset(data, tokenizer, 16, 40, 12, order=fresh), tokenizer) == epoch_5
+    other_seed = EpochOrder(seed=4)
+    assert _source_order(make_dataset(data, tokenizer, 16, 40, 12, order=other_seed), tokenizer) != epoch_0
 
 
 def test_bucketing_groups_by_source_length(pairs, tokenizer):
