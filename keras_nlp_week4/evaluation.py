@@ -206,6 +206,9 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
             by_source = dict(zip(sources, predictions, strict=True))
             key = "exact_match" if method == "greedy" else "exact_match_beam"
             metrics[key] = float(np.mean([by_source[s] == t for s, t in test]))
+    valid_output = _task_setting(run.config, "valid_output", None)
+    if valid_output is not None:
+        metrics["valid_outputs"] = float(np.mean([valid_output(text) for text in outputs["greedy"]]))
     metrics["num_parameters"] = run.config.get("num_parameters")
     metrics["test_examples"] = len(test)
     metrics["test_sources"] = len(sources)

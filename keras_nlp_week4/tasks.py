@@ -31,6 +31,8 @@ class TaskSpec:
     warmup_steps: int = 1000
     patience: int = 3
     exact_match: bool = False  # report the fraction of outputs equal to the reference, character for character
+    # When set, evaluation also reports the fraction of greedy outputs it accepts (`valid_outputs`).
+    valid_output: Callable[[str], bool] | None = None
     # Beam size of the evaluation that ends training (0: greedy only).
     evaluation_beam_size: int = 0
     # Inputs whose outputs (greedy and sampled) are printed and saved to samples.json after training;
@@ -48,6 +50,12 @@ def _dates_splits(sources, seed: int):
         options = ", ".join(f"--{name.replace('_', '-')}" for name in given) or "--reverse"
         raise UserError(f"the dates task generates its own data; drop {options} (or DATA=) for TASK=dates")
     return date_splits(seed=seed)
+
+
+def _is_iso_date(text: str) -> bool:
+    from keras_nlp_week4.data.dates import is_iso_date
+
+    return is_iso_date(text)
 
 
 _SHARED_DATA = Path("../shared/data")
@@ -86,7 +94,7 @@ TASKS: dict[str, TaskSpec] = {
     "dates": TaskSpec(
         name="dates", load_splits=_dates_splits, tokenizer_type="char", max_source_length=48,
         max_target_length=12, epochs=10, batch_size=64, transformer_preset="tiny", rnn_preset="small",
-        peak_learning_rate=2e-3, warmup_steps=300, patience=3, exact_match=True,
+        peak_learning_rate=2e-3, warmup_steps=300, patience=3, exact_match=True, valid_output=_is_iso_date,
         # An RNN step is sequential in time, so bigger batches pay; it also tolerates a higher rate.
         family_defaults={"rnn": {"epochs": 6, "batch_size": 128, "peak_learning_rate": 5e-3,
                                  "warmup_steps": 200}}),

@@ -207,3 +207,12 @@ def test_invalid_requests_raise_user_error():
         generate_date_pairs(-1, seed=0)
     with pytest.raises(UserError, match="num_test"):
         date_splits(10, 10, -1)
+
+
+def test_is_iso_date_accepts_every_target_and_nothing_else():
+    from keras_nlp_week4.data.dates import is_iso_date
+
+    assert all(is_iso_date(target) for _, target in generate_date_pairs(500, seed=7))
+    for text in ("1994-02-30", "1994-9-27", "94-09-27", "1899-12-31", "2100-01-01", "1994-09-27 ", "",
+                 "september 27, 1994", "1994/09/27"):
+        assert not is_iso_date(text), text

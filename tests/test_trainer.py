@@ -40,8 +40,8 @@ def test_run_directory_is_complete(tiny_run):
     assert (tiny_run / "logs").is_dir()  # TensorBoard
     assert not (tiny_run / "backup").exists()  # removed once training finished
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert {"val_loss", "exact_match", "test_perplexity", "training_seconds"} <= set(metrics)
-    assert 0.0 <= metrics["exact_match"] <= 1.0
+    assert {"val_loss", "exact_match", "test_perplexity", "training_seconds", "valid_outputs"} <= set(metrics)
+    assert 0.0 <= metrics["exact_match"] <= metrics["valid_outputs"] <= 1.0  # a right date is a valid one
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
     assert config["model_config"]["d_model"] == 64

@@ -49,6 +49,7 @@ __all__ = [
     "DatasetSplits",
     "date_splits",
     "generate_date_pairs",
+    "is_iso_date",
     "render_date",
 ]
 
@@ -183,6 +184,20 @@ def render_date(date: datetime.date, fmt: str, case: str = "lower") -> str:
         wkd=weekday[:3],
     )
     return _apply_case(text, case)
+
+
+def is_iso_date(text: str) -> bool:
+    """True when `text` is a real date written as the task's targets are: ``YYYY-MM-DD`` in range.
+
+    >>> is_iso_date("1994-09-27"), is_iso_date("1994-02-30"), is_iso_date("94-09-27")
+    (True, False, False)
+    """
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return False
+    try:
+        return MIN_DATE <= datetime.date.fromisoformat(text) <= MAX_DATE
+    except ValueError:
+        return False
 
 
 def _random_pair(rng: random.Random) -> Pair:
