@@ -43,7 +43,7 @@ TRAIN_ARGS := --task $(TASK) --model $(MODEL) \
 	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(PRECISION),--precision $(PRECISION)) \
 	$(if $(filter 1 yes true,$(JIT)),--jit)
 
-.PHONY: install train evaluate compare plot test lint clean infer serve export bench
+.PHONY: install train evaluate compare plot test lint clean infer serve export bench notebooks
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,13 @@ bench: $(STAMP)
 	@test -f $(BENCH_RUN)/export/manifest.json || $(PY) -m export $(BENCH_RUN)
 	$(PY) -m bench --run $(BENCH_RUN) \
 		$(if $(filter 1 yes true,$(QUICK)),--quick --out-dir artifacts/bench-quick)
+
+# The lecture notebooks (notebooks/*.py, jupytext), run top to bottom into artifacts/notebooks/*.ipynb with
+# their outputs and pictures (about 15 minutes in all on 2 cores; SMALL=1: the test suite's setting).
+SMALL ?=
+notebooks: $(STAMP)
+	$(PY) notebooks/execute.py --check
+	$(PY) notebooks/execute.py $(if $(filter 1 yes true,$(SMALL)),--small)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

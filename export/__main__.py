@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from keras_nlp_week4.cli import import_tensorflow_quietly
     from keras_nlp_week4.errors import UserError
+    from keras_nlp_week4.quiet import import_tensorflow_quietly
     from serving.errors import ServingError
 
     args = build_parser().parse_args(argv)

@@ -132,7 +132,7 @@ def _quality(export_dir, config, reference, provider, threads, decode, fp32_gene
 def _tensorflow_rows(export_dir: Path, config: dict, reference: parity.ReferenceData, run, decode,
                      log: Callable) -> list[dict]:
     """The SavedModel's signatures (and, when `run` is None, the reloaded Keras model) vs reference."""
-    from keras_nlp_week4.cli import import_tensorflow_quietly
+    from keras_nlp_week4.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import tensorflow as tf

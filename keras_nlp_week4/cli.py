@@ -166,26 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with file descriptor 2 silenced.
-
-    TensorFlow's C++ runtime prints start-up lines (oneDNN, missing CUDA drivers) before its logging is
-    configured, so TF_CPP_MIN_LOG_LEVEL cannot hide them; they would bury our one-line errors. A failed
-    import still raises, and its exception is reported normally.
-    """
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def main(argv: list[str] | None = None) -> int:
     from keras_nlp_week4.errors import UserError
+    from keras_nlp_week4.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     args = build_parser().parse_args(argv)

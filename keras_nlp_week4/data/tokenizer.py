@@ -21,6 +21,8 @@ Special ids are fixed for the whole project: ``PAD_ID=0``, ``UNK_ID=1``, ``BOS_I
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +66,25 @@ def _needed_char_vocab_size(texts: Sequence[str]) -> int:
     return _NUM_SPECIAL + _SPACE_PIECE + len(characters)
 
 
+# Identity normalization with one rule for a noncharacter no text contains (U+FFFF -> U+FFFE). The
+# built-in "identity" rule leaves the model's precompiled character map empty, and then every load of
+# the model (sentencepiece and tensorflow-text alike, at every epoch) logs "precompiled_charsmap is
+# empty" from C++, where no Python setting reaches; a non-empty map does not. Identity rules themselves
+# are refused by the trainer.
+_NORMALIZATION_RULES = "FFFF\tFFFE\n"
+
+
+def _without_rule_path(serialized: bytes) -> bytes:
+    """The trainer records the rules file's (temporary, random) path in the model: drop it, so the same
+    texts always give the same bytes."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(serialized)
+    proto.normalizer_spec.ClearField("normalization_rule_tsv")
+    return proto.SerializeToString()
+
+
 def train_sentencepiece(
     texts: Iterable[str],
     output_path: str | Path,
@@ -75,7 +96,7 @@ def train_sentencepiece(
 ) -> Path:
     """Trains a SentencePiece model from in-memory texts and writes the ``.model`` file.
 
-    The model uses the project's special ids and the ``identity`` normalization with
+    The model uses the project's special ids and an identity normalization (`_NORMALIZATION_RULES`) with
     ``remove_extra_whitespaces=False``: no NFKC folding, no lower-casing and no whitespace
     squeezing, so every string made of characters seen in training round-trips exactly
     (``decode(encode(x)) == x``), which the dates task needs for its case variants and which keeps
@@ -132,6 +153,9 @@ def train_sentencepiece(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)
+    rules = tempfile.NamedTemporaryFile("w", suffix=".tsv", encoding="utf-8", delete=False)
+    rules.write(_NORMALIZATION_RULES)
+    rules.close()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),
@@ -140,7 +164,7 @@ def train_sentencepiece(
             vocab_size=vocab_size,
             hard_vocab_limit=False,
             character_coverage=character_coverage,
-            normalization_rule_name="identity",
+            normalization_rule_tsv=rules.name,
             remove_extra_whitespaces=False,
             pad_id=PAD_ID,
             unk_id=UNK_ID,
@@ -152,7 +176,9 @@ def train_sentencepiece(
     except RuntimeError as error:
         message = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
         raise UserError(f"sentencepiece training failed: {message}") from error
-    output_path.write_bytes(model.getvalue())
+    finally:
+        os.unlink(rules.name)
+    output_path.write_bytes(_without_rule_path(model.getvalue()))
     return output_path
 
 
