@@ -61,19 +61,20 @@ def softmax(x: np.ndarray) -> np.ndarray:
 # ## The lecture's worked example
 # Five encoder hidden states of four numbers each (one row per source word), and the attention weights
 # of the lecture, `[0.8, 0.1, 0.03, 0.05, 0.02]`: the decoder attends mostly to the first word. The
-# context vector is the weighted sum of the rows. (The table's numbers below are ours; the weights are the
-# lecture's.)
+# context vector is the weighted sum of the rows: its first entry is
+# `0.8·0.1 + 0.1·0.5 + 0.03·0.9 + 0.05·0.2 + 0.02·0.4 = 0.175`. (The table's numbers are illustrative, the
+# same as in the project's tests; the weights are the lecture's.)
 #
 # To get exactly these weights out of the project's **dot-score** layer, we need a decoder state `h_t`
 # whose dot products with the rows are `log(weights) + constant` (the softmax ignores the constant): five
 # linear equations in `h_t`'s four numbers and the constant, which `numpy.linalg.solve` answers.
 
 # %%
-H = np.array([[0.9, 0.1, 0.4, 0.3],     # hidden state of source word 1
-              [0.2, 0.8, 0.1, 0.5],     # word 2
-              [0.5, 0.3, 0.7, 0.1],     # word 3
-              [0.1, 0.6, 0.2, 0.9],     # word 4
-              [0.4, 0.2, 0.9, 0.6]],    # word 5
+H = np.array([[0.1, 0.2, 0.3, 0.4],     # hidden state of source word 1
+              [0.5, 0.1, 0.0, 0.2],     # word 2
+              [0.9, 0.3, 0.4, 0.1],     # word 3
+              [0.2, 0.8, 0.6, 0.5],     # word 4
+              [0.4, 0.5, 0.7, 0.9]],    # word 5
              dtype="float64")
 lecture_weights = np.array([0.8, 0.1, 0.03, 0.05, 0.02])
 
@@ -93,6 +94,8 @@ assert np.allclose(weights, lecture_weights, atol=1e-5)
 assert np.allclose(weights, softmax(H @ h_t), atol=1e-5)
 assert np.allclose(context, lecture_weights @ H, atol=1e-5)
 print("numpy: sum_s a_s * h_s =", np.round(lecture_weights @ H, 4))
+# By hand, first entry: 0.8*0.1 + 0.1*0.5 + 0.03*0.9 + 0.05*0.2 + 0.02*0.4 = 0.175
+assert np.allclose(context, [0.175, 0.229, 0.296, 0.386], atol=1e-5)
 
 # %% [markdown]
 # ## The score functions side by side

@@ -282,24 +282,3 @@ def test_cached_step_converts_to_onnx():
         for g, e in zip(got, expected, strict=True):
             np.testing.assert_allclose(g, e.numpy(), atol=1e-5, rtol=0)
     assert time.time() - started < 20
-
-
-def test_loads_projection_biases_saved_in_the_earlier_heads_first_layout():
-    # Runs trained before the projections became (batch, len, heads, head_dim) stored each bias as
-    # (heads, 1, head_dim): the same numbers, which must load and give the same outputs.
-    layer = MultiHeadAttention(num_heads=2, key_dim=4, bias_initializer="random_normal")
-    x = rand(2, 5, 8)
-    expected = to_numpy(layer(x, x))
-    clone = MultiHeadAttention(num_heads=2, key_dim=4)
-    clone(x, x)
-    for source, target in zip((layer.query_dense, layer.key_dense, layer.value_dense),
-                              (clone.query_dense, clone.key_dense, clone.value_dense), strict=True):
-        kernel, bias = (to_numpy(w) for w in source.weights)
-        target.load_own_variables({"0": kernel, "1": bias.reshape(2, 1, 4)})
-        np.testing.assert_array_equal(to_numpy(target.bias), bias)
-    clone.output_dense.load_own_variables({str(i): to_numpy(w)
-                                           for i, w in enumerate(layer.output_dense.weights)})
-    np.testing.assert_allclose(to_numpy(clone(x, x)), expected, atol=1e-6)
-    # A bias of another size is still an error, not silently reshaped.
-    with pytest.raises(ValueError):
-        clone.query_dense.load_own_variables({"0": kernel, "1": np.zeros((3, 1, 4), "float32")})

@@ -101,7 +101,7 @@ def test_cached_incremental_decoding_matches_full_pass(norm_first, use_cross_cac
     cache = rand(2, 2, HEADS, 7, HEAD_DIM)  # unwritten slots hold garbage on purpose
     outputs, weights = [], []
     for t in range(5):
-        out, cache, w = layer(
+        out, w, cache = layer(
             x[:, t:t + 1],
             encoder_outputs=None if use_cross_cache else memory,
             encoder_padding_mask=SRC_PADDING,

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_nlp_week4.layers.scaled_dot_product_attention import (
-    ScoreAttentionBase,
-    additive_scores,
-)
+from keras_nlp_week4.layers.score_attention import ScoreAttentionBase, additive_scores
 
 
 @keras.saving.register_keras_serializable(package="keras_nlp_week4")

@@ -5,11 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_nlp_week4.layers.scaled_dot_product_attention import (
-    ScoreAttentionBase,
-    additive_scores,
-    scaled_dot_product_scores,
-)
+from keras_nlp_week4.layers.scaled_dot_product_attention import scaled_dot_product_scores
+from keras_nlp_week4.layers.score_attention import ScoreAttentionBase, additive_scores
 
 SCORE_FUNCTIONS = ("dot", "general", "concat", "location", "scaled_dot")
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
-import numpy as np
 from keras import ops
 
 from keras_nlp_week4.layers.masks import causal_mask, merge_padding_and_attention_masks
@@ -18,43 +15,6 @@ _CACHE_LENGTH_AXIS = 3
 def _split_heads(x):
     """(batch, len, heads, head_dim) -> (batch, heads, len, head_dim)."""
     return ops.transpose(x, (0, 2, 1, 3))
-
-
-class _HeadsProjection(keras.layers.EinsumDense):
-    """`EinsumDense` that also loads projections saved before the layout change of 2026-11-24.
-
-    Those projected to `(batch, heads, len, head_dim)` and so stored the bias as `(heads, 1,
-    head_dim)`; the numbers are the same as today's `(heads, head_dim)` bias, only shaped for the
-    other layout, so runs trained then keep loading."""
-
-    def load_own_variables(self, store):
-        if self.built and self.bias is not None:
-            store = _ReshapingStore(store, {"1": tuple(self.bias.shape)})
-        super().load_own_variables(store)
-
-
-class _ReshapingStore:
-    """A read-only view of a Keras weights store that reshapes the named entries to `shapes`
-    when they hold the same number of values in another shape."""
-
-    def __init__(self, store, shapes: dict):
-        self._store, self._shapes = store, shapes
-
-    def __getitem__(self, key):
-        value = self._store[key]
-        shape = self._shapes.get(key)
-        if shape is not None and tuple(value.shape) != shape and math.prod(value.shape) == math.prod(shape):
-            return np.reshape(np.asarray(value), shape)
-        return value
-
-    def __contains__(self, key):
-        return key in self._store
-
-    def __len__(self):
-        return len(self._store)
-
-    def keys(self):
-        return self._store.keys()
 
 
 def _clone_initializer(initializer):
@@ -162,7 +122,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.supports_masking = True
 
     def _projection(self, equation, output_shape, bias_axes, name):
-        projection = _HeadsProjection(
+        projection = keras.layers.EinsumDense(
             equation,
             output_shape=output_shape,
             bias_axes=bias_axes if self.use_bias else None,

@@ -62,7 +62,7 @@ class TransformerDecoderLayer(TransformerLayerBase):
         `(x, cross_weights)` with `return_attention_scores` (cross_weights
         `(batch, num_heads, tgt_len, src_len)`).
         With one: `(x, new_self_attention_cache)` or
-        `(x, new_self_attention_cache, cross_weights)`.
+        `(x, cross_weights, new_self_attention_cache)`: the order of `MultiHeadAttention`.
 
     Example:
 
@@ -156,9 +156,10 @@ class TransformerDecoderLayer(TransformerLayerBase):
         # Position-wise feed-forward network, eq. (2).
         x = self.feed_forward(x, training)
 
+        # The order of `MultiHeadAttention`: output, then attention weights, then cache.
         outputs = (x,)
-        if use_cache:
-            outputs += (self_attention_cache,)
         if return_attention_scores:
             outputs += (cross_weights,)
+        if use_cache:
+            outputs += (self_attention_cache,)
         return outputs[0] if len(outputs) == 1 else outputs

@@ -162,7 +162,7 @@ class Transformer(Seq2SeqModel):
         y = self.target_embedding(token_ids[:, None], start_index=index, training=training)  # (b, 1, d)
         new_caches, attention = [], []
         for i, layer in enumerate(self.decoder_layers):
-            y, cache, weights = layer(
+            y, weights, cache = layer(
                 y,
                 encoder_padding_mask=state["encoder_padding_mask"],
                 self_attention_cache=state["self_attention_cache"][:, i],

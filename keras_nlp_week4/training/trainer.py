@@ -113,7 +113,8 @@ def _resolve(config: TrainConfig) -> dict:
         "preset": task.transformer_preset if family == "transformer" else task.rnn_preset,
         "learning_rate": task_defaults["peak_learning_rate"],
         **{key: task_defaults[key] for key in ("epochs", "batch_size", "warmup_steps", "vocab_size",
-                                               "max_source_length", "max_target_length", "patience")},
+                                               "max_source_length", "max_target_length", "patience",
+                                               "max_train_examples", "dropout")},
     }
     for key, value in defaults.items():
         if settings[key] is None:
@@ -211,8 +212,8 @@ def train(config: TrainConfig) -> Path:
     # the run directory, so a refused command changes nothing on disk.
     splits = task.load_splits(data_sources(config), config.seed)
     train_pairs = list(splits.train)
-    if config.max_train_examples:
-        train_pairs = train_pairs[: config.max_train_examples]
+    if settings["max_train_examples"]:
+        train_pairs = train_pairs[: settings["max_train_examples"]]
     for name, pairs in (("training", train_pairs), ("validation", splits.validation),
                         ("test", splits.test)):
         if not pairs:
@@ -242,8 +243,8 @@ def train(config: TrainConfig) -> Path:
     val_ds = shard_by_data(make_dataset(splits.validation, tokenizer, settings["batch_size"], **lengths))
 
     overrides = {}
-    if config.dropout is not None:
-        overrides["dropout"] = config.dropout
+    if settings["dropout"] is not None:
+        overrides["dropout"] = settings["dropout"]
     if settings["family"] == "rnn":
         overrides.update(teacher_forcing_ratio=config.teacher_forcing_ratio, seed=config.seed)
     with strategy.scope():
