@@ -57,6 +57,7 @@ def load_run(run_dir: Path, compile: bool = True) -> Run:
     import keras_nlp_week4.training.losses  # noqa: F401
     import keras_nlp_week4.training.schedule  # noqa: F401
     from keras_nlp_week4.data.tokenizer import Tokenizer
+    from serving.errors import first_line
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -66,7 +67,7 @@ def load_run(run_dir: Path, compile: bool = True) -> Run:
     try:
         model = keras.models.load_model(model_path, compile=compile)
     except Exception as e:  # a truncated or foreign file fails deep inside zipfile/h5py
-        raise UserError(f"cannot load {model_path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}; "
+        raise UserError(f"cannot load {model_path}: {type(e).__name__}: {first_line(e)}; "
                         "the file is damaged, train the run again") from None
     tokenizer = Tokenizer(run_dir / config.get("tokenizer", "tokenizer.model"))
     return Run(path=run_dir, config=config, model=model, tokenizer=tokenizer)

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from test_serving_export import ROOT, run_module, runtime, tiny_export, tiny_run  # noqa: F401
+from helpers import ROOT, run_module
 
 from serving.errors import RequestError
 from serving.runtime import DecodingOptions
@@ -21,7 +21,7 @@ FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "tensorflow_text", "keras_nlp_wee
 
 
 @pytest.fixture(scope="module")
-def keras_run(tiny_run):  # noqa: F811
+def keras_run(tiny_run):
     from keras_nlp_week4.runs import load_run
 
     return load_run(tiny_run, compile=False)
@@ -55,7 +55,7 @@ def test_nothing_under_serving_imports_tensorflow_or_keras():
                 assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
 
 
-def test_generating_leaves_tensorflow_and_keras_unimported(tiny_export):  # noqa: F811
+def test_generating_leaves_tensorflow_and_keras_unimported(tiny_export):
     script = textwrap.dedent(f"""
         import json, sys
         from serving.runtime import DecodingOptions, Runtime
@@ -74,7 +74,7 @@ def test_generating_leaves_tensorflow_and_keras_unimported(tiny_export):  # noqa
     assert result["loaded"] == []
 
 
-def test_tokenizer_ids_equal_the_training_tokenizer(runtime, keras_run):  # noqa: F811
+def test_tokenizer_ids_equal_the_training_tokenizer(runtime, keras_run):
     from keras_nlp_week4.data.pipeline import encode_sources
 
     texts = [s for split in ("test", "validation") for s, _ in keras_run.pairs(split)]
@@ -87,7 +87,7 @@ def test_tokenizer_ids_equal_the_training_tokenizer(runtime, keras_run):  # noqa
     assert lengths.max() == runtime.max_source_length  # the long text was truncated, EOS kept
 
 
-def test_greedy_equals_keras_on_the_whole_test_split(runtime, keras_run, test_sources):  # noqa: F811
+def test_greedy_equals_keras_on_the_whole_test_split(runtime, keras_run, test_sources):
     from keras_nlp_week4.evaluation import decode_texts
 
     expected = decode_texts(keras_run, test_sources)
@@ -96,14 +96,14 @@ def test_greedy_equals_keras_on_the_whole_test_split(runtime, keras_run, test_so
     assert len(test_sources) >= 500 and not mismatches, mismatches[:5]
 
 
-def test_greedy_ids_equal_keras_ids(runtime, keras_run, test_sources):  # noqa: F811
+def test_greedy_ids_equal_keras_ids(runtime, keras_run, test_sources):
     texts = test_sources[:64]
     keras_tokens = _keras_generate(keras_run, texts).tokens
     for row, generation in zip(keras_tokens, runtime.generate(texts), strict=True):
         assert generation.token_ids == runtime.tokenizer.output_ids(row)
 
 
-def test_mixed_lengths_in_one_batch_equal_one_at_a_time(runtime, test_sources):  # noqa: F811
+def test_mixed_lengths_in_one_batch_equal_one_at_a_time(runtime, test_sources):
     texts = sorted(test_sources[:40], key=len)[::4] + ["9/27/94", "Tuesday, September 27, 1994 at noon"]
     batched = runtime.generate(texts, batch_size=64)
     for text, generation in zip(texts, batched, strict=True):
@@ -112,7 +112,7 @@ def test_mixed_lengths_in_one_batch_equal_one_at_a_time(runtime, test_sources): 
         assert alone.score == pytest.approx(generation.score, abs=1e-4)
 
 
-def test_beam_search_equals_keras_beam_search(runtime, keras_run, test_sources):  # noqa: F811
+def test_beam_search_equals_keras_beam_search(runtime, keras_run, test_sources):
     texts = test_sources[:6]
     expected = _keras_generate(keras_run, texts, "beam", beam_size=3, length_penalty=0.6)
     got = runtime.generate(texts, DecodingOptions(method="beam", beam_size=3, length_penalty=0.6))
@@ -121,14 +121,14 @@ def test_beam_search_equals_keras_beam_search(runtime, keras_run, test_sources):
         assert generation.score == pytest.approx(float(score), abs=1e-3)
 
 
-def test_beam_of_one_is_greedy(runtime, test_sources):  # noqa: F811
+def test_beam_of_one_is_greedy(runtime, test_sources):
     texts = test_sources[:8]
     beam = runtime.generate(texts, DecodingOptions(method="beam", beam_size=1, length_penalty=0.0))
     greedy = runtime.generate(texts)
     assert [g.token_ids for g in beam] == [g.token_ids for g in greedy]
 
 
-def test_sampling_is_seeded_and_top_k_one_is_greedy(runtime, test_sources):  # noqa: F811
+def test_sampling_is_seeded_and_top_k_one_is_greedy(runtime, test_sources):
     texts = test_sources[:8]
     options = DecodingOptions(method="sample", temperature=1.5, top_p=0.95, seed=7)
     first = [g.token_ids for g in runtime.generate(texts, options)]
@@ -140,7 +140,7 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(runtime, test_sources):  # n
     assert [g.token_ids for g in top1] == [g.token_ids for g in runtime.generate(texts)]
 
 
-def test_a_seeded_sample_does_not_depend_on_the_batching(runtime, test_sources):  # noqa: F811
+def test_a_seeded_sample_does_not_depend_on_the_batching(runtime, test_sources):
     texts = test_sources[:9]
     options = DecodingOptions(method="sample", temperature=1.5, seed=21)
     together = [g.token_ids for g in runtime.generate(texts, options, batch_size=64)]
@@ -167,7 +167,7 @@ def test_per_row_seeds_in_sample_search():
         sample_search(step, {}, 3, 5, 2, 3, seed=[1, 2])
 
 
-def test_attention_equals_keras_and_is_a_distribution_over_the_source(runtime, keras_run,  # noqa: F811
+def test_attention_equals_keras_and_is_a_distribution_over_the_source(runtime, keras_run,
                                                                       test_sources):
     texts = [test_sources[0], "9/27/94"]
     expected = _keras_generate(keras_run, texts, return_attention=True)
@@ -184,7 +184,7 @@ def test_attention_equals_keras_and_is_a_distribution_over_the_source(runtime, k
         assert body["source_tokens"][-1] == "</s>" and len(body["tokens"]) == steps
 
 
-def test_max_new_tokens_bounds_the_output(runtime, test_sources):  # noqa: F811
+def test_max_new_tokens_bounds_the_output(runtime, test_sources):
     for limit in (1, 3):
         for generation in runtime.generate(test_sources[:5], DecodingOptions(max_new_tokens=limit)):
             assert len(generation.tokens) <= limit
@@ -192,7 +192,7 @@ def test_max_new_tokens_bounds_the_output(runtime, test_sources):  # noqa: F811
     assert max(len(g.tokens) for g in full) <= runtime.max_target_length
 
 
-def test_max_new_tokens_above_the_model_limit_is_refused(runtime):  # noqa: F811
+def test_max_new_tokens_above_the_model_limit_is_refused(runtime):
     too_many = DecodingOptions(max_new_tokens=runtime.max_target_length + 1)
     with pytest.raises(RequestError, match=f"above the limit {runtime.max_target_length}"):
         runtime.generate(["9/27/94"], too_many)
@@ -200,7 +200,7 @@ def test_max_new_tokens_above_the_model_limit_is_refused(runtime):  # noqa: F811
         runtime.generate_ids(np.ones((1, 3), np.int32), too_many)
 
 
-def test_texts_are_checked(runtime):  # noqa: F811
+def test_texts_are_checked(runtime):
     assert runtime.check_texts(["9/27/94"]) == [len(runtime.tokenizer.encode(["9/27/94"])[0]) + 1]
     for texts, status, message in [
         ([""], 422, "input 0 is empty"),

@@ -12,7 +12,7 @@ import urllib.request
 import warnings
 
 import pytest
-from test_serving_export import ROOT, runtime, tiny_export, tiny_run  # noqa: F401
+from helpers import ROOT
 
 from serving.loadtest import check_loopback, run_load
 from serving.runtime import DecodingOptions, Runtime
@@ -30,7 +30,7 @@ def TestClient(app, **kwargs):  # noqa: N802 (stands in for the class)
 
 
 @pytest.fixture(scope="module")
-def client(runtime):  # noqa: F811
+def client(runtime):
     app = create_app(runtime, ServerSettings(max_inputs=8, max_body_bytes=4096, max_wait_ms=2))
     with TestClient(app) as client:
         yield client
@@ -41,7 +41,7 @@ def _metric(text: str, name: str) -> float:
                if line.startswith(name) and not line.startswith("#"))
 
 
-def test_health_readiness_docs(client, runtime):  # noqa: F811
+def test_health_readiness_docs(client, runtime):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
@@ -52,7 +52,7 @@ def test_health_readiness_docs(client, runtime):  # noqa: F811
     assert client.get("/docs").status_code == 200
 
 
-def test_not_ready_before_startup(runtime):  # noqa: F811
+def test_not_ready_before_startup(runtime):
     client = TestClient(create_app(runtime))  # no `with`: the lifespan (warm-up) has not run
     assert client.get("/healthz").status_code == 200
     not_ready = client.get("/readyz")
@@ -60,7 +60,7 @@ def test_not_ready_before_startup(runtime):  # noqa: F811
     assert client.post("/v1/generate", json={"inputs": "9/27/94"}).status_code == 503
 
 
-def test_generate_one_and_many(client, runtime):  # noqa: F811
+def test_generate_one_and_many(client, runtime):
     one = client.post("/v1/generate", json={"inputs": TEXTS[0]})
     assert one.status_code == 200
     assert one.json()["outputs"] == [{"text": runtime.generate(TEXTS[:1])[0].text,
@@ -77,13 +77,13 @@ def test_generate_one_and_many(client, runtime):  # noqa: F811
      DecodingOptions(method="sample", seed=11, top_k=5, top_p=0.9, temperature=0.8)),
     ({"max_new_tokens": 3}, DecodingOptions(max_new_tokens=3)),
 ])
-def test_decoding_options(client, runtime, request_options, options):  # noqa: F811
+def test_decoding_options(client, runtime, request_options, options):
     got = client.post("/v1/generate", json={"inputs": TEXTS, **request_options})
     assert got.status_code == 200, got.text
     assert [o["text"] for o in got.json()["outputs"]] == [g.text for g in runtime.generate(TEXTS, options)]
 
 
-def test_tokens_and_attention(client, runtime):  # noqa: F811
+def test_tokens_and_attention(client, runtime):
     body = client.post("/v1/generate", json={"inputs": TEXTS[1], "return_attention": True}).json()
     (output,) = body["outputs"]
     expected = runtime.generate(TEXTS[1:2], return_attention=True)[0]
@@ -135,7 +135,7 @@ def test_a_body_not_declared_json_is_415(client, content_type):
     assert charset.status_code == 200
 
 
-def test_a_tiny_temperature_is_served(client, runtime):  # noqa: F811
+def test_a_tiny_temperature_is_served(client, runtime):
     answer = client.post("/v1/generate", json={"inputs": TEXTS, "method": "sample", "temperature": 1e-40,
                                                "seed": 1})
     assert answer.status_code == 200, answer.text
@@ -156,7 +156,7 @@ def test_unknown_paths_and_methods_answer_json(client):
     assert wrong.status_code == 405 and "error" in wrong.json()
 
 
-def test_request_timeout_is_408(tiny_export):  # noqa: F811
+def test_request_timeout_is_408(tiny_export):
     slow = Runtime(tiny_export, intra_op_threads=1)
     generate = slow.generate
     slow.generate = lambda *args, **kwargs: (time.sleep(0.5), generate(*args, **kwargs))[1]
@@ -166,7 +166,7 @@ def test_request_timeout_is_408(tiny_export):  # noqa: F811
         assert client.get("/healthz").status_code == 200
 
 
-def test_internal_error_is_500_json_and_not_fatal(tiny_export):  # noqa: F811
+def test_internal_error_is_500_json_and_not_fatal(tiny_export):
     broken = Runtime(tiny_export, intra_op_threads=1)
     generate = broken.generate
 
@@ -225,7 +225,7 @@ HEADER_TIMEOUT_S, MAX_CONNECTIONS = 1.0, 24
 
 
 @pytest.fixture(scope="module")
-def server(tiny_export):  # noqa: F811
+def server(tiny_export):
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "serving.server", str(tiny_export), "--port", str(port),
                                 "--threads", "1", "--max-wait-ms", "20", "--max-body-bytes", "2048",
@@ -247,7 +247,7 @@ def server(tiny_export):  # noqa: F811
         process.communicate()
 
 
-def test_real_server_answers_batches_and_survives_load(server, runtime):  # noqa: F811
+def test_real_server_answers_batches_and_survives_load(server, runtime):
     process, port, url = server
     request = urllib.request.Request(url + "/v1/generate", data=json.dumps({"inputs": TEXTS}).encode(),
                                      headers={"Content-Type": "application/json"})

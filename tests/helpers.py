@@ -1,0 +1,26 @@
+"""Helpers the test modules share (fixtures are in `conftest.py`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_module(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m ...` from the repository root, with the test environment (quiet TensorFlow, no GPU)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def copy_export(tiny_export: Path, tmp_path: Path) -> Path:
+    """A private copy to damage, without the SavedModel (serving does not need it; the manifest still
+    lists it)."""
+    target = tmp_path / "export"
+    shutil.copytree(tiny_export, target, ignore=shutil.ignore_patterns("saved_model"))
+    return target
