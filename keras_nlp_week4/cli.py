@@ -80,13 +80,17 @@ def _generate(args: argparse.Namespace) -> None:
     from keras_nlp_week4.errors import UserError
     from keras_nlp_week4.evaluation import decode_texts
     from keras_nlp_week4.runs import latest_run, load_run
+    from serving.options import DecodingOptions
 
     texts = args.text or [line.rstrip("\n") for line in sys.stdin]
     if not texts or any(not t.strip() for t in texts):
         raise UserError("give non-empty input text (as arguments or one per line on stdin)")
+    options = DecodingOptions.from_args(args)
     run = load_run(Path(args.run) if args.run else latest_run(), compile=False)
-    options = {"beam_size": args.beam_size} if args.method == "beam" else {}
-    for text, output in zip(texts, decode_texts(run, texts, args.method, **options), strict=True):
+    options.validate(max_new_tokens_limit=run.config["max_target_length"])
+    outputs = decode_texts(run, texts, options.method, max_new_tokens=options.max_new_tokens,
+                           **options.search_kwargs())
+    for text, output in zip(texts, outputs, strict=True):
         print(f"{text}\t{output}")
 
 
@@ -94,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     from keras_nlp_week4.models.registry import MODEL_NAMES
     from keras_nlp_week4.tasks import TASKS
     from keras_nlp_week4.training.distribute import PRECISIONS, STRATEGIES
+    from serving.options import DecodingOptions
 
     parser = argparse.ArgumentParser(prog="python -m keras_nlp_week4", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,8 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate outputs with the Keras model")
     gen.add_argument("text", nargs="*", help="input texts (default: lines from stdin)")
     gen.add_argument("--run", help="run directory (default: the last trained)")
-    gen.add_argument("--method", choices=("greedy", "beam", "sample"), default="greedy")
-    gen.add_argument("--beam-size", dest="beam_size", type=int, default=4)
+    DecodingOptions.add_arguments(gen)
     gen.set_defaults(func=_generate)
 
     plot = sub.add_parser("plot", help="draw attention heatmaps and training curves (PNG)")
@@ -169,12 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from keras_nlp_week4.errors import UserError
     from keras_nlp_week4.quiet import import_tensorflow_quietly
+    from serving.errors import ServingError
+    from serving.options import OptionError
 
     import_tensorflow_quietly()
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except UserError as e:
+    except OptionError as e:
+        print(f"error: {e.for_flag()}", file=sys.stderr)
+        return 2
+    except (UserError, ServingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,14 +26,16 @@ from keras_nlp_week4.training.losses import MaskedSparseCrossEntropy
 
 
 def decode_texts(run: Run, sources: list[str], method: str = "greedy", batch_size: int = 256,
-                 **options) -> list[str]:
-    """Generates output text for every source with the Keras model (batched)."""
+                 max_new_tokens: int | None = None, **options) -> list[str]:
+    """Generates output text for every source with the Keras model (batched); `method` and `options` as
+    `serving.options.DecodingOptions`, `max_new_tokens` None for the model's `max_target_length`."""
     cfg = run.config
     ids = cfg["special_ids"]
+    max_length = max_new_tokens or cfg["max_target_length"]
     outputs: list[str] = []
     for start in range(0, len(sources), batch_size):
         batch = encode_sources(sources[start:start + batch_size], run.tokenizer, cfg["max_source_length"])
-        result = generate(run.model, batch, cfg["max_target_length"], ids["bos"], ids["eos"], ids["pad"],
+        result = generate(run.model, batch, max_length, ids["bos"], ids["eos"], ids["pad"],
                           method=method, **options)
         outputs.extend(run.tokenizer.decode(result.tokens))
     return outputs

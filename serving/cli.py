@@ -12,7 +12,8 @@ import json
 import sys
 
 from serving.errors import ServingError
-from serving.runtime import METHODS, DecodingOptions, Runtime
+from serving.options import DecodingOptions, OptionError
+from serving.runtime import Runtime
 
 __all__ = ["build_parser", "main"]
 
@@ -42,15 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_arguments(parser)
     parser.add_argument("text", nargs="*", help="input texts (default: one per line from stdin)")
-    parser.add_argument("--method", choices=METHODS, default="greedy")
-    parser.add_argument("--max-new-tokens", type=_positive_int,
-                        help="most tokens to generate, EOS included (default: the model's max_target_length)")
-    parser.add_argument("--beam-size", type=_positive_int, default=4)
-    parser.add_argument("--length-penalty", type=float, default=0.6, help="GNMT alpha (0: none)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="0: no limit")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1: no limit)")
-    parser.add_argument("--seed", type=int, help="sampling seed (the same seed gives the same outputs)")
+    DecodingOptions.add_arguments(parser)
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="texts per model call")
     parser.add_argument("--json", action="store_true", help="one JSON object per input")
     parser.add_argument("--tokens", action="store_true", help="with --json: the pieces and ids")
@@ -78,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # Intermixed: options may come after the texts (`python -m serving EXPORT "9/27/94" --method beam`).
     args = build_parser().parse_intermixed_args(argv)
     try:
-        options = DecodingOptions(method=args.method, max_new_tokens=args.max_new_tokens,
-                                  beam_size=args.beam_size, length_penalty=args.length_penalty,
-                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                  seed=args.seed)
+        options = DecodingOptions.from_args(args)
         options.validate()
         texts = _read_texts(args)
         runtime = Runtime(args.export_dir, provider=args.provider, intra_op_threads=args.threads,
@@ -89,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         runtime.check_texts(texts)
         generations = runtime.generate(texts, options, return_attention=args.attention,
                                        batch_size=args.batch_size)
+    except OptionError as e:
+        print(f"error: {e.for_flag()}", file=sys.stderr)
+        return 2
     except ServingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

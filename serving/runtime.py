@@ -23,12 +23,12 @@ import onnxruntime as ort
 
 from serving.errors import ExportError, RequestError, first_line
 from serving.manifest import graph_file, read_export_config, served_files, verify_manifest
-from serving.search import SearchResult, beam_search, greedy_search, sample_search
+from serving.options import METHODS, DecodingOptions, OptionError
+from serving.search import SearchResult
 from serving.tokenizer import SentencePieceTokenizer
 
 __all__ = ["METHODS", "DecodingOptions", "Generation", "Runtime", "resolve_providers"]
 
-METHODS = ("greedy", "beam", "sample")
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _DTYPES = {"int32": np.int32, "int64": np.int64, "bool": np.bool_, "float32": np.float32,
            "float16": np.float16, "bfloat16": np.float32}
@@ -57,58 +57,6 @@ def resolve_providers(provider: str | Sequence[str] = "cpu") -> list[str]:
     if "CPUExecutionProvider" not in resolved:
         resolved.append("CPUExecutionProvider")
     return resolved
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    """How to search. `max_new_tokens` None means the export's `max_target_length` (EOS included).
-
-    greedy: the most likely token each step. beam: `beam_size` hypotheses ranked with the GNMT length
-    penalty `length_penalty` (0 disables it). sample: `temperature`, `top_k` (0 = all), `top_p`
-    (nucleus, 1 = all), and `seed` for a reproducible draw.
-    """
-
-    method: str = "greedy"
-    max_new_tokens: int | None = None
-    beam_size: int = 4
-    length_penalty: float = 0.6
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    def validate(self, max_new_tokens_limit: int | None = None, max_beam_size: int | None = None) -> None:
-        """Raises `RequestError` (HTTP 422) naming the first invalid option."""
-        if self.method not in METHODS:
-            raise RequestError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.max_new_tokens is not None:
-            if self.max_new_tokens < 1:
-                raise RequestError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-            if max_new_tokens_limit is not None and self.max_new_tokens > max_new_tokens_limit:
-                raise RequestError(f"max_new_tokens {self.max_new_tokens} is above the limit "
-                                   f"{max_new_tokens_limit}")
-        if self.beam_size < 1:
-            raise RequestError(f"beam_size must be >= 1, got {self.beam_size}")
-        if max_beam_size is not None and self.beam_size > max_beam_size:
-            raise RequestError(f"beam_size {self.beam_size} is above the limit {max_beam_size}")
-        if not np.isfinite(self.length_penalty) or self.length_penalty < 0:
-            raise RequestError(f"length_penalty must be a finite number >= 0, got {self.length_penalty}")
-        if not np.isfinite(self.temperature) or self.temperature <= 0:
-            raise RequestError(f"temperature must be a finite number > 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise RequestError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise RequestError(f"seed must be in [0, 2**63), got {self.seed}")
-
-    def search_kwargs(self) -> dict:
-        if self.method == "beam":
-            return {"beam_size": self.beam_size, "length_penalty": self.length_penalty}
-        if self.method == "sample":
-            return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                    "seed": self.seed}
-        return {}
 
 
 @dataclass
@@ -269,19 +217,19 @@ class Runtime:
         max_length = options.max_new_tokens or self.max_target_length
         self._check_max_new_tokens(max_length)
         state = self.initial_state(encoder_input, max_length)
-        search = {"greedy": greedy_search, "beam": beam_search, "sample": sample_search}[options.method]
         kwargs = options.search_kwargs()
         if options.method == "sample" and seeds is not None:
             kwargs["seed"] = list(seeds)
-        return search(self.step, state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id,
-                      self.pad_id, return_attention=return_attention and self.has_attention, **kwargs)
+        return options.search()(self.step, state, encoder_input.shape[0], max_length, self.bos_id,
+                                self.eos_id, self.pad_id, return_attention=return_attention and self.has_attention,
+                                **kwargs)
 
     def _check_max_new_tokens(self, max_new_tokens: int) -> None:
         # The caches are allocated for max_new_tokens steps up front, and the model was trained (and its
         # positions sized) for max_target_length: more can only allocate memory, never help.
         if max_new_tokens > self.max_target_length:
-            raise RequestError(f"max_new_tokens {max_new_tokens} is above the limit {self.max_target_length} "
-                               "(the model's max_target_length)")
+            raise OptionError("max_new_tokens", f"max_new_tokens {max_new_tokens} is above the limit "
+                              f"{self.max_target_length} (the model's max_target_length)")
 
     # Text --------------------------------------------------------------------------------------------
 

@@ -1,5 +1,9 @@
 """Decoding searches over any step function, in numpy alone (no TensorFlow, no Keras).
 
+`SEARCHES` maps each method name to its search. Their options are named, defaulted and range-checked
+by `serving.options.DecodingOptions`, once; the searches themselves assume valid values (sampling's
+neutral defaults, temperature 1 and no top-k/top-p cut, mean "no change").
+
 A step function feeds one token per sequence and returns the next-token logits:
 
     step(token_ids (batch,) int32, index: int, state: dict[str, ndarray])
@@ -95,12 +99,6 @@ def sample_search(step: StepFn, state: dict, batch_size: int, max_length: int, b
     `seed` may also be a sequence of `batch_size` seeds (anything `np.random.default_rng` takes, e.g.
     `(request_seed, position)`): each row then draws from its own generator, so its sample does not
     depend on which other rows share the batch (what a server that batches requests needs)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
     per_row = seed is not None and not isinstance(seed, int | np.integer)
     if per_row and len(seed) != batch_size:
         raise ValueError(f"got {len(seed)} seeds for a batch of {batch_size}")
@@ -131,12 +129,10 @@ def length_penalty_factor(lengths: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def beam_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
-                pad_id: int = 0, beam_size: int = 4, length_penalty: float = 0.6,
+                pad_id: int = 0, *, beam_size: int, length_penalty: float,
                 return_attention: bool = False) -> SearchResult:
     """Keeps the `beam_size` most likely prefixes per sequence; returns the best finished hypothesis,
     ranked by log-probability divided by the GNMT length penalty."""
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     k = beam_size
     # Hypothesis j of sequence b lives at row b * k + j of every state entry.
     state = {name: np.repeat(value, k, axis=0) for name, value in state.items()}
@@ -184,3 +180,8 @@ def beam_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos
     tokens = _trim(history[choice], pad_id)
     return SearchResult(tokens=tokens, scores=normalised.reshape(-1)[choice],
                         attention=attention[choice] if attention is not None else None)
+
+
+SearchFn = Callable[..., SearchResult]
+# The decoding methods by name: the one list the CLIs, the HTTP API and both runtimes read.
+SEARCHES: dict[str, SearchFn] = {"greedy": greedy_search, "beam": beam_search, "sample": sample_search}

@@ -33,14 +33,15 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.batching import MicroBatcher
 from serving.cli import add_runtime_arguments
 from serving.errors import RequestError, ServingError
 from serving.http_protocol import guarded_protocol
-from serving.runtime import DecodingOptions, Runtime
+from serving.options import METHODS, DecodingOptions
+from serving.runtime import Runtime
 
 __all__ = ["GenerateRequest", "ServerSettings", "create_app", "main"]
 
@@ -68,25 +69,29 @@ class ServerSettings:
     max_connections: int = 512
 
 
-class GenerateRequest(BaseModel):
-    """Body of `POST /v1/generate`."""
+def _request_fields() -> dict:
+    """The decoding fields of the request body, as `DecodingOptions` defines them (names, types,
+    defaults, descriptions): the HTTP API cannot drift from the CLI and the runtime."""
+    fields = {}
+    for name, kind, default, help_text in DecodingOptions.fields():
+        if name == "method":
+            kind = Literal.__getitem__(METHODS)  # an enum in the OpenAPI schema
+        fields[name] = (kind, Field(default, description=help_text))
+    return fields
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
-        "examples": [{"inputs": ["september 27, 1994", "9/27/94"], "method": "greedy"}]})
 
-    inputs: str | list[str] = Field(description="one text, or a list of texts")
-    method: Literal["greedy", "beam", "sample"] = "greedy"
-    max_new_tokens: int | None = Field(None, description="tokens to generate, EOS included "
-                                       "(default and limit: the model's max_target_length)")
-    beam_size: int = Field(4, description="beam: hypotheses kept")
-    length_penalty: float = Field(0.6, description="beam: GNMT length-penalty alpha (0: none)")
-    temperature: float = Field(1.0, description="sample: softmax temperature")
-    top_k: int = Field(0, description="sample: keep the k most likely tokens (0: all)")
-    top_p: float = Field(1.0, description="sample: nucleus mass (1: all)")
-    seed: int | None = Field(None, description="sample: a seed makes the draw reproducible")
-    return_tokens: bool = Field(False, description="add pieces and ids of the output and the source")
-    return_attention: bool = Field(False, description="add the cross-attention (last layer, mean over "
-                                   "heads), one row per output token, one column per source token")
+GenerateRequest = create_model(
+    "GenerateRequest",
+    __doc__="Body of `POST /v1/generate`.",
+    __config__=ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"inputs": ["september 27, 1994", "9/27/94"], "method": "greedy"}]}),
+    inputs=(str | list[str], Field(description="one text, or a list of texts")),
+    **_request_fields(),
+    return_tokens=(bool, Field(False, description="add pieces and ids of the output and the source")),
+    return_attention=(bool, Field(False, description="add the cross-attention (last layer, mean over "
+                                                     "heads), one row per output token, one column per "
+                                                     "source token")),
+)
 
 
 class Output(BaseModel):
@@ -296,10 +301,7 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None) -> Fast
             if len(texts) > settings.max_inputs:
                 raise RequestError(f"{len(texts)} inputs; the limit is {settings.max_inputs} per request",
                                    status=413)
-            options = DecodingOptions(method=req.method, max_new_tokens=req.max_new_tokens,
-                                      beam_size=req.beam_size, length_penalty=req.length_penalty,
-                                      temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                                      seed=req.seed)
+            options = DecodingOptions(**{name: getattr(req, name) for name, *_ in DecodingOptions.fields()})
             options.validate(max_new_tokens_limit=max_new_tokens, max_beam_size=settings.max_beam_size)
             runtime.check_texts(texts, max_input_tokens=max_input_tokens)
             if not app.state.ready:

@@ -5,7 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
+from serving.options import METHODS, DecodingOptions, OptionError
 from serving.search import (
+    SEARCHES,
     beam_search,
     greedy_search,
     length_penalty_factor,
@@ -119,11 +121,23 @@ def test_sampling_draws_from_the_distribution():
     assert set(np.unique(nucleus)) == {3, 4}
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": 0}, {"top_p": 0}, {"top_k": -1}])
-def test_sampling_rejects_bad_options(kwargs):
-    step, _ = markov_step()
-    with pytest.raises(ValueError):
-        sample_search(step, {"steps": np.zeros((1, 1))}, 1, 3, BOS, EOS, **kwargs)
+@pytest.mark.parametrize("kwargs", [{"temperature": 0}, {"top_p": 0}, {"top_k": -1}, {"beam_size": 0},
+                                    {"temperature": float("inf")}, {"method": "nucleus"}])
+def test_decoding_options_own_the_range_checks(kwargs):
+    with pytest.raises(OptionError) as error:
+        DecodingOptions(**kwargs).validate()
+    assert error.value.option in kwargs
+    assert error.value.for_flag().startswith("--") or kwargs.get("method")
+
+
+def test_every_search_is_registered_with_the_options_it_takes():
+    assert METHODS == tuple(SEARCHES) == ("greedy", "beam", "sample")
+    assert DecodingOptions().search() is greedy_search and DecodingOptions().search_kwargs() == {}
+    beam = DecodingOptions(method="beam", beam_size=3)
+    assert beam.search() is beam_search and beam.search_kwargs() == {"beam_size": 3, "length_penalty": 0.6}
+    sample = DecodingOptions(method="sample", top_k=5, seed=1)
+    assert sample.search() is sample_search
+    assert sample.search_kwargs() == {"temperature": 1.0, "top_k": 5, "top_p": 1.0, "seed": 1}
 
 
 @pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])

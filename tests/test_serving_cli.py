@@ -60,7 +60,7 @@ def test_errors_are_one_line_and_exit_2(tiny_export, tmp_path, monkeypatch, caps
     path.write_bytes(path.read_bytes()[:-10])
     fails([str(broken), "x"], "encoder.onnx does not match its sha256")
     fails([str(tiny_export), "ok", " "], "input argument 2 is empty")
-    fails([str(tiny_export), "x", "--top-p", "2"], "top_p must be in (0, 1]")
+    fails([str(tiny_export), "x", "--top-p", "2"], "--top-p must be in (0, 1]")
     fails([str(tiny_export), "x", "--provider", "tpu"], "'tpu' is not available")
     monkeypatch.setattr("sys.stdin", io.StringIO("9/27/94\n\nsept. 3\n"))
     fails([str(tiny_export)], "input line 2 is empty")

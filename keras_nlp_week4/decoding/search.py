@@ -1,24 +1,38 @@
 """Keras-side generation: the in-graph greedy loop, and beam search / sampling through the shared numpy
-searches of `serving.search` driven by `model.decode_step`."""
+searches of `serving.search` driven by `model.decode_step`. The options are `serving.options.DecodingOptions`,
+the same ones the onnxruntime runtime takes."""
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import tensorflow as tf
 
 from keras_nlp_week4.decoding.greedy import greedy_generate
 from keras_nlp_week4.models.base import Seq2SeqModel
-from serving.search import SearchResult, beam_search, greedy_search, sample_search
+from serving.options import METHODS, DecodingOptions
+from serving.search import SearchResult
 
-METHODS = ("greedy", "beam", "sample")
+__all__ = ["METHODS", "generate", "keras_step_fn"]
+
+# Compiled functions per model, kept beside the model rather than on it (an attribute would be tracked
+# by Keras as part of the model) and dropped with it: one traced step per model, one greedy loop per
+# model and setting, however many times `generate` is called.
+_STEP_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GREEDY_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def keras_step_fn(model: Seq2SeqModel):
-    """Wraps `model.decode_step` as a numpy step function (one traced graph for every index)."""
+    """`model.decode_step` as a numpy step function (one traced graph for every index), cached per model."""
+    if model in _STEP_FUNCTIONS:
+        return _STEP_FUNCTIONS[model]
+
+    model_ref = weakref.ref(model)  # a strong reference in the cached function would keep the model alive
 
     @tf.function(reduce_retracing=True)
     def step(token_ids, index, state):
-        logits, updates, attention = model.decode_step(token_ids, index, state)
+        logits, updates, attention = model_ref().decode_step(token_ids, index, state)
         return logits, updates, attention
 
     def numpy_step(token_ids, index, state):
@@ -26,6 +40,7 @@ def keras_step_fn(model: Seq2SeqModel):
         attention = None if attention is None else attention.numpy()
         return logits.numpy(), {k: v.numpy() for k, v in updates.items()}, attention
 
+    _STEP_FUNCTIONS[model] = numpy_step
     return numpy_step
 
 
@@ -34,12 +49,13 @@ def generate(model: Seq2SeqModel, encoder_input: np.ndarray, max_length: int, bo
              **options) -> SearchResult:
     """Generates output ids for a batch of encoded sources with the Keras model.
 
-    `method` is "greedy", "beam" (options: beam_size, length_penalty) or "sample" (options: temperature,
-    top_k, top_p, seed). Greedy without attention runs as one compiled graph loop; the others step
-    through `serving.search`, the same code the onnxruntime runtime uses.
+    `method` and `options` are the fields of `DecodingOptions` ("beam": beam_size, length_penalty;
+    "sample": temperature, top_k, top_p, seed) and are checked by it (`serving.options.OptionError`).
+    Greedy without attention runs as one compiled graph loop; the others step through
+    `serving.search`, the same code the onnxruntime runtime uses.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
+    decoding = DecodingOptions(method=method, **options)
+    decoding.validate()
     encoder_input = np.asarray(encoder_input, dtype=np.int32)
     batch = encoder_input.shape[0]
     if method == "greedy" and not return_attention:
@@ -47,16 +63,16 @@ def generate(model: Seq2SeqModel, encoder_input: np.ndarray, max_length: int, bo
         return SearchResult(tokens=tokens.numpy())
     state = {k: v.numpy() for k, v in model.encode(encoder_input).items()}
     state.update({k: v.numpy() for k, v in model.initial_cache(batch, max_length).items()})
-    search = {"greedy": greedy_search, "beam": beam_search, "sample": sample_search}[method]
-    return search(keras_step_fn(model), state, batch, max_length, bos_id, eos_id, pad_id,
-                  return_attention=return_attention, **options)
+    return decoding.search()(keras_step_fn(model), state, batch, max_length, bos_id, eos_id, pad_id,
+                             return_attention=return_attention, **decoding.search_kwargs())
 
 
 def _compiled_greedy(model, max_length, bos_id, eos_id, pad_id):
+    functions = _GREEDY_FUNCTIONS.setdefault(model, {})
     key = (max_length, bos_id, eos_id, pad_id)
-    cache = model.__dict__.setdefault("_greedy_functions", {})
-    if key not in cache:
-        cache[key] = tf.function(
-            lambda source: greedy_generate(model, source, max_length, bos_id, eos_id, pad_id),
+    if key not in functions:
+        model_ref = weakref.ref(model)
+        functions[key] = tf.function(
+            lambda source: greedy_generate(model_ref(), source, max_length, bos_id, eos_id, pad_id),
             input_signature=[tf.TensorSpec([None, None], tf.int32)])
-    return cache[key]
+    return functions[key]
