@@ -5,8 +5,8 @@ shapes, where a shape entry is an int or a symbolic axis ("batch", "source_lengt
 ONNX exporter names graph inputs/outputs and dynamic axes from it, the SavedModel signatures use the same
 names, the validator builds feeds from it and the serving runtime reads it from `config.json`.
 
-Only numpy, the standard library and `serving.manifest` (for the one `FORMAT_VERSION` that export and
-runtime share) are imported: the validator's reference-only path and the serving runtime use this module
+Only the standard library and `serving` (its `contract` owns the names, dtypes and shapes, its `manifest`
+the one `FORMAT_VERSION` that export and runtime share) are imported: the validator's reference-only path and the serving runtime use this module
 on machines without TensorFlow.
 """
 
@@ -14,8 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
+from serving.contract import (
+    ATTENTION,
+    ENCODER_INPUT,
+    INDEX,
+    LOGITS,
+    MAX_LENGTH,
+    RESERVED_NAMES,
+    SYMBOLIC_AXES,
+    TOKEN_IDS,
+    TOKENS,
+    concrete_shape,
+    numpy_dtype,
+    updated_name,
+)
 from serving.manifest import FORMAT_VERSION
 
 __all__ = [
@@ -32,31 +44,17 @@ __all__ = [
 ]
 
 OPSET = 18
-SYMBOLIC_AXES = ("batch", "source_length", "max_length")
 GRAPH_FILES = {"encoder": "onnx/encoder.onnx", "decoder_step": "onnx/decoder_step.onnx",
                "generate": "onnx/generate.onnx"}
-_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "bool": np.bool_,
-                 "int32": np.int32, "int64": np.int64, "string": np.object_}
-
-
-def numpy_dtype(name: str) -> type:
-    """The numpy type of a dtype name used in the config ("float32", "bool", "int32", ...)."""
-    if name not in _NUMPY_DTYPES:
-        raise ValueError(f"unsupported dtype {name!r} in an export description")
-    return _NUMPY_DTYPES[name]
 
 
 def tensor(name: str, dtype: str, shape: Sequence) -> dict:
     """One input/output entry: {"name", "dtype", "shape"}, shape entries ints or symbolic axis names."""
+    numpy_dtype(dtype)  # refuse a dtype the runtime cannot feed
     for dim in shape:
         if isinstance(dim, str) and dim not in SYMBOLIC_AXES:
             raise ValueError(f"{name}: unknown symbolic axis {dim!r} (use one of {SYMBOLIC_AXES})")
     return {"name": name, "dtype": dtype, "shape": [d if isinstance(d, str) else int(d) for d in shape]}
-
-
-def concrete_shape(shape: Sequence, sizes: Mapping[str, int]) -> tuple[int, ...]:
-    """Replaces symbolic axes with the sizes of one call, e.g. {"batch": 4, "max_length": 12}."""
-    return tuple(int(sizes[d]) if isinstance(d, str) else int(d) for d in shape)
 
 
 def describe_graphs(state: Sequence[Mapping], vocab_size: int,
@@ -75,15 +73,15 @@ def describe_graphs(state: Sequence[Mapping], vocab_size: int,
     """
     state = list(state)
     names = [entry["name"] for entry in state]
-    reserved = {"token_ids", "index", "logits", "attention", "encoder_input", "max_length", "tokens"}
-    clashes = [n for n in names if n in reserved or n.endswith("_out")]
+    reserved = RESERVED_NAMES | {updated_name(n) for n in names}
+    clashes = [n for n in names if n in reserved]
     if clashes or len(set(names)) != len(names):
         raise ValueError(f"state entry names must be unique and not reserved graph names, got {names}")
-    encoder_input = tensor("encoder_input", "int32", ("batch", "source_length"))
-    step_outputs = [tensor("logits", "float32", ("batch", vocab_size))]
+    encoder_input = tensor(ENCODER_INPUT, "int32", ("batch", "source_length"))
+    step_outputs = [tensor(LOGITS, "float32", ("batch", vocab_size))]
     if attention is not None:
-        step_outputs.append(tensor("attention", "float32", ("batch", *attention, "source_length")))
-    step_outputs += [tensor(f"{e['name']}_out", e["dtype"], e["shape"]) for e in state if e["updated"]]
+        step_outputs.append(tensor(ATTENTION, "float32", ("batch", *attention, "source_length")))
+    step_outputs += [tensor(updated_name(e["name"]), e["dtype"], e["shape"]) for e in state if e["updated"]]
     return {
         "encoder": {
             "file": GRAPH_FILES["encoder"],
@@ -93,14 +91,14 @@ def describe_graphs(state: Sequence[Mapping], vocab_size: int,
         },
         "decoder_step": {
             "file": GRAPH_FILES["decoder_step"],
-            "inputs": [tensor("token_ids", "int32", ("batch",)), tensor("index", "int32", ()),
+            "inputs": [tensor(TOKEN_IDS, "int32", ("batch",)), tensor(INDEX, "int32", ()),
                        *(tensor(e["name"], e["dtype"], e["shape"]) for e in state)],
             "outputs": step_outputs,
         },
         "generate": {
             "file": GRAPH_FILES["generate"],
-            "inputs": [encoder_input, tensor("max_length", "int32", ())],
-            "outputs": [tensor("tokens", "int32", ("batch", "max_length"))],
+            "inputs": [encoder_input, tensor(MAX_LENGTH, "int32", ())],
+            "outputs": [tensor(TOKENS, "int32", ("batch", "max_length"))],
         },
     }
 
@@ -144,27 +142,12 @@ def build_export_config(run_config: Mapping, state: Sequence[Mapping], graphs: M
     }
 
 
-_STATE_MEANING = {
-    "self_attention_cache": "(batch, layers, 2 = key/value, heads, max_length, head_dim): zeros made by the "
-                            "caller for max_length positions; decoder_step at `index` fills position "
-                            "`index` and returns the whole cache as self_attention_cache_out",
-    "cross_attention_cache": "(batch, layers, 2 = key/value, heads, source_length, head_dim): the "
-                             "encoder-side keys/values, computed once by the encoder",
-    "encoder_padding_mask": "(batch, source_length): true at real source tokens, false at padding",
-    "decoder_state": "(batch, layers, states_per_layer, units): the recurrent state (LSTM: h then c; "
-                     "GRU: h), initialised by the encoder; decoder_step returns the next one as "
-                     "decoder_state_out",
-    "encoder_outputs": "(batch, source_length, units): the encoder's top-layer outputs (attention values)",
-    "attention_keys": "(batch, source_length, key_units): the attention keys, precomputed once per source",
-}
-
-
 def _cache_layout(state: Sequence[Mapping]) -> dict[str, str]:
     """What each state entry holds; entries `source` "cache" are zeros the caller allocates."""
     layout = {}
     for entry in state:
         origin = "zeros made by the caller" if entry["source"] == "cache" else "made by the encoder"
-        layout[entry["name"]] = _STATE_MEANING.get(entry["name"], origin)
+        layout[entry["name"]] = entry.get("description") or origin
     layout["decoding"] = ("index 0: token_ids = BOS; at step t feed the previous output token with "
                           "index = t and every state entry, then replace each updated entry by its "
                           "`<name>_out`; stop at EOS or max_length steps")

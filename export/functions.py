@@ -17,6 +17,7 @@ import tensorflow as tf
 from export.config import describe_graphs
 from keras_nlp_week4.decoding.greedy import greedy_generate
 from keras_nlp_week4.models.base import Seq2SeqModel
+from serving.contract import ATTENTION, LOGITS, TOKENS, updated_name
 
 __all__ = ["GraphFunctions", "describe_model", "tensor_spec"]
 
@@ -80,14 +81,14 @@ class GraphFunctions:
     def _decode_step(self, token_ids, index, *state):
         logits, updates, attention = self.model.decode_step(
             token_ids, index, dict(zip(self._state_names, state, strict=True)))
-        values = {"logits": logits, **{f"{name}_out": value for name, value in updates.items()}}
+        values = {LOGITS: logits, **{updated_name(name): value for name, value in updates.items()}}
         if attention is not None:
-            values["attention"] = attention
+            values[ATTENTION] = attention
         return self._named("decoder_step", values)
 
     def _generate(self, encoder_input, max_length):
         tokens = greedy_generate(self.model, encoder_input, max_length, self.bos, self.eos, self.pad)
-        return self._named("generate", {"tokens": tokens})
+        return self._named("generate", {TOKENS: tokens})
 
     def __call__(self, graph: str, *inputs) -> dict:
         return self.functions[graph](*inputs)

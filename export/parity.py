@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from export.config import concrete_shape, numpy_dtype
-
 __all__ = [
     "ATOL",
     "RTOL",
@@ -42,7 +40,7 @@ __all__ = [
     "ort_session",
     "quality",
     "row_key",
-    "step_loop_generate",
+    "runtime_generate",
     "write_parity",
 ]
 
@@ -175,33 +173,20 @@ def onnx_runner(session) -> Runner:
     return run
 
 
-def step_loop_generate(encoder: Runner, decoder_step: Runner, state_specs: Sequence[Mapping],
-                       special_ids: Mapping[str, int]) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Greedy generation as the serving runtime does it: the encoder once, then one decoder step per
-    token through `serving.search.greedy_search`; ids padded to `max_length` columns."""
-    from serving.search import greedy_search
+def runtime_generate(export_dir: Path, provider: str, threads: int = 0) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Greedy generation by the serving runtime itself (`serving.runtime.Runtime`: the encoder once, then
+    one decoder step per token), ids padded to `max_length` columns. The manifest is checked by the
+    validator before this runs (and is not marked validated yet), so the runtime does not check it."""
+    from serving.options import DecodingOptions
+    from serving.runtime import Runtime
 
-    state_names = [s["name"] for s in state_specs]
-
-    def step(token_ids, index, state):
-        values = decoder_step({"token_ids": np.asarray(token_ids, np.int32),
-                               "index": np.asarray(index, np.int32),
-                               **{n: state[n] for n in state_names}})
-        updates = {k[: -len("_out")]: v for k, v in values.items() if k.endswith("_out")}
-        return values["logits"], updates, values.get("attention")
+    options = {"CUDAExecutionProvider": {"use_tf32": "0"}}  # as `ort_session`
+    runtime = Runtime(export_dir, provider=provider, intra_op_threads=threads, verify=False,
+                      provider_options=options)
 
     def generate(encoder_input: np.ndarray, max_length: int) -> np.ndarray:
-        state = encoder({"encoder_input": encoder_input})
-        sizes = {"batch": encoder_input.shape[0], "source_length": encoder_input.shape[1],
-                 "max_length": max_length}
-        for spec in state_specs:
-            if spec["source"] == "cache":
-                state[spec["name"]] = np.zeros(concrete_shape(spec["shape"], sizes),
-                                               numpy_dtype(spec["dtype"]))
-        tokens = greedy_search(step, state, encoder_input.shape[0], max_length, special_ids["bos"],
-                               special_ids["eos"], special_ids["pad"]).tokens
-        return np.pad(tokens, ((0, 0), (0, max_length - tokens.shape[1])),
-                      constant_values=special_ids["pad"])
+        tokens = runtime.generate_ids(encoder_input, DecodingOptions(max_new_tokens=max_length)).tokens
+        return np.pad(tokens, ((0, 0), (0, max_length - tokens.shape[1])), constant_values=runtime.pad_id)
 
     return generate
 

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.config import concrete_shape, numpy_dtype
 from keras_nlp_week4.data.pipeline import encode_sources
 from keras_nlp_week4.decoding import generate
 from keras_nlp_week4.runs import Run
+from serving.contract import ATTENTION, LOGITS, numpy_dtype, updated_name, zero_state
 
 __all__ = ["CHUNK_SIZE", "build_reference", "keras_outputs"]
 
@@ -89,9 +89,9 @@ def keras_outputs(model, graph: str, inputs: dict[str, np.ndarray], graphs: dict
         state_names = [e["name"] for e in graphs["decoder_step"]["inputs"][2:]]
         logits, updates, attention = model.decode_step(
             inputs["token_ids"], inputs["index"], {name: inputs[name] for name in state_names})
-        values = {"logits": logits, **{f"{k}_out": v for k, v in updates.items()}}
+        values = {LOGITS: logits, **{updated_name(k): v for k, v in updates.items()}}
         if attention is not None:
-            values["attention"] = attention
+            values[ATTENTION] = attention
     elif graph == "generate":
         result = generate(model, inputs["encoder_input"], int(inputs["max_length"]), special_ids["bos"],
                           special_ids["eos"], special_ids["pad"])
@@ -111,11 +111,7 @@ def _decoder_cases(model, name: str, encoder_input: np.ndarray, targets: list[li
     bos, eos, pad = special_ids["bos"], special_ids["eos"], special_ids["pad"]
     batch = encoder_input.shape[0]
     values = _as_numpy(model.encode(encoder_input))
-    sizes = {"batch": batch, "source_length": encoder_input.shape[1], "max_length": max_length}
-    for entry in state:
-        if entry["source"] == "cache":
-            values[entry["name"]] = np.zeros(concrete_shape(entry["shape"], sizes),
-                                             numpy_dtype(entry["dtype"]))
+    values.update(zero_state(state, batch, encoder_input.shape[1], max_length))
     # Teacher forcing: BOS, then the target ids, then EOS; PAD once a row has ended (as greedy feeds).
     inputs = np.full((batch, max_length), pad, np.int32)
     for row, ids in enumerate(targets):

@@ -65,7 +65,6 @@ def _check_files(export_dir: Path, config: dict) -> None:
 def _onnx_rows(export_dir: Path, config: dict, reference: parity.ReferenceData, providers: list[str],
                threads: int, decode: Callable, log: Callable) -> tuple[list[dict], dict]:
     rows, quality = [], {}
-    special = config["special_ids"]
 
     def session(relative: str, provider: str):
         try:
@@ -86,7 +85,7 @@ def _onnx_rows(export_dir: Path, config: dict, reference: parity.ReferenceData, 
             reference, "generate", lambda x, n, g=generate: g({"encoder_input": x,
                                                               "max_length": np.array(n, np.int32)})["tokens"],
             "onnxruntime", provider, decode))
-        loop = parity.step_loop_generate(runners["encoder"], runners["decoder_step"], config["state"], special)
+        loop = parity.runtime_generate(export_dir, provider, threads)
         rows.append(parity.check_greedy(reference, "encoder+decoder_step", loop, "onnxruntime", provider,
                                         decode))
         if provider == "CPUExecutionProvider" and config.get("quantized"):

@@ -14,13 +14,24 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from serving.contract import (
+    ATTENTION,
+    ENCODER_INPUT,
+    INDEX,
+    LOGITS,
+    TOKEN_IDS,
+    numpy_dtype,
+    state_updates,
+    updated_name,
+    zero_state,
+)
 from serving.errors import ExportError, RequestError, first_line
 from serving.manifest import graph_file, read_export_config, served_files, verify_manifest
 from serving.options import METHODS, DecodingOptions, OptionError
@@ -30,8 +41,6 @@ from serving.tokenizer import SentencePieceTokenizer
 __all__ = ["METHODS", "DecodingOptions", "Generation", "Runtime", "resolve_providers"]
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_DTYPES = {"int32": np.int32, "int64": np.int64, "bool": np.bool_, "float32": np.float32,
-           "float16": np.float16, "bfloat16": np.float32}
 
 
 def resolve_providers(provider: str | Sequence[str] = "cpu") -> list[str]:
@@ -119,6 +128,8 @@ class Runtime:
         verify: check the files it loads (config, tokenizer, the two graphs) against `manifest.json`, and
             that the export passed parity validation.
         int8: load the dynamic-int8 graphs (`python -m export RUN --quantize`) instead of float32.
+        provider_options: onnxruntime options per provider name, e.g. `{"CUDAExecutionProvider":
+            {"use_tf32": "0"}}` (what parity validation uses).
 
     Raises:
         ExportError: with one line naming the file, for a missing or damaged export.
@@ -126,7 +137,8 @@ class Runtime:
 
     def __init__(self, export_dir: str | Path, provider: str | Sequence[str] = "cpu",
                  intra_op_threads: int = 1, inter_op_threads: int = 1, allow_spinning: bool = True,
-                 verify: bool = True, int8: bool = False) -> None:
+                 verify: bool = True, int8: bool = False,
+                 provider_options: Mapping[str, dict] | None = None) -> None:
         self.export_dir = Path(export_dir)
         self.config = read_export_config(self.export_dir)
         self.int8 = int8
@@ -143,15 +155,23 @@ class Runtime:
         self.tokenizer = SentencePieceTokenizer(self.export_dir / cfg.get("tokenizer", "tokenizer.model"),
                                                 cfg["special_ids"])
         self.state_specs = list(cfg["state"])
+        for spec in self.state_specs:
+            try:
+                numpy_dtype(spec["dtype"])
+            except ValueError as e:
+                raise ExportError(f"{self.export_dir / 'config.json'}: state entry {spec['name']!r}: {e}; "
+                                  "export the run again") from None
         self.providers = resolve_providers(provider)
+        self._provider_options = dict(provider_options or {})
         options = session_options(intra_op_threads, inter_op_threads, allow_spinning)
         self.encoder = self._session("encoder", options)
         self.decoder = self._session("decoder_step", options)
         self._encoder_outputs = [o.name for o in self.encoder.get_outputs()]
         self._decoder_outputs = [o.name for o in self.decoder.get_outputs()]
-        # decoder output "<name>_out" -> the state entry it replaces, worked out once, not per step
-        self._state_updates = {o: o[: -len("_out")] for o in self._decoder_outputs if o.endswith("_out")}
-        self.has_attention = "attention" in self._decoder_outputs
+        # decoder output -> the state entry it replaces, worked out once, not per step
+        self._state_updates = {updated_name(entry): entry for entry in state_updates(
+            dict.fromkeys(self._decoder_outputs))}
+        self.has_attention = ATTENTION in self._decoder_outputs
         self._check_signatures()
 
     # Loading -----------------------------------------------------------------------------------------
@@ -161,7 +181,9 @@ class Runtime:
         if not path.is_file():
             raise ExportError(f"{path} is missing; export the run again")
         try:
-            return ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+            providers = [(name, self._provider_options[name]) if name in self._provider_options else name
+                         for name in self.providers]
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ExportError(f"cannot load {path}: {first_line(e)}; the file is damaged, export the run "
                               "again") from None
@@ -170,8 +192,8 @@ class Runtime:
         """The sessions must take and give the state entries the config lists, by name."""
         encode = {s["name"] for s in self.state_specs if s["source"] == "encode"}
         step_inputs = {i.name for i in self.decoder.get_inputs()}
-        needed = {"token_ids", "index"} | {s["name"] for s in self.state_specs}
-        outputs = {"logits"} | {f"{s['name']}_out" for s in self.state_specs if s["updated"]}
+        needed = {TOKEN_IDS, INDEX} | {s["name"] for s in self.state_specs}
+        outputs = {LOGITS} | {updated_name(s["name"]) for s in self.state_specs if s["updated"]}
         checks = [
             ("encoder", "outputs", encode - set(self._encoder_outputs)),
             ("decoder_step", "inputs", needed - step_inputs),
@@ -187,26 +209,21 @@ class Runtime:
 
     def encode(self, encoder_input: np.ndarray) -> dict[str, np.ndarray]:
         """Runs the encoder graph once: the "encode" state entries."""
-        values = self.encoder.run(None, {"encoder_input": np.ascontiguousarray(encoder_input, np.int32)})
+        values = self.encoder.run(None, {ENCODER_INPUT: np.ascontiguousarray(encoder_input, np.int32)})
         return dict(zip(self._encoder_outputs, values, strict=True))
 
     def initial_state(self, encoder_input: np.ndarray, max_length: int) -> dict[str, np.ndarray]:
         """Encoder outputs plus zero caches sized for `max_length` decoder steps."""
         state = self.encode(encoder_input)
-        sizes = {"batch": encoder_input.shape[0], "source_length": encoder_input.shape[1],
-                 "max_length": max_length}
-        for spec in self.state_specs:
-            if spec["source"] == "cache":
-                shape = [sizes[d] if isinstance(d, str) else int(d) for d in spec["shape"]]
-                state[spec["name"]] = np.zeros(shape, dtype=_DTYPES.get(spec["dtype"], np.float32))
+        state.update(zero_state(self.state_specs, encoder_input.shape[0], encoder_input.shape[1], max_length))
         return state
 
     def step(self, token_ids: np.ndarray, index: int, state: dict) -> tuple:
         """One decoder step (the `serving.search` step-function signature)."""
-        feeds = {"token_ids": np.asarray(token_ids, np.int32), "index": np.asarray(index, np.int32), **state}
+        feeds = {TOKEN_IDS: np.asarray(token_ids, np.int32), INDEX: np.asarray(index, np.int32), **state}
         values = dict(zip(self._decoder_outputs, self.decoder.run(None, feeds), strict=True))
         updates = {entry: values[output] for output, entry in self._state_updates.items()}
-        return values["logits"], updates, values.get("attention")
+        return values[LOGITS], updates, values.get(ATTENTION)
 
     def generate_ids(self, encoder_input: np.ndarray, options: DecodingOptions = DecodingOptions(),
                      return_attention: bool = False, seeds: Sequence | None = None) -> SearchResult:

@@ -21,7 +21,8 @@ class StateSpec:
 
     `shape` names symbolic axes ("batch", "source_length", "max_length") and gives the rest as ints.
     `source` is "encode" (made by `encode`) or "cache" (zeros of `shape` made by the runtime).
-    `updated` says whether `decode_step` returns a new value for it.
+    `updated` says whether `decode_step` returns a new value for it. `description` says what it holds, for
+    the export's `config.json` (its readers have no model to ask).
     """
 
     name: str
@@ -29,6 +30,7 @@ class StateSpec:
     dtype: str
     source: str
     updated: bool
+    description: str = ""
 
     def to_json(self) -> dict:
         return {**asdict(self), "shape": list(self.shape)}

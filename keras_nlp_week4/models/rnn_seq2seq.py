@@ -245,7 +245,10 @@ class RNNSeq2Seq(Seq2SeqModel):
         dtype = self.compute_dtype
         specs = [StateSpec("decoder_state",
                            ("batch", self.num_layers, self.states_per_layer, self.decoder_units),
-                           dtype, "encode", True)]
+                           dtype, "encode", True,
+                           "(batch, layers, states_per_layer, units): the recurrent state (LSTM: h then c; "
+                           "GRU: h), initialised by the encoder; decoder_step returns the next one as "
+                           "decoder_state_out")]
         if self.has_attention:
             # U_a h_j (Bahdanau) and W_k h̄_s (Luong "concat") are attention_units wide; Luong "general"
             # maps the keys to the query's width, the other scores keep the keys.
@@ -253,10 +256,13 @@ class RNNSeq2Seq(Seq2SeqModel):
                          if self.attention in ("bahdanau", "concat") else self.decoder_units)
             specs += [
                 StateSpec("encoder_outputs", ("batch", "source_length", self.decoder_units), dtype,
-                          "encode", False),
-                StateSpec("encoder_padding_mask", ("batch", "source_length"), "bool", "encode", False),
+                          "encode", False,
+                          "(batch, source_length, units): the encoder's top-layer outputs (attention values)"),
+                StateSpec("encoder_padding_mask", ("batch", "source_length"), "bool", "encode", False,
+                          "(batch, source_length): true at real source tokens, false at padding"),
                 StateSpec("attention_keys", ("batch", "source_length", key_width), dtype, "encode",
-                          False),
+                          False, "(batch, source_length, key_units): the attention keys, precomputed once "
+                                 "per source"),
             ]
         return specs
 

@@ -180,11 +180,17 @@ class Transformer(Seq2SeqModel):
     def state_specs(self) -> list[StateSpec]:
         layers, heads, hd = self.num_decoder_layers, self.num_heads, self.head_dim
         return [
-            StateSpec("encoder_padding_mask", ("batch", "source_length"), "bool", "encode", False),
+            StateSpec("encoder_padding_mask", ("batch", "source_length"), "bool", "encode", False,
+                      "(batch, source_length): true at real source tokens, false at padding"),
             StateSpec("cross_attention_cache", ("batch", layers, 2, heads, "source_length", hd),
-                      self.compute_dtype, "encode", False),
+                      self.compute_dtype, "encode", False,
+                      "(batch, layers, 2 = key/value, heads, source_length, head_dim): the encoder-side "
+                      "keys/values, computed once by the encoder"),
             StateSpec("self_attention_cache", ("batch", layers, 2, heads, "max_length", hd),
-                      self.compute_dtype, "cache", True),
+                      self.compute_dtype, "cache", True,
+                      "(batch, layers, 2 = key/value, heads, max_length, head_dim): zeros made by the caller "
+                      "for max_length positions; decoder_step at `index` fills position `index` and returns "
+                      "the whole cache as self_attention_cache_out"),
         ]
 
     def get_config(self) -> dict:

@@ -1,0 +1,68 @@
+"""The decoder-step contract of an export, TensorFlow-free: graph tensor names, the `_out` suffix of an
+updated state entry, dtypes, and the zero-initialised state a caller allocates.
+
+One owner for what the exporter writes (`export.config`, `export.functions`), the Keras reference
+(`export.reference`) and every reader (`serving.runtime`, and through it the validator's step-loop row).
+`docs/export-contract.md` describes the whole contract; this module is its code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ATTENTION", "ENCODER_INPUT", "INDEX", "LOGITS", "MAX_LENGTH", "RESERVED_NAMES", "SYMBOLIC_AXES",
+    "TOKENS", "TOKEN_IDS", "concrete_shape", "numpy_dtype", "state_updates", "updated_name", "zero_state",
+]
+
+# Graph inputs and outputs besides the decoding-state entries.
+ENCODER_INPUT = "encoder_input"  # encoder and generate: int32 (batch, source_length)
+TOKEN_IDS = "token_ids"  # decoder_step: int32 (batch,), the previous output token (BOS at index 0)
+INDEX = "index"  # decoder_step: int32 scalar, the position of token_ids in the output
+LOGITS = "logits"  # decoder_step: float32 (batch, vocab)
+ATTENTION = "attention"  # decoder_step, models with attention: float32 (batch, layers, heads, source_length)
+MAX_LENGTH = "max_length"  # generate: int32 scalar
+TOKENS = "tokens"  # generate: int32 (batch, max_length)
+RESERVED_NAMES = frozenset({ENCODER_INPUT, TOKEN_IDS, INDEX, LOGITS, ATTENTION, MAX_LENGTH, TOKENS})
+
+# The decoder step returns the new value of state entry `<name>` as output `<name>_out`.
+_UPDATED_SUFFIX = "_out"
+SYMBOLIC_AXES = ("batch", "source_length", "max_length")
+# The dtypes an export may use. bfloat16 is not among them: onnxruntime's CPU kernels lack it, so a
+# mixed-precision run is exported in float32 or not at all.
+_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "bool": np.bool_,
+           "int32": np.int32, "int64": np.int64, "string": np.object_}
+
+
+def updated_name(state_name: str) -> str:
+    """The decoder-step output that carries the new value of state entry `state_name`."""
+    return state_name + _UPDATED_SUFFIX
+
+
+def state_updates(outputs: Mapping[str, object]) -> dict[str, object]:
+    """The updated state entries among a decoder step's outputs, keyed by state entry name."""
+    return {name[: -len(_UPDATED_SUFFIX)]: value for name, value in outputs.items()
+            if name.endswith(_UPDATED_SUFFIX)}
+
+
+def numpy_dtype(name: str) -> type:
+    """The numpy type of a dtype name used in an export description ("float32", "bool", ...)."""
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {name!r} in an export description (supported: "
+                         f"{', '.join(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def concrete_shape(shape: Sequence, sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """Replaces symbolic axes with the sizes of one call, e.g. {"batch": 4, "max_length": 12}."""
+    return tuple(int(sizes[d]) if isinstance(d, str) else int(d) for d in shape)
+
+
+def zero_state(specs: Sequence[Mapping], batch: int, source_length: int, max_length: int) -> dict:
+    """Zeros for every state entry whose `source` is "cache" (what the caller allocates before the first
+    decoder step), sized for `max_length` steps."""
+    sizes = {"batch": batch, "source_length": source_length, "max_length": max_length}
+    return {spec["name"]: np.zeros(concrete_shape(spec["shape"], sizes), numpy_dtype(spec["dtype"]))
+            for spec in specs if spec["source"] == "cache"}
