@@ -1,6 +1,6 @@
 """Generation with onnxruntime alone: the exported encoder runs once, the decoder step once per token.
 
-Nothing here imports TensorFlow or Keras: an export directory (see `export_contract`) holds everything,
+Nothing here imports TensorFlow or Keras: an export directory (see docs/export-contract.md) holds everything,
 `config.json` (special ids, lengths, the decoding-state entries), `tokenizer.model` and the ONNX graphs.
 The searches (greedy, beam, sampling) are the numpy ones in `serving.search`, driven by `Runtime.step`.
 
