@@ -183,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as e:
         print(f"error: {e.for_flag()}", file=sys.stderr)
         return 2
-    except (UserError, ServingError) as e:
+    except UserError as e:
+        print(f"error: {e.for_flags()}", file=sys.stderr)
+        return 2
+    except ServingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["UserError"]
 
 
@@ -14,6 +16,8 @@ class UserError(Exception):
 
     Args:
         message: one line, e.g. ``"tokenizer model 'x.model' not found; train one with ..."``.
+        fields: the arguments the message names (e.g. ``("src", "tgt")``), which a command line shows
+            as its flags (`for_flags`).
 
     Example:
 
@@ -24,6 +28,15 @@ class UserError(Exception):
     dataset is empty; pass a file with at least one line
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, fields: tuple[str, ...] = ()) -> None:
         # Keep the one-line promise even when a caller interpolates a multi-line value.
         super().__init__(" ".join(str(message).split()))
+        self.fields = tuple(fields)
+
+    def for_flags(self) -> str:
+        """The message with each named field (`fields`) spelled as its command-line flag: the library
+        names its arguments, a command line names its options."""
+        message = str(self)
+        for name in sorted(self.fields, key=len, reverse=True):  # validation_src before src
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "--" + name.replace("_", "-"), message)
+        return message

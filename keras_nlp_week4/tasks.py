@@ -54,10 +54,10 @@ DATES_TRAIN_EXAMPLES = 60000
 def _dates_splits(sources, seed: int):
     from keras_nlp_week4.data.dates import date_splits
 
-    given = sources.given()
-    if given or sources.reverse:
-        options = ", ".join(f"--{name.replace('_', '-')}" for name in given) or "--reverse"
-        raise UserError(f"the dates task generates its own data; drop {options} (or DATA=) for TASK=dates")
+    given = sources.given() or (["reverse"] if sources.reverse else [])
+    if given:
+        raise UserError(f"the dates task generates its own data; drop {', '.join(given)} for TASK=dates",
+                        fields=tuple(given))
     return date_splits(num_train=DATES_TRAIN_EXAMPLES, seed=seed)
 
 
@@ -71,7 +71,7 @@ _SHARED_DATA = Path("../shared/data")
 
 
 def _chatbot_splits(sources, seed: int):
-    from keras_nlp_week4.data.readers import load_pair_splits
+    from keras_nlp_week4.data.splits import load_pair_splits
 
     return load_pair_splits(sources, seed, "qa_csv", validation_fraction=0.05, test_fraction=0.05,
                             task_name="TASK=chatbot",
@@ -79,7 +79,7 @@ def _chatbot_splits(sources, seed: int):
 
 
 def _translate_splits(sources, seed: int):
-    from keras_nlp_week4.data.readers import load_pair_splits
+    from keras_nlp_week4.data.splits import load_pair_splits
 
     return load_pair_splits(sources, seed, "tsv", validation_fraction=0.05, test_fraction=0.1,
                             task_name="TASK=translate",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from keras_nlp_week4.data.readers import DataSources, load_pair_splits, source_key
+from keras_nlp_week4.data.readers import DataSources
+from keras_nlp_week4.data.splits import load_pair_splits, source_key
 from keras_nlp_week4.runs import read_pairs
 from keras_nlp_week4.tasks import CHATBOT_QUESTIONS
 from keras_nlp_week4.training.trainer import TrainConfig, train
