@@ -117,19 +117,26 @@ def saved_model_signatures(graphs: Mapping[str, dict]) -> dict[str, dict]:
     }
 
 
-def build_export_config(run_config: Mapping, state: Sequence[Mapping], graphs: Mapping[str, dict],
+def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[str, dict],
                         opset: int = OPSET) -> dict:
-    """The export's `config.json`: everything a runtime needs without TensorFlow."""
+    """The export's `config.json`: everything a runtime needs without TensorFlow.
+
+    Args:
+        run_config: the run's `keras_nlp_week4.runs.RunConfig` (`Run.settings`).
+        state: the decoding-state entries (`StateSpec.to_json()`).
+        graphs: `describe_graphs(...)`.
+        opset: the ONNX opset the graphs were converted with.
+    """
     return {
         "format_version": FORMAT_VERSION,
-        "task": run_config.get("task"),
-        "model": run_config.get("model"),
-        "family": run_config.get("family"),
-        "special_ids": {k: int(v) for k, v in run_config["special_ids"].items()},
-        "max_source_length": int(run_config["max_source_length"]),
-        "max_target_length": int(run_config["max_target_length"]),
-        "vocab_size": int(run_config["vocab_size"]),
-        "exact_match": bool(run_config.get("exact_match", False)),
+        "task": run_config.task,
+        "model": run_config.model,
+        "family": run_config.family,
+        "special_ids": dict(run_config.special_ids),
+        "max_source_length": run_config.max_source_length,
+        "max_target_length": run_config.max_target_length,
+        "vocab_size": run_config.vocab_size,
+        "exact_match": run_config.exact_match,
         "opset": int(opset),
         "tokenizer": "tokenizer.model",
         "source_encoding": "sentencepiece ids of the text, cut to max_source_length - 1, then EOS; "

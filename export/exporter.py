@@ -110,7 +110,7 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
                          run.config["max_target_length"], staging / "saved_model")
         log("computing the Keras reference outputs")
         meta = reference.build_reference(run, graphs, state, staging / "reference.npz", max_test_examples)
-        config = build_export_config(run.config, state, graphs)
+        config = build_export_config(run.settings, state, graphs)
         config["reference_cases"] = len(meta["cases"])
         config["test_examples"] = meta["test_examples"]
         if quantize:

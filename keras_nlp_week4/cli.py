@@ -60,20 +60,16 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="data file for tasks that read one (chatbot: CSV Q,A[,label]; "
-                                       "translate: source<TAB>target lines)")
-    parser.add_argument("--src", help="line-aligned source file (with --tgt, instead of --data)")
-    parser.add_argument("--tgt", help="line-aligned target file")
-    parser.add_argument("--validation-data", dest="validation_data",
-                        help="validation file in the format of --data (default: cut from the data)")
-    parser.add_argument("--test-data", dest="test_data", help="test file in the format of --data")
-    parser.add_argument("--validation-src", dest="validation_src")
-    parser.add_argument("--validation-tgt", dest="validation_tgt")
-    parser.add_argument("--test-src", dest="test_src")
-    parser.add_argument("--test-tgt", dest="test_tgt")
-    parser.add_argument("--reverse", action="store_true", default=None,
-                        help="swap source and target (e.g. Korean -> English from kor.txt)")
-    parser.add_argument("--encoding", help="text encoding of the data files (default utf-8)")
+    """The data options' flags, from their one declaration (`DataSources`). Unset flags stay None, so
+    the config's defaults apply."""
+    from keras_nlp_week4.data.readers import DataSources
+
+    for f in DataSources.option_fields():
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=f.metadata["help"])
 
 
 def _generate(args: argparse.Namespace) -> None:

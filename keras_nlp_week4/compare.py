@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from keras_nlp_week4.errors import UserError
+from keras_nlp_week4.runs import RunConfig
 
 __all__ = ["DEFAULT_MODELS", "compare", "format_markdown"]
 
@@ -52,24 +53,24 @@ def _finished_with(run_dir: Path, settings: dict) -> bool:
     from keras_nlp_week4.training.trainer import same_training
 
     try:
-        config = json.loads((run_dir / "config.json").read_text())
+        config = RunConfig.read(run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (UserError, OSError, json.JSONDecodeError):
         return False
-    return (same_training(config.get("train") or {}, settings) and "training_seconds" in metrics
+    return (same_training(config.train, settings) and "training_seconds" in metrics
             and (run_dir / "model.keras").is_file() and not (run_dir / "backup").exists())
 
 
 def _row(run_dir: Path) -> dict:
-    config = json.loads((run_dir / "config.json").read_text())
+    config = RunConfig.read(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     with open(run_dir / "training_log.csv", encoding="utf-8", newline="") as f:
         epochs = len(list(csv.DictReader(f)))
     return {
-        "model": config["model"],
-        "family": config["family"],
-        "preset": config["preset"],
-        "parameters": config["num_parameters"],
+        "model": config.model,
+        "family": config.family,
+        "preset": config.preset,
+        "parameters": config.num_parameters,
         "epochs": epochs,
         "test_perplexity": metrics.get("test_perplexity"),
         "test_token_accuracy": metrics.get("test_token_accuracy"),
@@ -127,7 +128,7 @@ def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
         UserError: for an unknown model, bad data, or runs whose test splits differ.
     """
     from keras_nlp_week4.models.registry import model_family
-    from keras_nlp_week4.training.trainer import _resolve, train
+    from keras_nlp_week4.training.trainer import resolve_settings, train
 
     models = list(models)
     if not models:
@@ -141,7 +142,7 @@ def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
         preset = transformer_preset if model_family(name) == "transformer" else rnn_preset
         config = replace(base, model=name, preset=preset, out=str(out_dir / name))
         run_dir = out_dir / name
-        if _finished_with(run_dir, _resolve(config)):
+        if _finished_with(run_dir, resolve_settings(config)):
             if verbose:
                 print(f"== {name}: reusing the finished run in {run_dir}")
         else:
@@ -156,14 +157,14 @@ def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
                         "directory and compare again")
     first = Path(rows[0]["run"])
     metrics = json.loads((first / "metrics.json").read_text())
-    run_config = json.loads((first / "config.json").read_text())
+    run_config = RunConfig.read(first)
 
-    train_settings = run_config["train"]
+    train_settings = run_config.train
     data = train_settings.get("data") or f"{train_settings.get('src')} -> {train_settings.get('tgt')}"
     result = {
         "task": base.task,
         "data": data + (" (reversed)" if train_settings.get("reverse") else ""),
-        "splits": run_config.get("splits"),
+        "splits": run_config.splits,
         "test_sha256": test_hashes.pop(),
         "beam_size": metrics.get("beam_size", 0),
         "bleu_signature": metrics.get("bleu_signature"),

@@ -182,7 +182,7 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
 
     # val_loss as Keras reports it during training: with the run's label smoothing.
     val = _token_figures(run, validation, batch_size,
-                         label_smoothing=run.config["train"].get("label_smoothing", 0.0))
+                         label_smoothing=run.settings.train.get("label_smoothing", 0.0))
     metrics["val_loss"] = val["smoothed_loss"]
     metrics["val_perplexity"] = val["perplexity"]
     test_figures = _token_figures(run, test, batch_size)
@@ -203,7 +203,7 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
         metrics[f"test_bleu_{method}"] = scores["bleu"]
         metrics[f"test_chrf_{method}"] = scores["chrf"]
         metrics["bleu_signature"], metrics["chrf_signature"] = scores["bleu_signature"], scores["chrf_signature"]
-        if run.config.get("exact_match"):
+        if run.settings.exact_match:
             # Per test pair, as a source may have several references.
             by_source = dict(zip(sources, predictions, strict=True))
             key = "exact_match" if method == "greedy" else "exact_match_beam"
@@ -211,7 +211,7 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
     valid_output = _task_setting(run.config, "valid_output", None)
     if valid_output is not None:
         metrics["valid_outputs"] = float(np.mean([valid_output(text) for text in outputs["greedy"]]))
-    metrics["num_parameters"] = run.config.get("num_parameters")
+    metrics["num_parameters"] = run.settings.num_parameters
     metrics["test_examples"] = len(test)
     metrics["test_sources"] = len(sources)
     metrics_path.write_text(json.dumps(metrics, indent=2))

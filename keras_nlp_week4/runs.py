@@ -32,8 +32,64 @@ class Run:
     model: object
     tokenizer: object
 
+    @property
+    def settings(self) -> RunConfig:
+        """`config`, typed."""
+        return RunConfig.from_dict(self.config, self.path / "config.json")
+
     def pairs(self, split: str) -> list[tuple[str, str]]:
         return read_pairs(self.path / f"{split}.tsv")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's `config.json`, typed: the keys evaluation, comparison and export read (written by
+    `training.trainer.train`; `raw` keeps the whole file, e.g. `model_config` for rebuilding).
+
+    Example:
+
+    >>> config = RunConfig.read(Path("artifacts/dates-transformer"))  # doctest: +SKIP
+    >>> config.max_target_length, config.train["batch_size"]  # doctest: +SKIP
+    (12, 64)
+    """
+
+    task: str
+    model: str
+    family: str
+    preset: str | None
+    num_parameters: int
+    vocab_size: int
+    special_ids: dict
+    max_source_length: int
+    max_target_length: int
+    exact_match: bool
+    splits: dict
+    train: dict
+    tokenizer: str
+    raw: dict
+
+    @classmethod
+    def from_dict(cls, config: dict, path: Path | str = "config.json") -> RunConfig:
+        missing = [name for name in _REQUIRED_CONFIG_KEYS if name not in config]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)}; train the run again")
+        return cls(task=config["task"], model=config["model"], family=config["family"],
+                   preset=config.get("preset"), num_parameters=int(config["num_parameters"]),
+                   vocab_size=int(config["vocab_size"]),
+                   special_ids={k: int(v) for k, v in config["special_ids"].items()},
+                   max_source_length=int(config["max_source_length"]),
+                   max_target_length=int(config["max_target_length"]),
+                   exact_match=bool(config.get("exact_match", False)), splits=dict(config.get("splits") or {}),
+                   train=dict(config.get("train") or {}), tokenizer=config.get("tokenizer", "tokenizer.model"),
+                   raw=config)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunConfig:
+        return cls.from_dict(read_config(run_dir), Path(run_dir) / "config.json")
+
+
+_REQUIRED_CONFIG_KEYS = ("task", "model", "family", "num_parameters", "vocab_size", "special_ids",
+                         "max_source_length", "max_target_length")
 
 
 def read_config(run_dir: Path) -> dict:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from keras_nlp_week4.errors import UserError
@@ -72,41 +72,50 @@ class Examples:
     labels: list[int | None] | None = None
 
 
+def _data_option(help: str, default=None):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class DataSources:
-    """Where a text task's data comes from (the command line's data options).
+    """Where a text task's data comes from: the one declaration of the data options (the command line's
+    flags and `TrainConfig`'s fields are derived from it).
 
     Give either `data` (one file of pairs) or `src` and `tgt` (line-aligned files). Held-out data
     may come from files too: `validation_data`/`test_data` in the format of `data`, or
     `validation_src`/`validation_tgt` and `test_src`/`test_tgt`; splits not given are cut from the
-    training data by `grouped_split`.
-
-    Args:
-        data: a CSV (``Q,A[,label]``) or TSV (``source \\t target [\\t ...]``) file.
-        src, tgt: line-aligned source and target files.
-        validation_data, test_data: held-out files in the format of `data`.
-        validation_src, validation_tgt, test_src, test_tgt: held-out line-aligned files.
-        reverse: swap source and target (e.g. Korean -> English from an English-Korean file).
-        encoding: the files' text encoding.
+    training data (`splits.grouped_split`).
     """
 
-    data: str | None = None
-    src: str | None = None
-    tgt: str | None = None
-    validation_data: str | None = None
-    test_data: str | None = None
-    validation_src: str | None = None
-    validation_tgt: str | None = None
-    test_src: str | None = None
-    test_tgt: str | None = None
-    reverse: bool = False
-    encoding: str = "utf-8"
+    data: str | None = _data_option("data file for tasks that read one (chatbot: CSV Q,A[,label]; "
+                                    "translate: source<TAB>target lines)")
+    src: str | None = _data_option("line-aligned source file (with tgt, instead of data)")
+    tgt: str | None = _data_option("line-aligned target file")
+    validation_data: str | None = _data_option("validation file in the format of data (default: cut from "
+                                               "the data)")
+    test_data: str | None = _data_option("test file in the format of data")
+    validation_src: str | None = _data_option("line-aligned validation source file")
+    validation_tgt: str | None = _data_option("line-aligned validation target file")
+    test_src: str | None = _data_option("line-aligned test source file")
+    test_tgt: str | None = _data_option("line-aligned test target file")
+    reverse: bool = _data_option("swap source and target (e.g. Korean -> English from kor.txt)", False)
+    encoding: str = _data_option("text encoding of the data files", "utf-8")
+
+    _NOT_FILES = ("reverse", "encoding")
+
+    @classmethod
+    def option_fields(cls) -> list:
+        """The dataclass fields of the data options, in declaration order."""
+        return list(fields(cls))
+
+    @classmethod
+    def of(cls, settings) -> DataSources:
+        """The data options of any object with these attributes (a `TrainConfig`)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
     def given(self) -> list[str]:
         """Names of the file options that are set."""
-        names = ("data", "src", "tgt", "validation_data", "test_data", "validation_src",
-                 "validation_tgt", "test_src", "test_tgt")
-        return [name for name in names if getattr(self, name)]
+        return [f.name for f in fields(self) if f.name not in self._NOT_FILES and getattr(self, f.name)]
 
 
 def _read_bytes(path: str | Path) -> bytes:

@@ -28,6 +28,7 @@ import numpy as np
 
 from keras_nlp_week4.data.pipeline import EpochOrder, make_dataset
 from keras_nlp_week4.data.readers import DataSources
+from keras_nlp_week4.data.splits import DatasetSplits
 from keras_nlp_week4.data.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -38,7 +39,9 @@ from keras_nlp_week4.data.tokenizer import (
     train_sentencepiece,
 )
 from keras_nlp_week4.errors import UserError
+from keras_nlp_week4.evaluation import evaluate_run
 from keras_nlp_week4.models.registry import build_model, model_family
+from keras_nlp_week4.plots import plot_training_curves
 from keras_nlp_week4.runs import write_pairs
 from keras_nlp_week4.tasks import get_task
 from keras_nlp_week4.training.distribute import (
@@ -54,26 +57,15 @@ from keras_nlp_week4.training.schedule import TransformerSchedule
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
-    """Settings of one training run; `None` means "the task's default"."""
+@dataclass(frozen=True)
+class TrainConfig(DataSources):
+    """Settings of one training run; `None` means "the task's default". The data options (`data`, `src`,
+    `tgt`, the held-out files, `reverse`, `encoding`) are `DataSources`'."""
 
     task: str = "dates"
     model: str = "transformer"
     preset: str | None = None
     out: str | None = None
-    data: str | None = None
-    # Line-aligned source/target files instead of `data`, and held-out files (see DataSources).
-    src: str | None = None
-    tgt: str | None = None
-    validation_data: str | None = None
-    test_data: str | None = None
-    validation_src: str | None = None
-    validation_tgt: str | None = None
-    test_src: str | None = None
-    test_tgt: str | None = None
-    reverse: bool = False  # swap source and target
-    encoding: str = "utf-8"
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None  # peak learning rate
@@ -98,12 +90,7 @@ def default_run_dir(task: str, model: str) -> Path:
     return Path("artifacts") / f"{task}-{model}"
 
 
-def data_sources(config: TrainConfig) -> DataSources:
-    """The data options of a training config."""
-    return DataSources(**{name: getattr(config, name) for name in DataSources.__dataclass_fields__})
-
-
-def _resolve(config: TrainConfig) -> dict:
+def resolve_settings(config: TrainConfig) -> dict:
     """Fills every `None` with the task's default; returns the effective settings."""
     task = get_task(config.task)
     family = model_family(config.model)
@@ -156,7 +143,7 @@ _NOT_TRAINING_SETTINGS = ("verbose", "num_replicas")
 
 
 def same_training(recorded: dict, settings: dict) -> bool:
-    """True when a run's recorded config.json["train"] trains what `settings` (from `_resolve`) do."""
+    """True when a run's recorded config.json["train"] trains what `settings` (`resolve_settings`) do."""
 
     def comparable(values: dict) -> dict:
         return {k: v for k, v in json.loads(json.dumps(values, default=str)).items()
@@ -187,30 +174,22 @@ def compile_model(model, settings: dict) -> None:
     )
 
 
-def train(config: TrainConfig) -> Path:
-    """Trains, keeps the best model, evaluates it, and returns the run directory.
+@dataclass
+class PreparedData:
+    """The splits and the tokenizer of a run, ready before anything is written."""
 
-    Re-running the same command after the process was killed resumes from the last finished epoch.
-    """
-    from keras_nlp_week4.evaluation import evaluate_run
+    splits: DatasetSplits
+    train_pairs: list
+    tokenizer: Tokenizer
+    scratch: tempfile.TemporaryDirectory  # holds a newly learned tokenizer until the run directory exists
 
-    settings = _resolve(config)
+
+def prepare_data(config: TrainConfig, settings: dict, run_dir: Path, resuming: bool) -> PreparedData:
+    """Step 1: the task's splits and the tokenizer (learned from the training split, or the resumed run's).
+
+    Raises `UserError` for missing or unusable data; writes nothing to `run_dir`."""
     task = get_task(config.task)
-    role = cluster_role() if config.strategy == "multi-worker" else cluster_role({})
-    set_precision(config.precision)
-    strategy = make_strategy(config.strategy)
-    settings["num_replicas"] = strategy.num_replicas_in_sync
-    chief_dir = Path(settings["out"])
-    # Every worker runs the same fit; only the chief writes the run directory. The others keep their
-    # (identical) checkpoints in a scratch folder beside it, which resuming needs and success removes.
-    run_dir = chief_dir if role.is_chief else chief_dir.parent / f".{chief_dir.name}-worker-{role.task_index}"
-    backup_dir = run_dir / "backup"
-    resuming = backup_dir.exists() and any(backup_dir.iterdir())
-    keras.utils.set_random_seed(config.seed)
-
-    # Everything that can refuse the command (data, tokenizer, model) runs before the first write to
-    # the run directory, so a refused command changes nothing on disk.
-    splits = task.load_splits(data_sources(config), config.seed)
+    splits = task.load_splits(DataSources.of(config), config.seed)
     train_pairs = list(splits.train)
     if settings["max_train_examples"]:
         train_pairs = train_pairs[: settings["max_train_examples"]]
@@ -234,33 +213,35 @@ def train(config: TrainConfig) -> Path:
         if mismatches:
             log.warning("warning: tensorflow-text and sentencepiece tokenize %d of %d training texts "
                         "differently (e.g. %r)", len(mismatches), len(sample), sample[mismatches[0]])
+    return PreparedData(splits, train_pairs, tokenizer, scratch)
 
-    lengths = dict(max_source_length=settings["max_source_length"],
-                   max_target_length=settings["max_target_length"])
-    order = EpochOrder(config.seed)
-    train_ds = shard_by_data(make_dataset(train_pairs, tokenizer, settings["batch_size"], order=order,
-                                          **lengths))
-    val_ds = shard_by_data(make_dataset(splits.validation, tokenizer, settings["batch_size"], **lengths))
 
+def build_training_model(config: TrainConfig, settings: dict, vocab_size: int, strategy):
+    """Step 2: the model, built and compiled under the strategy."""
     overrides = {}
     if settings["dropout"] is not None:
         overrides["dropout"] = settings["dropout"]
     if settings["family"] == "rnn":
         overrides.update(teacher_forcing_ratio=config.teacher_forcing_ratio, seed=config.seed)
     with strategy.scope():
-        model = build_model(config.model, tokenizer.vocab_size, preset=settings["preset"],
+        model = build_model(config.model, vocab_size, preset=settings["preset"],
                             max_source_length=settings["max_source_length"], **overrides)
         compile_model(model, settings)
         model.build()
+    return model
 
+
+def write_run(run_dir: Path, config: TrainConfig, settings: dict, data: PreparedData, model) -> None:
+    """Step 3, the first write: the held-out splits, the tokenizer and `config.json` (read back by
+    `runs.RunConfig`)."""
+    task = get_task(config.task)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_pairs(run_dir / "validation.tsv", splits.validation)
-    write_pairs(run_dir / "test.tsv", splits.test)
-    if tokenizer_path != run_dir / "tokenizer.model":
-        shutil.copyfile(tokenizer_path, run_dir / "tokenizer.model")
-        tokenizer = Tokenizer(run_dir / "tokenizer.model")
-    scratch.cleanup()
-
+    write_pairs(run_dir / "validation.tsv", data.splits.validation)
+    write_pairs(run_dir / "test.tsv", data.splits.test)
+    if data.tokenizer.model_path != run_dir / "tokenizer.model":
+        shutil.copyfile(data.tokenizer.model_path, run_dir / "tokenizer.model")
+        data.tokenizer = Tokenizer(run_dir / "tokenizer.model")
+    data.scratch.cleanup()
     run_config = {
         "task": config.task,
         "model": config.model,
@@ -271,44 +252,83 @@ def train(config: TrainConfig) -> Path:
         "num_parameters": int(model.count_params()),
         "tokenizer": "tokenizer.model",
         "tokenizer_type": task.tokenizer_type,
-        "vocab_size": tokenizer.vocab_size,
+        "vocab_size": data.tokenizer.vocab_size,
         "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
         "max_source_length": settings["max_source_length"],
         "max_target_length": settings["max_target_length"],
         "exact_match": task.exact_match,
-        "splits": {"train": len(train_pairs), "validation": len(splits.validation), "test": len(splits.test)},
+        "splits": {"train": len(data.train_pairs), "validation": len(data.splits.validation),
+                   "test": len(data.splits.test)},
         "train": settings,
         "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "numpy": np.__version__},
     }
     (run_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
 
+
+def make_callbacks(run_dir: Path, settings: dict, order: EpochOrder, resuming: bool) -> list:
+    """Step 4: best checkpoint, early stopping, logs, and the backup a killed run resumes from."""
     checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_loss",
                                                  save_best_only=True)
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
                                                    restore_best_weights=True)
-    callbacks = [
+    return [
         EpochRandomness(order),
         checkpoint,
         early_stopping,
         keras.callbacks.TensorBoard(str(run_dir / "logs"), profile_batch=0),
         keras.callbacks.CSVLogger(str(run_dir / "training_log.csv"), append=resuming),
         # Last: it backs up what the callbacks above have just updated (see training/resume.py).
-        ResumableBackup(backup_dir, early_stopping, checkpoint),
+        ResumableBackup(run_dir / "backup", early_stopping, checkpoint),
     ]
+
+
+def train(config: TrainConfig) -> Path:
+    """Trains, keeps the best model, evaluates it, and returns the run directory.
+
+    The steps: resolve the settings, prepare the data (`prepare_data`), build the model
+    (`build_training_model`), write the run (`write_run`), fit with the callbacks (`make_callbacks`),
+    evaluate (`evaluation.evaluate_run`) and draw the curves. Everything that can refuse the command runs
+    before the first write. Re-running the same command after the process was killed resumes from the
+    last finished epoch, to the same weights.
+    """
+    settings = resolve_settings(config)
+    task = get_task(config.task)
+    role = cluster_role() if config.strategy == "multi-worker" else cluster_role({})
+    set_precision(config.precision)
+    strategy = make_strategy(config.strategy)
+    settings["num_replicas"] = strategy.num_replicas_in_sync
+    chief_dir = Path(settings["out"])
+    # Every worker runs the same fit; only the chief writes the run directory. The others keep their
+    # (identical) checkpoints in a scratch folder beside it, which resuming needs and success removes.
+    run_dir = chief_dir if role.is_chief else chief_dir.parent / f".{chief_dir.name}-worker-{role.task_index}"
+    backup_dir = run_dir / "backup"
+    resuming = backup_dir.exists() and any(backup_dir.iterdir())
+    keras.utils.set_random_seed(config.seed)
+
+    data = prepare_data(config, settings, run_dir, resuming)
+    lengths = dict(max_source_length=settings["max_source_length"],
+                   max_target_length=settings["max_target_length"])
+    order = EpochOrder(config.seed)
+    train_ds = shard_by_data(make_dataset(data.train_pairs, data.tokenizer, settings["batch_size"], order=order,
+                                          **lengths))
+    val_ds = shard_by_data(make_dataset(data.splits.validation, data.tokenizer, settings["batch_size"],
+                                        **lengths))
+    model = build_training_model(config, settings, data.tokenizer.vocab_size, strategy)
+    write_run(run_dir, config, settings, data, model)
+
+    callbacks = make_callbacks(run_dir, settings, order, resuming)
     if resuming:
-        finished = finished_epochs(backup_dir)
-        print(f"Resuming the interrupted run in {run_dir} after its last finished epoch ({finished}).")
+        print(f"Resuming the interrupted run in {run_dir} after its last finished epoch "
+              f"({finished_epochs(backup_dir)}).")
     started = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], callbacks=callbacks,
-              shuffle=False, verbose=config.verbose)  # the dataset shuffles itself, seeded
+              shuffle=False, verbose=config.verbose)  # the order is the dataset's own (EpochOrder)
     training_seconds = time.perf_counter() - started
     if not role.is_chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         return chief_dir
 
     evaluate_run(run_dir, training_seconds=training_seconds, beam_size=task.evaluation_beam_size)
-    from keras_nlp_week4.plots import plot_training_curves
-
     plot_training_curves(run_dir)
     return run_dir
 
