@@ -170,20 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     from keras_nlp_week4.errors import UserError
     from keras_nlp_week4.quiet import import_tensorflow_quietly
     from serving.errors import ServingError
-    from serving.options import OptionError
 
     import_tensorflow_quietly()
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except OptionError as e:
-        print(f"error: {e.for_flag()}", file=sys.stderr)
-        return 2
-    except UserError as e:
+    except (UserError, ServingError) as e:
         print(f"error: {e.for_flags()}", file=sys.stderr)
-        return 2
-    except ServingError as e:
-        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last finished epoch",

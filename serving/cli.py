@@ -12,7 +12,7 @@ import json
 import sys
 
 from serving.errors import ServingError
-from serving.options import DecodingOptions, OptionError
+from serving.options import DecodingOptions
 from serving.runtime import Runtime
 
 __all__ = ["build_parser", "main"]
@@ -79,11 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime.check_texts(texts)
         generations = runtime.generate(texts, options, return_attention=args.attention,
                                        batch_size=args.batch_size)
-    except OptionError as e:
-        print(f"error: {e.for_flag()}", file=sys.stderr)
-        return 2
     except ServingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.for_flags()}", file=sys.stderr)
         return 2
     for text, generation in zip(texts, generations, strict=True):
         if args.json:

@@ -12,6 +12,10 @@ class ServingError(Exception):
         # One line even when a caller interpolates a multi-line value (an onnxruntime message).
         super().__init__(" ".join(str(message).split()))
 
+    def for_flags(self) -> str:
+        """The message as a command line prints it (a subclass that names an option names its flag)."""
+        return str(self)
+
 
 class ExportError(ServingError):
     """The export directory is missing, incomplete, corrupt or of an unknown format."""

@@ -30,7 +30,7 @@ class OptionError(RequestError):
         super().__init__(message)
         self.option = option
 
-    def for_flag(self) -> str:
+    def for_flags(self) -> str:
         """The message with the field spelled as its command-line flag."""
         return str(self).replace(self.option, flag_name(self.option), 1)
 

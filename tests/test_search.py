@@ -127,7 +127,7 @@ def test_decoding_options_own_the_range_checks(kwargs):
     with pytest.raises(OptionError) as error:
         DecodingOptions(**kwargs).validate()
     assert error.value.option in kwargs
-    assert error.value.for_flag().startswith("--") or kwargs.get("method")
+    assert error.value.for_flags().startswith("--") or kwargs.get("method")
 
 
 def test_every_search_is_registered_with_the_options_it_takes():
