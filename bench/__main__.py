@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="scratch: the benchmark SavedModel, int8 and patched graphs")
     parser.add_argument("--skip", action="append", default=[], choices=("training", "inference", "server"))
     args = parser.parse_args(argv)
+    from keras_nlp_week4.quiet import import_tensorflow_quietly
+
+    # Quiet start-up, and no retracing notices: the benchmark traces on purpose (shapes vary by row).
+    import_tensorflow_quietly()
     if "inference" not in args.skip or "server" not in args.skip:
         if not (args.run / "export" / "config.json").is_file():
             print(f"error: {args.run}/export is missing; train and export a run first "

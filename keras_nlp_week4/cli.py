@@ -82,6 +82,7 @@ def _generate(args: argparse.Namespace) -> None:
     if not texts or any(not t.strip() for t in texts):
         raise UserError("give non-empty input text (as arguments or one per line on stdin)")
     options = DecodingOptions.from_args(args)
+    options.validate()  # before loading a model: a bad option costs no time
     run = load_run(Path(args.run) if args.run else latest_run(), compile=False)
     options.validate(max_new_tokens_limit=run.config["max_target_length"])
     outputs = decode_texts(run, texts, options.method, max_new_tokens=options.max_new_tokens,

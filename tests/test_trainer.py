@@ -50,6 +50,21 @@ def test_run_directory_is_complete(tiny_run):
     assert float(rows[1]["loss"]) < float(rows[0]["loss"])  # it learns
 
 
+def test_generate_command_takes_every_decoding_option(tiny_run, capsys):
+    from keras_nlp_week4.cli import main
+
+    argv = ["generate", "--run", str(tiny_run), "9/27/94", "--method", "sample", "--temperature", "0.7",
+            "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "6"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first  # seeded
+    source, output = first.rstrip("\n").split("\t")
+    assert source == "9/27/94" and len(output) <= 6
+    assert main(["generate", "--run", str(tiny_run), "x", "--max-new-tokens", "13"]) == 2
+    assert "--max-new-tokens 13 is above the limit 12" in capsys.readouterr().err
+
+
 def test_loaded_run_generates(tiny_run):
     run = load_run(tiny_run)
     from keras_nlp_week4.evaluation import decode_texts
@@ -112,6 +127,7 @@ def test_killed_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_path):
     (["train", "--data", "nowhere.csv"], "drop --data"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["train", "--epochs", "0"], "epochs must be >= 1"),
+    (["generate", "x", "--method", "beam", "--beam-size", "0"], "--beam-size must be >= 1, got 0"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     result = cli(*args)
