@@ -48,7 +48,8 @@ TRAIN_ARGS := --task $(TASK) --model $(MODEL) \
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	@# The build backend's notes on editable installs are for packagers, not for someone running make.
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
