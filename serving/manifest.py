@@ -73,8 +73,8 @@ def verify_manifest(export_dir: Path, required: tuple[str, ...] = (), only_requi
         raise ExportError(f"{export_dir / 'manifest.json'} has no 'files' table; export the run again")
     if require_validated and manifest.get("validated") is not True:
         raise ExportError(f"{export_dir} has not passed parity validation (an interrupted or --no-validate "
-                          "export); validate it with python -m export.validate RUN_DIR, or export the run "
-                          "again")
+                          "export, or one made before exports recorded it); validate it with python -m "
+                          "export.validate RUN_DIR, or export the run again")
     for relative in required:
         if relative not in files:
             raise ExportError(f"{export_dir / 'manifest.json'} does not list {relative}; export the run again")
