@@ -89,7 +89,7 @@ bench: $(STAMP)
 		$(if $(filter 1 yes true,$(QUICK)),--quick --out-dir artifacts/bench-quick)
 
 # The lecture notebooks (notebooks/*.py, jupytext), run top to bottom into artifacts/notebooks/*.ipynb with
-# their outputs and pictures (about 15 minutes in all on 2 cores; SMALL=1: the test suite's setting).
+# their outputs and pictures (about 11 minutes in all on 2 cores; SMALL=1: the test suite's setting).
 SMALL ?=
 notebooks: $(STAMP)
 	$(PY) notebooks/execute.py --check
