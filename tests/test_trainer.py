@@ -163,3 +163,19 @@ def test_damaged_model_file_is_a_clear_error(tiny_run, tmp_path):
     (damaged / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="config.json is not valid JSON"):
         load_run(damaged)
+
+
+def test_dates_defaults_train_the_transformer_on_more_dates_and_keep_the_rnns_on_theirs():
+    from keras_nlp_week4.data.dates import date_splits
+    from keras_nlp_week4.tasks import DATES_TRAIN_EXAMPLES
+    from keras_nlp_week4.training.trainer import resolve_settings
+
+    transformer = resolve_settings(TrainConfig(task="dates", model="transformer"))
+    assert (transformer["max_train_examples"], transformer["batch_size"], transformer["epochs"],
+            transformer["dropout"]) == (None, 128, 8, 0.0)
+    rnn = resolve_settings(TrainConfig(task="dates", model="bahdanau"))
+    assert rnn["max_train_examples"] == 20000 and rnn["dropout"] is None and rnn["batch_size"] == 128
+    # The RNNs' 20,000 are the first 20,000 of the larger split; test and validation do not move.
+    small, large = date_splits(num_train=2000, seed=5), date_splits(num_train=DATES_TRAIN_EXAMPLES // 20, seed=5)
+    assert large.train[:2000] == small.train
+    assert (large.test, large.validation) == (small.test, small.validation)
