@@ -5,9 +5,9 @@ shapes, where a shape entry is an int or a symbolic axis ("batch", "source_lengt
 ONNX exporter names graph inputs/outputs and dynamic axes from it, the SavedModel signatures use the same
 names, the validator builds feeds from it and the serving runtime reads it from `config.json`.
 
-Only the standard library and `serving` (its `contract` owns the names, dtypes and shapes, its `manifest`
-the one `FORMAT_VERSION` that export and runtime share) are imported: the validator's reference-only path and the serving runtime use this module
-on machines without TensorFlow.
+Only the standard library and `serving` (its `contract` owns the names, dtypes and shapes, its
+`manifest` the one `FORMAT_VERSION` that export and runtime share) are imported: the validator's
+reference-only path and the serving runtime use this module on machines without TensorFlow.
 """
 
 from __future__ import annotations

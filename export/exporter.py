@@ -8,7 +8,8 @@ next run) -- never a half-written directory under the name `export`. `manifest.j
 inside the staging directory, so even a staging directory is never complete-looking before its files
 are, and it says `"validated": false` until validation has passed, so the runtime refuses a staging
 directory that a killed export left behind (and an export made with `--no-validate` until
-`python -m export.validate` passes on it). An export that fails validation is kept as `RUN/export.failed/` for inspection and not installed.
+`python -m export.validate` passes on it). An export that fails validation is kept as
+`RUN/export.failed/` for inspection and not installed.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ __all__ = [
     "RTOL",
     "TOLERANCE",
     "Difference",
+    "PROVIDER_OPTIONS",
     "ReferenceData",
     "check_cases",
     "check_greedy",
@@ -145,11 +146,15 @@ def ort_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [resolve_providers(name)[0] for name in requested]
 
 
+# CUDA with TF32 off: TF32 rounds float32 matmul inputs to 10 mantissa bits, which is a precision choice,
+# not a property of the export. Every onnxruntime session of the validator uses these.
+PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+
+
 def ort_session(path: Path, provider: str, threads: int = 0):
     """An onnxruntime session on one execution provider, with serving's session options.
 
-    CUDA runs with TF32 off: TF32 rounds float32 matmul inputs to 10 mantissa bits, which is a
-    precision choice, not a property of the export.
+    CUDA runs with `PROVIDER_OPTIONS` (TF32 off).
     """
     import onnxruntime as ort
 
@@ -157,8 +162,8 @@ def ort_session(path: Path, provider: str, threads: int = 0):
 
     options = session_options(intra_op_threads=threads)
     providers: list = [provider]
-    if provider == "CUDAExecutionProvider":
-        providers = [(provider, {"use_tf32": "0"}), "CPUExecutionProvider"]
+    if provider in PROVIDER_OPTIONS:
+        providers = [(provider, PROVIDER_OPTIONS[provider]), "CPUExecutionProvider"]
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
@@ -180,9 +185,8 @@ def runtime_generate(export_dir: Path, provider: str, threads: int = 0) -> Calla
     from serving.options import DecodingOptions
     from serving.runtime import Runtime
 
-    options = {"CUDAExecutionProvider": {"use_tf32": "0"}}  # as `ort_session`
     runtime = Runtime(export_dir, provider=provider, intra_op_threads=threads, verify=False,
-                      provider_options=options)
+                      provider_options=PROVIDER_OPTIONS)
 
     def generate(encoder_input: np.ndarray, max_length: int) -> np.ndarray:
         tokens = runtime.generate_ids(encoder_input, DecodingOptions(max_new_tokens=max_length)).tokens

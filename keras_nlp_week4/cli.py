@@ -62,9 +62,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     """The data options' flags, from their one declaration (`DataSources`). Unset flags stay None, so
     the config's defaults apply."""
+    from dataclasses import fields
+
     from keras_nlp_week4.data.readers import DataSources
 
-    for f in DataSources.option_fields():
+    for f in fields(DataSources):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=f.metadata["help"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+from serving.errors import spell_as_flags
 
 __all__ = ["UserError"]
 
@@ -34,9 +34,5 @@ class UserError(Exception):
         self.fields = tuple(fields)
 
     def for_flags(self) -> str:
-        """The message with each named field (`fields`) spelled as its command-line flag: the library
-        names its arguments, a command line names its options."""
-        message = str(self)
-        for name in sorted(self.fields, key=len, reverse=True):  # validation_src before src
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "--" + name.replace("_", "-"), message)
-        return message
+        """The message with each named field (`fields`) spelled as its command-line flag."""
+        return spell_as_flags(str(self), self.fields)

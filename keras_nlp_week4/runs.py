@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,9 @@ class Run:
     model: object
     tokenizer: object
 
-    @property
+    @functools.cached_property
     def settings(self) -> RunConfig:
-        """`config`, typed."""
+        """`config`, typed (read once)."""
         return RunConfig.from_dict(self.config, self.path / "config.json")
 
     def pairs(self, split: str) -> list[tuple[str, str]]:
@@ -44,7 +45,7 @@ class Run:
 @dataclass(frozen=True)
 class RunConfig:
     """A run's `config.json`, typed: the keys evaluation, comparison and export read (written by
-    `training.trainer.train`; `raw` keeps the whole file, e.g. `model_config` for rebuilding).
+    `training.trainer.train`).
 
     Example:
 
@@ -65,8 +66,6 @@ class RunConfig:
     exact_match: bool
     splits: dict
     train: dict
-    tokenizer: str
-    raw: dict
 
     @classmethod
     def from_dict(cls, config: dict, path: Path | str = "config.json") -> RunConfig:
@@ -80,8 +79,7 @@ class RunConfig:
                    max_source_length=int(config["max_source_length"]),
                    max_target_length=int(config["max_target_length"]),
                    exact_match=bool(config.get("exact_match", False)), splits=dict(config.get("splits") or {}),
-                   train=dict(config.get("train") or {}), tokenizer=config.get("tokenizer", "tokenizer.model"),
-                   raw=config)
+                   train=dict(config.get("train") or {}))
 
     @classmethod
     def read(cls, run_dir: Path) -> RunConfig:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keras_nlp_week4.data.dates import is_iso_date
 from keras_nlp_week4.errors import UserError
 
 
@@ -61,12 +62,6 @@ def _dates_splits(sources, seed: int):
     return date_splits(num_train=DATES_TRAIN_EXAMPLES, seed=seed)
 
 
-def _is_iso_date(text: str) -> bool:
-    from keras_nlp_week4.data.dates import is_iso_date
-
-    return is_iso_date(text)
-
-
 _SHARED_DATA = Path("../shared/data")
 
 
@@ -108,11 +103,11 @@ TASKS: dict[str, TaskSpec] = {
     "dates": TaskSpec(
         name="dates", load_splits=_dates_splits, tokenizer_type="char", max_source_length=48,
         max_target_length=12, epochs=8, batch_size=128, transformer_preset="tiny", rnn_preset="small",
-        peak_learning_rate=2e-3, warmup_steps=300, patience=3, exact_match=True, valid_output=_is_iso_date,
-        dropout=0.0,
+        peak_learning_rate=2e-3, warmup_steps=300, patience=3, exact_match=True, valid_output=is_iso_date,
         # An RNN step is sequential in time, so bigger batches pay; it also tolerates a higher rate.
-        family_defaults={"rnn": {"epochs": 6, "batch_size": 128, "peak_learning_rate": 5e-3,
-                                 "warmup_steps": 200, "max_train_examples": 20000, "dropout": None}}),
+        family_defaults={"transformer": {"dropout": 0.0},
+                         "rnn": {"epochs": 6, "batch_size": 128, "peak_learning_rate": 5e-3,
+                                 "warmup_steps": 200, "max_train_examples": 20000}}),
     # The homework: a Transformer chatbot on Korean question/answer pairs (11,823 rows). BPE rather than
     # unigram: for unigram models tensorflow-text and the sentencepiece package segment a few chatbot lines
     # differently, for BPE they agree, so training (tf.data) and evaluation (Python) see the same ids.

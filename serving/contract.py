@@ -8,13 +8,13 @@ One owner for what the exporter writes (`export.config`, `export.functions`), th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
     "ATTENTION", "ENCODER_INPUT", "INDEX", "LOGITS", "MAX_LENGTH", "RESERVED_NAMES", "SYMBOLIC_AXES",
-    "TOKENS", "TOKEN_IDS", "concrete_shape", "numpy_dtype", "state_updates", "updated_name", "zero_state",
+    "TOKENS", "TOKEN_IDS", "concrete_shape", "numpy_dtype", "updated_name", "updated_outputs", "zero_state",
 ]
 
 # Graph inputs and outputs besides the decoding-state entries.
@@ -41,10 +41,9 @@ def updated_name(state_name: str) -> str:
     return state_name + _UPDATED_SUFFIX
 
 
-def state_updates(outputs: Mapping[str, object]) -> dict[str, object]:
-    """The updated state entries among a decoder step's outputs, keyed by state entry name."""
-    return {name[: -len(_UPDATED_SUFFIX)]: value for name, value in outputs.items()
-            if name.endswith(_UPDATED_SUFFIX)}
+def updated_outputs(output_names: Iterable[str]) -> dict[str, str]:
+    """{decoder-step output name: the state entry it updates} for the outputs that update one."""
+    return {name: name.removesuffix(_UPDATED_SUFFIX) for name in output_names if name.endswith(_UPDATED_SUFFIX)}
 
 
 def numpy_dtype(name: str) -> type:

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-__all__ = ["ExportError", "RequestError", "ServingError", "first_line"]
+import re
+
+__all__ = ["ExportError", "RequestError", "ServingError", "first_line", "flag_name", "spell_as_flags"]
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of an argument: `beam_size` -> `--beam-size`."""
+    return "--" + field.replace("_", "-")
+
+
+def spell_as_flags(message: str, fields: tuple[str, ...]) -> str:
+    """`message` with each of `fields` written as its flag (a library names its arguments, a command
+    line its options). Longer names first, so `validation_src` is not caught as `src`."""
+    for name in sorted(fields, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag_name(name), message)
+    return message
 
 
 class ServingError(Exception):
@@ -12,9 +27,12 @@ class ServingError(Exception):
         # One line even when a caller interpolates a multi-line value (an onnxruntime message).
         super().__init__(" ".join(str(message).split()))
 
+    # The arguments the message names (set by a subclass that knows them, e.g. `OptionError`).
+    fields: tuple[str, ...] = ()
+
     def for_flags(self) -> str:
-        """The message as a command line prints it (a subclass that names an option names its flag)."""
-        return str(self)
+        """The message as a command line prints it: the named arguments spelled as flags."""
+        return spell_as_flags(str(self), self.fields)
 
 
 class ExportError(ServingError):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 
 import numpy as np
 
-from serving.errors import RequestError
+from serving.errors import RequestError, flag_name
 from serving.search import SEARCHES, SearchFn
 
 __all__ = ["METHODS", "DecodingOptions", "OptionError"]
@@ -29,14 +29,7 @@ class OptionError(RequestError):
     def __init__(self, option: str, message: str) -> None:
         super().__init__(message)
         self.option = option
-
-    def for_flags(self) -> str:
-        """The message with the field spelled as its command-line flag."""
-        return str(self).replace(self.option, flag_name(self.option), 1)
-
-
-def flag_name(option: str) -> str:
-    return "--" + option.replace("_", "-")
+        self.fields = (option,)
 
 
 def _option(default, help: str, methods: tuple[str, ...] = ()):
@@ -108,9 +101,6 @@ class DecodingOptions:
         return {f.name: getattr(self, f.name) for f in dataclass_fields(self)
                 if self.method in f.metadata["methods"]}
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     # Command lines -----------------------------------------------------------------------------------
 
     @classmethod
@@ -126,5 +116,6 @@ class DecodingOptions:
                                help=help_text + shown, **extra)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DecodingOptions:
+    def from_args(cls, args) -> DecodingOptions:
+        """The options of any object with them as attributes: an argparse namespace, an HTTP request."""
         return cls(**{name: getattr(args, name) for name, *_ in cls.fields()})

@@ -28,13 +28,13 @@ from serving.contract import (
     LOGITS,
     TOKEN_IDS,
     numpy_dtype,
-    state_updates,
     updated_name,
+    updated_outputs,
     zero_state,
 )
 from serving.errors import ExportError, RequestError, first_line
 from serving.manifest import graph_file, read_export_config, served_files, verify_manifest
-from serving.options import METHODS, DecodingOptions, OptionError
+from serving.options import METHODS, DecodingOptions
 from serving.search import SearchResult
 from serving.tokenizer import SentencePieceTokenizer
 
@@ -169,8 +169,7 @@ class Runtime:
         self._encoder_outputs = [o.name for o in self.encoder.get_outputs()]
         self._decoder_outputs = [o.name for o in self.decoder.get_outputs()]
         # decoder output -> the state entry it replaces, worked out once, not per step
-        self._state_updates = {updated_name(entry): entry for entry in state_updates(
-            dict.fromkeys(self._decoder_outputs))}
+        self._state_updates = updated_outputs(self._decoder_outputs)
         self.has_attention = ATTENTION in self._decoder_outputs
         self._check_signatures()
 
@@ -231,8 +230,17 @@ class Runtime:
 
         `seeds`: for sampling, one seed per row (see `serving.search.sample_search`), instead of
         `options.seed` for the whole batch."""
+        self._validate(options)
+        return self._search(encoder_input, options, return_attention, seeds)
+
+    def _validate(self, options: DecodingOptions) -> None:
+        # The caches are allocated for max_new_tokens steps up front, and the model was trained (and its
+        # positions sized) for max_target_length: more can only allocate memory, never help.
+        options.validate(max_new_tokens_limit=self.max_target_length)
+
+    def _search(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
+                seeds: Sequence | None) -> SearchResult:
         max_length = options.max_new_tokens or self.max_target_length
-        self._check_max_new_tokens(max_length)
         state = self.initial_state(encoder_input, max_length)
         kwargs = options.search_kwargs()
         if options.method == "sample" and seeds is not None:
@@ -240,13 +248,6 @@ class Runtime:
         return options.search()(self.step, state, encoder_input.shape[0], max_length, self.bos_id,
                                 self.eos_id, self.pad_id, return_attention=return_attention and self.has_attention,
                                 **kwargs)
-
-    def _check_max_new_tokens(self, max_new_tokens: int) -> None:
-        # The caches are allocated for max_new_tokens steps up front, and the model was trained (and its
-        # positions sized) for max_target_length: more can only allocate memory, never help.
-        if max_new_tokens > self.max_target_length:
-            raise OptionError("max_new_tokens", f"max_new_tokens {max_new_tokens} is above the limit "
-                              f"{self.max_target_length} (the model's max_target_length)")
 
     # Text --------------------------------------------------------------------------------------------
 
@@ -285,9 +286,7 @@ class Runtime:
         """
         if isinstance(texts, str):
             raise TypeError("generate expects a list of strings, not a single string")
-        options.validate()
-        if options.max_new_tokens is not None:
-            self._check_max_new_tokens(options.max_new_tokens)
+        self._validate(options)
         if seeds is None and options.method == "sample" and options.seed is not None:
             seeds = [(options.seed, i) for i in range(len(texts))]
         if seeds is not None and len(seeds) != len(texts):
@@ -306,7 +305,7 @@ class Runtime:
     def _generate_batch(self, texts: list[str], options: DecodingOptions, return_attention: bool,
                         seeds: Sequence | None) -> list[Generation]:
         encoder_input, lengths = self.tokenizer.encode_sources(texts, self.max_source_length)
-        result = self.generate_ids(encoder_input, options, return_attention, seeds)
+        result = self._search(encoder_input, options, return_attention, seeds)  # validated by `generate`
         generations = []
         for b, row in enumerate(result.tokens):
             ids = self.tokenizer.output_ids(row)

@@ -34,7 +34,7 @@ class SearchResult:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
+    logits = np.asarray(logits, dtype=np.float64)  # no copy when it already is float64
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -46,7 +46,7 @@ def tempered_log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
     others are <= 0: a tiny temperature sends them to -inf (probability 0) instead of overflowing
     `logits / temperature` to inf - inf = NaN (1e-40 would, in float32 and float64 alike). As the
     temperature goes to 0 this becomes greedy decoding, with ties shared evenly."""
-    logits = logits.astype(np.float64)
+    logits = np.asarray(logits, dtype=np.float64)
     with np.errstate(over="ignore"):
         scaled = (logits - logits.max(axis=-1, keepdims=True)) / temperature
     return log_softmax(scaled)

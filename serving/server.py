@@ -301,7 +301,7 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None) -> Fast
             if len(texts) > settings.max_inputs:
                 raise RequestError(f"{len(texts)} inputs; the limit is {settings.max_inputs} per request",
                                    status=413)
-            options = DecodingOptions(**{name: getattr(req, name) for name, *_ in DecodingOptions.fields()})
+            options = DecodingOptions.from_args(req)
             options.validate(max_new_tokens_limit=max_new_tokens, max_beam_size=settings.max_beam_size)
             runtime.check_texts(texts, max_input_tokens=max_input_tokens)
             if not app.state.ready:

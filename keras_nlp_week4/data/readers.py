@@ -104,11 +104,6 @@ class DataSources:
     _NOT_FILES = ("reverse", "encoding")
 
     @classmethod
-    def option_fields(cls) -> list:
-        """The dataclass fields of the data options, in declaration order."""
-        return list(fields(cls))
-
-    @classmethod
     def of(cls, settings) -> DataSources:
         """The data options of any object with these attributes (a `TrainConfig`)."""
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})

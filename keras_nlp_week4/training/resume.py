@@ -88,13 +88,16 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.early_stopping = early_stopping
         self.checkpoint = checkpoint
         self._state_path = Path(backup_dir) / _CALLBACK_STATE
+        self._states: dict = {}  # {finished epochs: callback state}, the last two
 
     def on_train_begin(self, logs=None) -> None:
         super().on_train_begin(logs)  # restores weights, optimizer and the epoch number
         finished = finished_epochs(self.backup_dir)
         if not finished:
             return
-        saved = self._read_states().get(str(finished))
+        if self._state_path.is_file():
+            self._states = json.loads(self._state_path.read_text())
+        saved = self._states.get(str(finished))
         if saved is None:
             raise RuntimeError(f"{self._state_path} has no state for epoch {finished}; the backup is "
                                "inconsistent (delete the backup folder to start the run again)")
@@ -108,20 +111,16 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         # Written before the weights: if the process dies between the two writes, the state of the
         # previous epoch (which the older backup matches) is still in the file.
-        states = self._read_states()
         stopping = self.early_stopping
-        states[str(epoch + 1)] = {"best": _plain(stopping.best), "wait": int(stopping.wait),
-                                  "best_epoch": int(stopping.best_epoch),
-                                  "checkpoint_best": _plain(self.checkpoint.best)}
-        keep = sorted(states, key=int)[-2:]
+        self._states[str(epoch + 1)] = {"best": _plain(stopping.best), "wait": int(stopping.wait),
+                                        "best_epoch": int(stopping.best_epoch),
+                                        "checkpoint_best": _plain(self.checkpoint.best)}
+        self._states = {k: self._states[k] for k in sorted(self._states, key=int)[-2:]}
         Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
         temporary = self._state_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({k: states[k] for k in keep}))
+        temporary.write_text(json.dumps(self._states))
         os.replace(temporary, self._state_path)
         super().on_epoch_end(epoch, logs)
-
-    def _read_states(self) -> dict:
-        return json.loads(self._state_path.read_text()) if self._state_path.is_file() else {}
 
 
 def _plain(value) -> float | None:
