@@ -28,7 +28,8 @@ def _train(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     from keras_nlp_week4.compare import compare
 
-    models = [m.strip() for m in args.models.replace(",", " ").split() if m.strip()]
+    models = None if args.models is None else [
+        m.strip() for m in args.models.replace(",", " ").split() if m.strip()]
     compare(_train_config(args), models, out_dir=args.out, transformer_preset=args.transformer_preset,
             rnn_preset=args.rnn_preset)
 
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-target-length", dest="max_target_length", type=int)
     train.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     train.add_argument("--max-train-examples", dest="max_train_examples", type=int)
+    train.add_argument("--time-budget-minutes", dest="time_budget_minutes", type=float,
+                       help="stop before an epoch that would end past this many minutes of training "
+                            "(0: no budget; default: the task's)")
     train.add_argument("--seed", type=int)
     train.add_argument("--verbose", type=int, help="Keras fit verbosity (0, 1, 2)")
     train.add_argument("--strategy", choices=STRATEGIES,
@@ -155,15 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compare", help="train and evaluate several models on the same splits; "
                                           "write a Markdown/JSON table")
     comp.add_argument("--task", default="translate", help=f"one of: {', '.join(TASKS)}")
-    comp.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                      help="comma-separated model names (default: %(default)s)")
+    comp.add_argument("--models", help="comma-separated model names (default: the task's anchored "
+                                        f"models, else {','.join(DEFAULT_MODELS)})")
     comp.add_argument("--out", help="output folder (default: artifacts/compare-<task>)")
     comp.add_argument("--transformer-preset", dest="transformer_preset")
     comp.add_argument("--rnn-preset", dest="rnn_preset")
     _add_data_options(comp)
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--vocab-size", int),
                        ("--max-train-examples", int), ("--seed", int), ("--patience", int),
-                       ("--verbose", int)):
+                       ("--verbose", int), ("--time-budget-minutes", float)):
         comp.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind)
     comp.set_defaults(func=_compare)
     return parser

@@ -28,7 +28,7 @@ from keras_nlp_week4.runs import RunConfig
 __all__ = ["DEFAULT_MODELS", "compare", "format_markdown"]
 
 # One model per family of the lecture: no attention (both cells), additive attention, multiplicative
-# attention, and self-attention.
+# attention, and self-attention. A task with published anchors compares the anchored families.
 DEFAULT_MODELS = ("seq2seq-lstm", "seq2seq-gru", "bahdanau", "luong-general", "transformer")
 
 _COLUMNS = (  # (key in a row, Markdown header)
@@ -36,12 +36,24 @@ _COLUMNS = (  # (key in a row, Markdown header)
     ("parameters", "parameters"),
     ("epochs", "epochs"),
     ("test_perplexity", "test perplexity"),
-    ("bleu_greedy", "BLEU greedy"),
-    ("bleu_beam", "BLEU beam"),
+    ("bleu_lowercase_greedy", "BLEU lc greedy"),
+    ("bleu_lowercase_beam", "BLEU lc beam"),
+    ("bleu_greedy", "sacreBLEU greedy"),
+    ("bleu_beam", "sacreBLEU beam"),
     ("chrf_greedy", "chrF greedy"),
     ("chrf_beam", "chrF beam"),
     ("training_minutes", "training time (min)"),
 )
+# Added when the task has published anchors (`TaskSpec.anchors`).
+_ANCHOR_COLUMNS = (("anchor_bleu", "anchor BLEU lc greedy"), ("anchor_parameters", "anchor parameters"))
+
+
+def default_models(task: str) -> tuple[str, ...]:
+    """The models `compare` trains when none are named: the task's anchored ones, else one per family."""
+    from keras_nlp_week4.tasks import get_task
+
+    anchors = get_task(task).anchors
+    return tuple(name for name in DEFAULT_MODELS if name in anchors) if anchors else DEFAULT_MODELS
 
 
 def _sha256(path: Path) -> str:
@@ -74,6 +86,8 @@ def _row(run_dir: Path) -> dict:
         "epochs": epochs,
         "test_perplexity": metrics.get("test_perplexity"),
         "test_token_accuracy": metrics.get("test_token_accuracy"),
+        "bleu_lowercase_greedy": metrics.get("test_bleu_lowercase_greedy"),
+        "bleu_lowercase_beam": metrics.get("test_bleu_lowercase_beam"),
         "bleu_greedy": metrics.get("test_bleu_greedy"),
         "bleu_beam": metrics.get("test_bleu_beam"),
         "chrf_greedy": metrics.get("test_chrf_greedy"),
@@ -84,11 +98,16 @@ def _row(run_dir: Path) -> dict:
     }
 
 
+def _logs_validation_bleu(run_dir: Path) -> bool:
+    with open(run_dir / "training_log.csv", encoding="utf-8", newline="") as f:
+        return "val_bleu" in (csv.DictReader(f).fieldnames or [])
+
+
 def _cell(key: str, value) -> str:
     if value is None:
         return "-"
-    if key == "parameters":
-        return f"{value:,}"
+    if key in ("parameters", "anchor_parameters"):
+        return f"{value / 1e6:.1f} M"
     if isinstance(value, float):
         return f"{value:.1f}" if key != "test_perplexity" else f"{value:.2f}"
     return str(value)
@@ -96,18 +115,25 @@ def _cell(key: str, value) -> str:
 
 def format_markdown(result: dict) -> str:
     """The comparison as a Markdown table with a line on the data and the metrics."""
+    columns = _COLUMNS + (_ANCHOR_COLUMNS if result.get("anchors") else ())
     lines = [f"Task `{result['task']}`, data `{result['data']}`, splits {result['splits']} "
              f"(the same for every model), beam size {result['beam_size']}.", "",
-             "| " + " | ".join(header for _, header in _COLUMNS) + " |",
-             "| " + " | ".join("---" for _ in _COLUMNS) + " |"]
+             "| " + " | ".join(header for _, header in columns) + " |",
+             "| " + " | ".join("---" for _ in columns) + " |"]
     for row in result["rows"]:
-        lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in _COLUMNS) + " |")
-    lines += ["", f"BLEU: sacrebleu `{result['bleu_signature']}`; chrF: `{result['chrf_signature']}`.",
+        lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in columns) + " |")
+    lines += ["", f"BLEU lc: sacrebleu `{result.get('bleu_lowercase_signature')}` (lowercased, 13a tokens); "
+              f"sacreBLEU: `{result['bleu_signature']}`; chrF: `{result['chrf_signature']}`.",
               "Perplexity: teacher-forced, no label smoothing. Training time: wall clock of `model.fit`."]
+    if result.get("anchors"):
+        sources = sorted({anchor["source"].split(" notebook")[0] for anchor in result["anchors"].values()})
+        lines.append(f"Anchors: {', '.join(sources)} (greedy decoding; per model: "
+                     + "; ".join(f"{name}: {anchor['source']}" for name, anchor in result["anchors"].items())
+                     + ").")
     return "\n".join(lines) + "\n"
 
 
-def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
+def compare(base, models=None, out_dir: str | Path | None = None,
             transformer_preset: str | None = None, rnn_preset: str | None = None,
             verbose: bool = True) -> dict:
     """Trains and evaluates `models` on the same data and writes the comparison table.
@@ -115,7 +141,8 @@ def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
     Args:
         base: a `TrainConfig` with the task, data and shared settings; its `model`, `preset` and `out`
             are replaced per model.
-        models: model names (see `keras_nlp_week4.models.registry.MODEL_NAMES`).
+        models: model names (see `keras_nlp_week4.models.registry.MODEL_NAMES`; default:
+            `default_models(base.task)`).
         out_dir: where the runs (one sub-directory per model) and the tables go
             (default ``artifacts/compare-<task>``).
         transformer_preset, rnn_preset: model sizes (default: the task's).
@@ -128,9 +155,12 @@ def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
         UserError: for an unknown model, bad data, or runs whose test splits differ.
     """
     from keras_nlp_week4.models.registry import model_family
+    from keras_nlp_week4.plots import plot_validation_bleu
+    from keras_nlp_week4.tasks import get_task
     from keras_nlp_week4.training.trainer import resolve_settings, train
 
-    models = list(models)
+    anchors = get_task(base.task).anchors
+    models = list(default_models(base.task) if models is None else models)
     if not models:
         raise UserError("give at least one model to compare")
     for name in models:
@@ -149,7 +179,10 @@ def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
             if verbose:
                 print(f"== {name}: training into {run_dir}")
             train(config)
-        rows.append(_row(run_dir))
+        row = _row(run_dir)
+        if name in anchors:
+            row.update(anchor_bleu=anchors[name]["bleu"], anchor_parameters=anchors[name]["parameters"])
+        rows.append(row)
 
     test_hashes = {_sha256(Path(row["run"]) / "test.tsv") for row in rows}
     if len(test_hashes) != 1:
@@ -160,7 +193,8 @@ def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
     run_config = RunConfig.read(first)
 
     train_settings = run_config.train
-    data = train_settings.get("data") or f"{train_settings.get('src')} -> {train_settings.get('tgt')}"
+    data = (train_settings.get("data") or (f"{train_settings['src']} -> {train_settings.get('tgt')}"
+                                            if train_settings.get("src") else f"the {base.task} default"))
     result = {
         "task": base.task,
         "data": data + (" (reversed)" if train_settings.get("reverse") else ""),
@@ -168,9 +202,16 @@ def compare(base, models=DEFAULT_MODELS, out_dir: str | Path | None = None,
         "test_sha256": test_hashes.pop(),
         "beam_size": metrics.get("beam_size", 0),
         "bleu_signature": metrics.get("bleu_signature"),
+        "bleu_lowercase_signature": metrics.get("bleu_lowercase_signature"),
         "chrf_signature": metrics.get("chrf_signature"),
         "rows": rows,
+        "anchors": {row["model"]: anchors[row["model"]] for row in rows if row["model"] in anchors},
     }
+    bleu_logged = [Path(row["run"]) for row in rows if _logs_validation_bleu(Path(row["run"]))]
+    if bleu_logged:
+        result["validation_bleu_plot"] = str(plot_validation_bleu(
+            bleu_logged, out_dir / "validation_bleu.png",
+            f"{base.task}: validation BLEU against training time (star: the kept epoch)"))
     (out_dir / "comparison.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     markdown = format_markdown(result)
     (out_dir / "comparison.md").write_text(markdown)

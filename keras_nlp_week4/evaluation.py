@@ -30,14 +30,20 @@ def decode_texts(run: Run, sources: list[str], method: str = "greedy", batch_siz
     """Generates output text for every source with the Keras model (batched); `method` and `options` as
     `serving.options.DecodingOptions`, `max_new_tokens` None for the model's `max_target_length`."""
     cfg = run.config
-    ids = cfg["special_ids"]
-    max_length = max_new_tokens or cfg["max_target_length"]
+    return generate_texts(run.model, run.tokenizer, sources, cfg["max_source_length"],
+                          max_new_tokens or cfg["max_target_length"], cfg["special_ids"], method,
+                          batch_size, **options)
+
+
+def generate_texts(model, tokenizer, sources: list[str], max_source_length: int, max_new_tokens: int,
+                   special_ids: dict, method: str = "greedy", batch_size: int = 256, **options) -> list[str]:
+    """`decode_texts` for a model that is not (yet) a run, such as one being trained."""
     outputs: list[str] = []
     for start in range(0, len(sources), batch_size):
-        batch = encode_sources(sources[start:start + batch_size], run.tokenizer, cfg["max_source_length"])
-        result = generate(run.model, batch, max_length, ids["bos"], ids["eos"], ids["pad"],
-                          method=method, **options)
-        outputs.extend(run.tokenizer.decode(result.tokens))
+        batch = encode_sources(sources[start:start + batch_size], tokenizer, max_source_length)
+        result = generate(model, batch, max_new_tokens, special_ids["bos"], special_ids["eos"],
+                          special_ids["pad"], method=method, **options)
+        outputs.extend(tokenizer.decode(result.tokens))
     return outputs
 
 
@@ -77,7 +83,7 @@ SAMPLING = {"temperature": 0.8, "top_p": 0.9, "seed": 0}
 NUM_TEST_SAMPLES = 5
 
 
-def _grouped_references(pairs) -> tuple[list[str], list[list[str]]]:
+def group_references(pairs) -> tuple[list[str], list[list[str]]]:
     """Unique sources in order of first appearance, and every reference of each."""
     references: dict[str, list[str]] = {}
     for source, target in pairs:
@@ -86,14 +92,22 @@ def _grouped_references(pairs) -> tuple[list[str], list[list[str]]]:
 
 
 def corpus_scores(hypotheses: list[str], references: list[list[str]]) -> dict:
-    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenization, chrF2) against one or more references.
+    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenization, chrF2) against one or more references,
+    and BLEU on lowercased text as the seq2seq literature reports it on Multi30k.
+
+    The lowercased BLEU is sacrebleu's BLEU with ``lowercase=True``: both sides are lowercased, then split
+    by the 13a tokenizer (mteval-v13a: punctuation and symbols become tokens of their own, except a period
+    or comma between digits), then scored with the standard corpus BLEU (4-grams, uniform weights, brevity
+    penalty, no smoothing needed at corpus level). The PyTorch tutorials tokenize with spaCy instead, which
+    splits a few more cases (clitics such as "'s"); both split off punctuation, which is what moves the score.
 
     Args:
         hypotheses: one output per source.
         references: the references of each source (any number, at least one).
 
     Returns:
-        ``{"bleu", "chrf", "bleu_signature", "chrf_signature"}``; scores are 0..100.
+        ``{"bleu", "bleu_lowercase", "chrf", "bleu_signature", "bleu_lowercase_signature",
+        "chrf_signature"}``; scores are 0..100.
     """
     from sacrebleu.metrics import BLEU, CHRF
 
@@ -102,10 +116,13 @@ def corpus_scores(hypotheses: list[str], references: list[list[str]]) -> dict:
     width = max(len(refs) for refs in references)
     # sacrebleu takes one stream per reference position; None marks a missing reference.
     streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
-    bleu, chrf = BLEU(), CHRF()
+    bleu, bleu_lowercase, chrf = BLEU(), BLEU(lowercase=True), CHRF()
     return {"bleu": bleu.corpus_score(hypotheses, streams).score,
+            "bleu_lowercase": bleu_lowercase.corpus_score(hypotheses, streams).score,
             "chrf": chrf.corpus_score(hypotheses, streams).score,
-            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+            "bleu_signature": str(bleu.get_signature()),
+            "bleu_lowercase_signature": str(bleu_lowercase.get_signature()),
+            "chrf_signature": str(chrf.get_signature())}
 
 
 def _task_setting(config: dict, name: str, default):
@@ -131,7 +148,7 @@ def write_samples(run: Run, inputs: list[str] | None = None, verbose: bool = Tru
     if inputs is None:
         inputs = list(_task_setting(run.config, "sample_inputs", ()))
     if not inputs:
-        sources, refs = _grouped_references(run.pairs("test"))
+        sources, refs = group_references(run.pairs("test"))
         inputs, references = sources[:NUM_TEST_SAMPLES], refs[:NUM_TEST_SAMPLES]
     greedy = decode_texts(run, inputs, "greedy")
     sampled = decode_texts(run, inputs, "sample", **SAMPLING)
@@ -188,7 +205,7 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
     test_figures = _token_figures(run, test, batch_size)
     metrics.update({f"test_{k}": v for k, v in test_figures.items()})
 
-    sources, references = _grouped_references(test)
+    sources, references = group_references(test)
     outputs = {}
     started = time.perf_counter()
     outputs["greedy"] = decode_texts(run, sources, "greedy", batch_size)
@@ -201,8 +218,10 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
     for method, predictions in outputs.items():
         scores = corpus_scores(predictions, references)
         metrics[f"test_bleu_{method}"] = scores["bleu"]
+        metrics[f"test_bleu_lowercase_{method}"] = scores["bleu_lowercase"]
         metrics[f"test_chrf_{method}"] = scores["chrf"]
-        metrics["bleu_signature"], metrics["chrf_signature"] = scores["bleu_signature"], scores["chrf_signature"]
+        for key in ("bleu_signature", "bleu_lowercase_signature", "chrf_signature"):
+            metrics[key] = scores[key]
         if run.settings.exact_match:
             # Per test pair, as a source may have several references.
             by_source = dict(zip(sources, predictions, strict=True))

@@ -280,12 +280,15 @@ def training_curves_figure(columns: dict[str, list[float]], title: str = ""):
     """
     # A resumed run appends to the log; the epoch column keeps counting, so it is the x axis.
     epochs = [int(e) + 1 for e in columns.get("epoch", range(len(next(iter(columns.values())))))]
-    metrics = [name for name in columns if name != "epoch" and not name.startswith("val_")]
+    # `minutes` is the clock, not a metric; a validation-only metric (val_bleu) gets a panel of its own.
+    metrics = [name for name in columns if name not in ("epoch", "minutes") and not name.startswith("val_")]
+    metrics += [name[4:] for name in columns if name.startswith("val_") and name[4:] not in columns]
     plt = _pyplot()
     fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5 * max(1, len(metrics)), 3.6),
                              squeeze=False)
     for ax, name in zip(axes[0], metrics, strict=False):
-        ax.plot(epochs, columns[name], marker="o", label="train")
+        if name in columns:
+            ax.plot(epochs, columns[name], marker="o", label="train")
         if f"val_{name}" in columns:
             ax.plot(epochs, columns[f"val_{name}"], marker="o", label="validation")
         ax.set_xlabel("epoch")
@@ -294,3 +297,44 @@ def training_curves_figure(columns: dict[str, list[float]], title: str = ""):
         ax.legend()
     fig.suptitle(f"training curves: {title}", fontsize=10)
     return fig
+
+
+def plot_validation_bleu(run_dirs: list[str | Path], out_path: str | Path, title: str = "") -> Path:
+    """Time to quality: validation BLEU after each epoch against wall-clock minutes of training, one line
+    per run (the `val_bleu` and `minutes` columns of each ``training_log.csv``; see
+    `training.progress`). The kept epoch (the best validation BLEU) is marked.
+
+    Args:
+        run_dirs: run directories whose logs have both columns (others are skipped with a warning).
+        out_path: the PNG to write.
+        title: the figure's title.
+
+    Returns:
+        The path of the written PNG.
+
+    Raises:
+        UserError: when no run has both columns.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    drawn = 0
+    for run_dir in map(Path, run_dirs):
+        columns = _read_log(run_dir / "training_log.csv")
+        if "val_bleu" not in columns or "minutes" not in columns:
+            log.warning("warning: %s logs no val_bleu/minutes; left out of the picture", run_dir)
+            continue
+        minutes, bleu = columns["minutes"], columns["val_bleu"]
+        (line,) = ax.plot(minutes, bleu, marker="o", markersize=3, label=run_dir.name)
+        best = int(np.argmax(bleu))
+        ax.plot([minutes[best]], [bleu[best]], marker="*", markersize=12, color=line.get_color())
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        raise UserError("no run logs val_bleu and minutes; train with a task that measures validation "
+                        "BLEU (TASK=multi30k)")
+    ax.set_xlabel("training time (minutes of model.fit)")
+    ax.set_ylabel("validation BLEU (greedy, lowercased)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "validation BLEU against training time (star: the kept epoch)", fontsize=10)
+    return _save(fig, Path(out_path))

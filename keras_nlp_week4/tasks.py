@@ -42,7 +42,19 @@ class TaskSpec:
     # Inputs whose outputs (greedy and sampled) are printed and saved to samples.json after training;
     # empty: the first few test sources, with their references.
     sample_inputs: tuple[str, ...] = ()
-    # Per-family replacements of the defaults above, e.g. {"rnn": {"batch_size": 128}}.
+    # Batch examples of similar length together (`pipeline.make_dataset(bucket_boundaries=...)`), so a
+    # batch of short sentences is not padded to the longest sentence of the split.
+    bucket_by_length: bool = False
+    # Greedy BLEU on the first this-many validation pairs after every epoch, logged as `val_bleu`, which
+    # then picks the kept model and ends training (early stopping); 0: val_loss does, without the BLEU.
+    validation_bleu_examples: int = 0
+    # Stop before an epoch that would end after this many minutes of `model.fit` (None: no budget).
+    time_budget_minutes: float | None = None
+    # Published figures on this task's test split, per model name, for `compare`'s table:
+    # {"transformer": {"bleu": 36.52, "parameters": 9.0e6, "source": "..."}}.
+    anchors: dict = field(default_factory=dict)
+    # Replacements of the defaults above per family ("rnn", "transformer") and then per model name,
+    # e.g. {"rnn": {"batch_size": 128}, "bahdanau": {"preset": "medium"}}.
     family_defaults: dict = field(default_factory=dict)
 
 
@@ -79,6 +91,62 @@ def _translate_splits(sources, seed: int):
     return load_pair_splits(sources, seed, "tsv", validation_fraction=0.05, test_fraction=0.1,
                             task_name="TASK=translate",
                             example_data=str(_SHARED_DATA / "kor-eng" / "kor.txt"))
+
+
+MULTI30K_FILES = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
+MULTI30K_LANGUAGES = ("de", "en")  # source, target; REVERSE=1 swaps them
+
+
+def multi30k_sources(sources):
+    """The `DataSources` of a Multi30k-shaped folder (`data`, default ../shared/data/multi30k): the line-
+    aligned `train`, `val` and `test_2016_flickr` files, German -> English (English -> German reversed)."""
+    from dataclasses import replace
+
+    from keras_nlp_week4.data.readers import DataSources
+
+    given = [name for name in sources.given() if name != "data"]
+    if given:
+        raise UserError(f"TASK=multi30k reads a folder (data=DIR with {', '.join(MULTI30K_FILES.values())}"
+                        f".de/.en); drop {', '.join(given)}", fields=tuple(given))
+    folder = Path(sources.data or _SHARED_DATA / "multi30k")
+    if not folder.is_dir():
+        hint = "" if sources.data else f" (the default, {folder}, is missing)"
+        raise UserError(f"Multi30k folder {str(folder)!r} not found{hint}; give data=DIR holding "
+                        "train.de, train.en, val.de, val.en, test_2016_flickr.de, test_2016_flickr.en",
+                        fields=("data",))
+    missing = [f"{stem}.{lang}" for stem in MULTI30K_FILES.values() for lang in MULTI30K_LANGUAGES
+               if not (folder / f"{stem}.{lang}").is_file()]
+    if missing:
+        raise UserError(f"{str(folder)!r} lacks {', '.join(missing)}; a Multi30k folder holds "
+                        f"{{{','.join(MULTI30K_FILES.values())}}}.{{de,en}}", fields=("data",))
+    src, tgt = MULTI30K_LANGUAGES
+    paths = {split: (str(folder / f"{stem}.{src}"), str(folder / f"{stem}.{tgt}"))
+             for split, stem in MULTI30K_FILES.items()}
+    return replace(DataSources(reverse=sources.reverse, encoding=sources.encoding),
+                   src=paths["train"][0], tgt=paths["train"][1],
+                   validation_src=paths["validation"][0], validation_tgt=paths["validation"][1],
+                   test_src=paths["test"][0], test_tgt=paths["test"][1])
+
+
+def _multi30k_splits(sources, seed: int):
+    from keras_nlp_week4.data.splits import load_pair_splits
+
+    return load_pair_splits(multi30k_sources(sources), seed, "tsv", validation_fraction=0.0,
+                            test_fraction=0.0, task_name="TASK=multi30k")
+
+
+# bentrevett/pytorch-seq2seq on test_2016_flickr (torchtext's bleu_score on spaCy tokens, lowercased,
+# greedy decoding), with the parameter counts printed by those notebooks.
+MULTI30K_ANCHORS = {
+    "seq2seq-lstm": {"bleu": 13.76, "parameters": 13_899_013,
+                     "source": "bentrevett/pytorch-seq2seq notebook 1 (Sutskever et al.)"},
+    "seq2seq-gru": {"bleu": 20.61, "parameters": 14_219_781,
+                    "source": "bentrevett/pytorch-seq2seq notebook 2 (Cho et al.)"},
+    "bahdanau": {"bleu": 28.30, "parameters": 20_518_917,
+                 "source": "bentrevett/pytorch-seq2seq notebook 3 (Bahdanau et al.)"},
+    "transformer": {"bleu": 36.52, "parameters": 9_038_853,
+                    "source": "bentrevett/pytorch-seq2seq legacy notebook 6 (Vaswani et al.)"},
+}
 
 
 # Fixed questions whose replies show what the chatbot learned (everyday, breakup, love: the data's labels).
@@ -132,6 +200,18 @@ TASKS: dict[str, TaskSpec] = {
         evaluation_beam_size=4,
         family_defaults={"rnn": {"epochs": 25, "batch_size": 64, "peak_learning_rate": 3e-3,
                                  "warmup_steps": 200}}),
+    # The field's small benchmark: Multi30k German -> English (29,000 / 1,014 / 1,000 image captions),
+    # with the published table of bentrevett/pytorch-seq2seq as anchors (MULTI30K_ANCHORS). See the
+    # README's "Multi30k" section for how these settings were chosen (on `val` only).
+    "multi30k": TaskSpec(
+        name="multi30k", load_splits=_multi30k_splits, tokenizer_type="bpe", vocab_size=8000,
+        max_source_length=64, max_target_length=64, epochs=40, batch_size=128,
+        transformer_preset="compact", rnn_preset="medium", peak_learning_rate=1e-3, warmup_steps=800,
+        patience=4, evaluation_beam_size=4, bucket_by_length=True, validation_bleu_examples=1014,
+        time_budget_minutes=45.0, anchors=MULTI30K_ANCHORS,
+        family_defaults={"rnn": {"peak_learning_rate": 3e-3, "warmup_steps": 400, "dropout": 0.2,
+                                 "time_budget_minutes": 30.0},
+                         "bahdanau": {"time_budget_minutes": 45.0}}),
 }
 
 

@@ -12,7 +12,8 @@ from keras_nlp_week4.models.transformer import TRANSFORMER_PRESETS, Transformer
 MODEL_NAMES: dict[str, tuple[str, dict]] = {
     "transformer": ("transformer", {}),
     "seq2seq-lstm": ("rnn", {"cell_type": "lstm"}),
-    "seq2seq-gru": ("rnn", {"cell_type": "gru"}),
+    # Cho et al. (2014), who introduced the GRU, also fed the context to every decoder step.
+    "seq2seq-gru": ("rnn", {"cell_type": "gru", "context_every_step": True}),
     # Bahdanau et al. used a bidirectional GRU-style encoder; Luong et al. stacked LSTMs.
     "bahdanau": ("rnn", {"cell_type": "gru", "attention": "bahdanau", "bidirectional": True}),
     **{f"luong-{score}": ("rnn", {"cell_type": "lstm", "attention": score}) for score in LUONG_SCORES},

@@ -1,7 +1,9 @@
 """RNN encoder-decoder (Sutskever et al., 2014; Cho et al., 2014), with or without attention.
 
 Without attention the encoder's final state is the fixed-size context vector that initialises the
-decoder. With attention the decoder also looks at every encoder state at every step:
+decoder (Sutskever et al.); with `context_every_step` (Cho et al., 2014, section 2.2) the context c also
+enters every decoder step and the output layer, s_t = f(s_{t-1}, y_{t-1}, c) and
+p(y_t) = g(s_t, y_{t-1}, c), so the decoder need not carry it through its state. With attention the decoder also looks at every encoder state at every step:
 - Bahdanau et al. (2015): the score uses the previous decoder state s_{t-1}, and the context vector is fed
   into the RNN together with the previous token's embedding.
 - Luong et al. (2015): the RNN runs first; the score uses the new state h_t, and the attentional hidden
@@ -49,18 +51,24 @@ class RNNSeq2Seq(Seq2SeqModel):
             sampling, Bengio et al., 2015). 1.0 always feeds the ground truth.
         seed: seed of the teacher-forcing coin flips.
         pad_id: padding id.
+        context_every_step: without attention, also feed the encoder's final top-layer hidden state (the
+            context c) into every decoder step and into the output layer, with the previous token's
+            embedding (Cho et al., 2014).
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int = 128, units: int = 256, num_layers: int = 1,
                  cell_type: str = "lstm", bidirectional: bool = False, dropout: float = 0.0,
                  attention: str | None = None, attention_units: int | None = None,
                  max_source_length: int | None = None, teacher_forcing_ratio: float = 1.0,
-                 seed: int | None = None, pad_id: int = 0, **kwargs):
+                 seed: int | None = None, pad_id: int = 0, context_every_step: bool = False, **kwargs):
         super().__init__(**kwargs)
         if cell_type not in ("lstm", "gru"):
             raise ValueError(f"cell_type must be 'lstm' or 'gru', got {cell_type!r}.")
         if attention is not None and attention not in RNN_ATTENTIONS:
             raise ValueError(f"Unknown attention {attention!r}; choose one of {', '.join(RNN_ATTENTIONS)}.")
+        if context_every_step and attention is not None:
+            raise ValueError("context_every_step is for models without attention (attention gives each step "
+                             "its own context).")
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}.")
         self.vocab_size, self.embedding_dim, self.units = int(vocab_size), int(embedding_dim), int(units)
@@ -68,7 +76,11 @@ class RNNSeq2Seq(Seq2SeqModel):
         self.dropout, self.attention, self.attention_units = float(dropout), attention, attention_units
         self.max_source_length, self.pad_id = max_source_length, int(pad_id)
         self.teacher_forcing_ratio, self.seed = float(teacher_forcing_ratio), seed
+        self.context_every_step = bool(context_every_step)
         self.decoder_units = self.units * (2 if self.bidirectional else 1)
+        # What the output layer reads: the decoder output, with [y_{t-1}; c] beside it in Cho et al.'s form.
+        self.output_width = self.decoder_units + (
+            self.embedding_dim + self.decoder_units if self.context_every_step else 0)
         self.states_per_layer = 2 if cell_type == "lstm" else 1
 
         rnn_class = layers.LSTM if cell_type == "lstm" else layers.GRU
@@ -137,10 +149,19 @@ class RNNSeq2Seq(Seq2SeqModel):
         decoder_state = ops.stack([ops.stack(s, axis=1) for s in final_states], axis=1)
         return x, source_mask, decoder_state  # x: (batch, src_len, decoder_units)
 
+    def _context(self, decoder_state):
+        """Cho et al.'s c: the encoder's final top-layer hidden state, (batch, decoder_units); None unless
+        `context_every_step`."""
+        return decoder_state[:, -1, 0] if self.context_every_step else None
+
     # --------------------------------------------------------------------------------- one decoder step
-    def _step(self, embedded, decoder_state, keys, attention_keys, source_mask, training):
-        """One decoder step from an embedded token; returns (output vector, new state, weights)."""
+    def _step(self, embedded, decoder_state, keys, attention_keys, source_mask, training, fixed_context=None):
+        """One decoder step from an embedded token; returns (output vector, new state, weights).
+
+        `fixed_context` is Cho et al.'s c (`context_every_step`), (batch, decoder_units), or None."""
         x, weights = embedded, None  # (batch, embedding_dim)
+        if fixed_context is not None:
+            x = ops.concatenate([embedded, fixed_context], axis=-1)  # (batch, embedding_dim + units)
         if self.attention == "bahdanau":
             query = decoder_state[:, -1, 0]  # s_{t-1}: top layer's hidden state, (batch, units)
             context, weights = self.attention_layer(query, keys, mask=source_mask,
@@ -157,6 +178,8 @@ class RNNSeq2Seq(Seq2SeqModel):
             context, weights = self.attention_layer(x, keys, mask=source_mask,
                                                     processed_keys=attention_keys)  # (batch, d), (batch, src)
             x = self.attention_combine(ops.concatenate([context, x], axis=-1))
+        if fixed_context is not None:
+            x = ops.concatenate([x, embedded, fixed_context], axis=-1)  # g(s_t, y_{t-1}, c): (batch, output_width)
         if weights is None:
             weights = ops.zeros((ops.shape(x)[0], 1), x.dtype)  # keeps the scan carry's structure fixed
         return x, ops.stack(new_states, axis=1), weights
@@ -173,6 +196,7 @@ class RNNSeq2Seq(Seq2SeqModel):
     def _decode_full(self, encoder_input, decoder_input, training):
         keys, source_mask, decoder_state = self._encode(encoder_input, training=training)
         attention_keys = self._attention_keys(keys) if self.has_attention else keys
+        context = self._context(decoder_state)
         batch, target_length = ops.shape(decoder_input)[0], ops.shape(decoder_input)[1]
         scheduled = bool(training) and self.teacher_forcing_ratio < 1.0
         if scheduled:
@@ -192,21 +216,21 @@ class RNNSeq2Seq(Seq2SeqModel):
                 token = ops.where(use_truth_t > 0, token, predicted)
             embedded = self.embedding_dropout(self.target_embedding(token), training=training)
             output, state, weights = self._step(embedded, carry["state"], keys, attention_keys,
-                                                source_mask, training)
+                                                source_mask, training, context)
             new = {"state": state, "output": output, "attention": weights}
             # Keras' scan stacks the carry itself, so the carry holds everything we need per step.
             return new, new
 
         init = {
             "state": decoder_state,
-            "output": ops.zeros((batch, self.decoder_units), keys.dtype),
+            "output": ops.zeros((batch, self.output_width), keys.dtype),
             "attention": ops.zeros((batch, source_length), keys.dtype),
         }
         # One tensor, not a dict: Keras' TF scan fails on several `xs` whose length is not static.
         xs = ops.stack([ops.transpose(decoder_input),
                         ops.transpose(ops.cast(use_truth, decoder_input.dtype))], axis=-1)  # (tgt, b, 2)
         _, per_step = ops.scan(step, init, xs)
-        outputs = ops.transpose(per_step["output"], (1, 0, 2))  # (batch, tgt_len, decoder_units)
+        outputs = ops.transpose(per_step["output"], (1, 0, 2))  # (batch, tgt_len, output_width)
         attention = ops.transpose(per_step["attention"], (1, 0, 2))  # (batch, tgt_len, src_len)
         return self.output_projection(outputs), attention
 
@@ -226,6 +250,8 @@ class RNNSeq2Seq(Seq2SeqModel):
     def encode(self, encoder_input, training=False) -> dict:
         keys, source_mask, decoder_state = self._encode(encoder_input, training=training)
         state = {"decoder_state": decoder_state}
+        if self.context_every_step:
+            state["context"] = self._context(decoder_state)
         if self.has_attention:
             state.update(encoder_outputs=keys, encoder_padding_mask=source_mask,
                          attention_keys=self._attention_keys(keys))
@@ -236,7 +262,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         keys = state.get("encoder_outputs")
         output, decoder_state, weights = self._step(
             embedded, state["decoder_state"], keys, state.get("attention_keys"),
-            state.get("encoder_padding_mask"), training)
+            state.get("encoder_padding_mask"), training, state.get("context"))
         logits = self.output_projection(output)
         attention = weights[:, None, None, :] if self.has_attention else None
         return logits, {"decoder_state": decoder_state}, attention
@@ -249,6 +275,10 @@ class RNNSeq2Seq(Seq2SeqModel):
                            "(batch, layers, states_per_layer, units): the recurrent state (LSTM: h then c; "
                            "GRU: h), initialised by the encoder; decoder_step returns the next one as "
                            "decoder_state_out")]
+        if self.context_every_step:
+            specs.append(StateSpec("context", ("batch", self.decoder_units), dtype, "encode", False,
+                                   "(batch, units): Cho et al.'s context c, the encoder's final top-layer "
+                                   "hidden state, fed to every decoder step"))
         if self.has_attention:
             # U_a h_j (Bahdanau) and W_k h̄_s (Luong "concat") are attention_units wide; Luong "general"
             # maps the keys to the query's width, the other scores keep the keys.
@@ -282,4 +312,5 @@ class RNNSeq2Seq(Seq2SeqModel):
             "teacher_forcing_ratio": self.teacher_forcing_ratio,
             "seed": self.seed,
             "pad_id": self.pad_id,
+            "context_every_step": self.context_every_step,
         }

@@ -26,7 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_nlp_week4.data.pipeline import EpochOrder, make_dataset
+from keras_nlp_week4.data.pipeline import EpochOrder, length_buckets, make_dataset
 from keras_nlp_week4.data.readers import DataSources
 from keras_nlp_week4.data.splits import DatasetSplits
 from keras_nlp_week4.data.tokenizer import (
@@ -51,6 +51,7 @@ from keras_nlp_week4.training.distribute import (
     shard_by_data,
 )
 from keras_nlp_week4.training.losses import MaskedAccuracy, MaskedSparseCrossEntropy
+from keras_nlp_week4.training.progress import TimeBudget, ValidationBLEU, logged_minutes
 from keras_nlp_week4.training.resume import EpochRandomness, ResumableBackup, finished_epochs
 from keras_nlp_week4.training.schedule import TransformerSchedule
 
@@ -78,6 +79,7 @@ class TrainConfig(DataSources):
     max_target_length: int | None = None
     patience: int | None = None
     max_train_examples: int | None = None
+    time_budget_minutes: float | None = None  # of model.fit; the task's default, 0: none
     seed: int = 0
     verbose: int = 2
     # Scaling out (see training/distribute.py): batch_size is the global batch over all replicas.
@@ -95,17 +97,20 @@ def resolve_settings(config: TrainConfig) -> dict:
     task = get_task(config.task)
     family = model_family(config.model)
     settings = asdict(config)
-    task_defaults = {**vars(task), **task.family_defaults.get(family, {})}
+    task_defaults = {"preset": task.transformer_preset if family == "transformer" else task.rnn_preset,
+                     **vars(task), **task.family_defaults.get(family, {}),
+                     **task.family_defaults.get(config.model, {})}
     defaults = {
-        "preset": task.transformer_preset if family == "transformer" else task.rnn_preset,
         "learning_rate": task_defaults["peak_learning_rate"],
-        **{key: task_defaults[key] for key in ("epochs", "batch_size", "warmup_steps", "vocab_size",
+        **{key: task_defaults[key] for key in ("preset", "epochs", "batch_size", "warmup_steps", "vocab_size",
                                                "max_source_length", "max_target_length", "patience",
-                                               "max_train_examples", "dropout")},
+                                               "max_train_examples", "dropout", "time_budget_minutes")},
     }
     for key, value in defaults.items():
         if settings[key] is None:
             settings[key] = value
+    if settings["time_budget_minutes"] == 0:
+        settings["time_budget_minutes"] = None
     settings["family"] = family
     settings["out"] = str(Path(config.out) if config.out else default_run_dir(config.task, config.model))
     check_settings(settings)
@@ -117,7 +122,8 @@ _SETTING_RANGES = (
     ("epochs", 1, None, False), ("batch_size", 1, None, False), ("warmup_steps", 0, None, False),
     ("vocab_size", 5, None, False), ("max_source_length", 2, None, False),
     ("max_target_length", 2, None, False), ("patience", 0, None, False),
-    ("max_train_examples", 1, None, False), ("label_smoothing", 0.0, 1.0, True),
+    ("max_train_examples", 1, None, False), ("time_budget_minutes", 0.0, None, False),
+    ("label_smoothing", 0.0, 1.0, True),
     ("dropout", 0.0, 1.0, True), ("teacher_forcing_ratio", 0.0, 1.0, False),
 )
 
@@ -265,14 +271,19 @@ def write_run(run_dir: Path, config: TrainConfig, settings: dict, data: Prepared
     (run_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
 
 
-def make_callbacks(run_dir: Path, settings: dict, order: EpochOrder, resuming: bool) -> list:
-    """Step 4: best checkpoint, early stopping, logs, and the backup a killed run resumes from."""
-    checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor="val_loss",
-                                                 save_best_only=True)
-    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
-                                                   restore_best_weights=True)
+def make_callbacks(run_dir: Path, settings: dict, order: EpochOrder, resuming: bool,
+                   validation_bleu: ValidationBLEU | None = None) -> list:
+    """Step 4: the clock and the time budget, validation BLEU (when given: it then picks the kept model
+    and stops training), best checkpoint, early stopping, logs, and the backup a killed run resumes from."""
+    monitor = dict(monitor="val_bleu", mode="max") if validation_bleu else dict(monitor="val_loss", mode="min")
+    checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), save_best_only=True, **monitor)
+    early_stopping = keras.callbacks.EarlyStopping(patience=settings["patience"], restore_best_weights=True,
+                                                   **monitor)
+    start_minutes = logged_minutes(run_dir / "training_log.csv") if resuming else 0.0
     return [
         EpochRandomness(order),
+        TimeBudget(settings.get("time_budget_minutes"), start_minutes),
+        *([validation_bleu] if validation_bleu else []),  # before the checkpoint and the logger: they read it
         checkpoint,
         early_stopping,
         keras.callbacks.TensorBoard(str(run_dir / "logs"), profile_batch=0),
@@ -309,14 +320,20 @@ def train(config: TrainConfig) -> Path:
     lengths = dict(max_source_length=settings["max_source_length"],
                    max_target_length=settings["max_target_length"])
     order = EpochOrder(config.seed)
+    buckets = length_buckets(data.train_pairs, data.tokenizer, **lengths) if task.bucket_by_length else None
     train_ds = shard_by_data(make_dataset(data.train_pairs, data.tokenizer, settings["batch_size"], order=order,
-                                          **lengths))
+                                          bucket_boundaries=buckets, **lengths))
     val_ds = shard_by_data(make_dataset(data.splits.validation, data.tokenizer, settings["batch_size"],
-                                        **lengths))
+                                        bucket_boundaries=buckets, **lengths))
     model = build_training_model(config, settings, data.tokenizer.vocab_size, strategy)
     write_run(run_dir, config, settings, data, model)
 
-    callbacks = make_callbacks(run_dir, settings, order, resuming)
+    validation_bleu = None
+    if task.validation_bleu_examples:
+        validation_bleu = ValidationBLEU(data.splits.validation, data.tokenizer,
+                                         special_ids={"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID},
+                                         max_examples=task.validation_bleu_examples, **lengths)
+    callbacks = make_callbacks(run_dir, settings, order, resuming, validation_bleu)
     if resuming:
         print(f"Resuming the interrupted run in {run_dir} after its last finished epoch "
               f"({finished_epochs(backup_dir)}).")

@@ -1,0 +1,185 @@
+"""The Multi30k recipe: its folder reader, the lowercased BLEU, the per-epoch clock and validation BLEU,
+and `compare` end to end on a slice (real lines when ../shared/data is present, else generated stand-ins),
+down to an exported model served by `python -m serving` on stdin."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from helpers import ROOT, run_module
+
+from keras_nlp_week4.data.readers import DataSources
+from keras_nlp_week4.errors import UserError
+from keras_nlp_week4.evaluation import corpus_scores, generate_texts
+from keras_nlp_week4.tasks import MULTI30K_ANCHORS, get_task, multi30k_sources
+from keras_nlp_week4.training.progress import TimeBudget, ValidationBLEU, logged_minutes
+
+SHARED = ROOT.parent / "shared" / "data" / "multi30k"
+FILES = {"train": 240, "val": 40, "test_2016_flickr": 40}  # lines per file of the slice
+
+
+def _stand_in_pairs(count: int, seed: int) -> list[tuple[str, str]]:
+    """Caption-like German/English pairs with a word-for-word lexicon (when the real data is absent)."""
+    subjects = [("Ein Mann", "A man"), ("Eine Frau", "A woman"), ("Ein Hund", "A dog"),
+                ("Zwei Kinder", "Two children"), ("Ein Mädchen", "A girl")]
+    verbs = [("läuft", "runs"), ("sitzt", "sits"), ("spielt", "plays"), ("steht", "stands")]
+    places = [("im Park", "in the park"), ("auf der Straße", "on the street"), ("am Strand", "on the beach"),
+              ("im Schnee", "in the snow")]
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        (sg, se), (vg, ve), (pg, pe) = rng.choice(subjects), rng.choice(verbs), rng.choice(places)
+        pairs.append((f"{sg} {vg} {pg}.", f"{se} {ve} {pe}."))
+    return pairs
+
+
+def multi30k_slice(folder: Path) -> Path:
+    """The first lines of each Multi30k file, or stand-ins of the same layout, in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (stem, count) in enumerate(FILES.items()):
+        for index, lang in enumerate(("de", "en")):
+            if SHARED.is_dir():
+                lines = (SHARED / f"{stem}.{lang}").read_text(encoding="utf-8").splitlines()[:count]
+            else:
+                lines = [pair[index] for pair in _stand_in_pairs(count, seed)]
+            (folder / f"{stem}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ BLEU
+
+
+def test_lowercased_bleu_matches_a_hand_computed_case():
+    # Lowercased and 13a-tokenized, hypothesis and reference are 7 tokens each:
+    #   the cat sat on the mat .   /   the cat sat on a mat .
+    # clipped n-gram precisions 6/7, 4/6, 2/5, 1/4, brevity penalty 1.
+    scores = corpus_scores(["The cat sat on the mat."], [["the cat sat on a mat."]])
+    expected = 100 * (6 / 7 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25
+    assert scores["bleu_lowercase"] == pytest.approx(expected, abs=1e-9)  # 48.89
+    assert scores["bleu"] < scores["bleu_lowercase"]  # cased, "The" matches nothing
+    assert "case:lc" in scores["bleu_lowercase_signature"] and "tok:13a" in scores["bleu_lowercase_signature"]
+
+
+def test_lowercased_bleu_applies_the_brevity_penalty():
+    # 6 of 8 reference tokens, every n-gram matching: BLEU = exp(1 - 8/6).
+    scores = corpus_scores(["THE CAT SAT ON THE MAT"], [["The cat sat on the mat today ."]])
+    assert scores["bleu_lowercase"] == pytest.approx(100 * math.exp(1 - 8 / 6), abs=1e-9)  # 71.65
+
+
+# ---------------------------------------------------------------------------------------- folder
+
+
+def test_the_folder_reader_names_what_is_missing(tmp_path):
+    with pytest.raises(UserError, match="not found") as missing:
+        multi30k_sources(DataSources(data=str(tmp_path / "nowhere")))
+    assert "\n" not in str(missing.value)
+    folder = multi30k_slice(tmp_path / "m30k")
+    (folder / "val.en").unlink()
+    with pytest.raises(UserError, match="lacks val.en"):
+        multi30k_sources(DataSources(data=str(folder)))
+    with pytest.raises(UserError, match="drop src"):
+        multi30k_sources(DataSources(src="a.de", tgt="b.en"))
+
+
+def test_splits_are_the_files_german_to_english_and_reversed(tmp_path):
+    folder = multi30k_slice(tmp_path / "m30k")
+    task = get_task("multi30k")
+    splits = task.load_splits(DataSources(data=str(folder)), 0)
+    first_de = (folder / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[0]
+    first_en = (folder / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()[0]
+    assert splits.test[0] == (first_de, first_en)
+    assert len(splits.test) == FILES["test_2016_flickr"] and 0 < len(splits.validation) <= FILES["val"]
+    reversed_splits = task.load_splits(DataSources(data=str(folder), reverse=True), 0)
+    assert reversed_splits.test[0] == (first_en, first_de)
+    assert set(MULTI30K_ANCHORS) == {"seq2seq-lstm", "seq2seq-gru", "bahdanau", "transformer"}
+
+
+# ------------------------------------------------------------------------------------- callbacks
+
+
+def test_time_budget_logs_minutes_and_stops_before_overrunning():
+    budget = TimeBudget(budget_minutes=1e-9, start_minutes=2.5)
+    budget.set_model(keras.Sequential([keras.layers.Dense(1)]))
+    budget.on_train_begin()
+    budget.on_epoch_begin(0)
+    logs = {}
+    budget.on_epoch_end(0, logs)
+    assert logs["minutes"] >= 2.5 and budget.model.stop_training and budget.stopped_for_time
+    unlimited = TimeBudget(budget_minutes=None)
+    unlimited.set_model(keras.Sequential([keras.layers.Dense(1)]))
+    unlimited.on_train_begin()
+    unlimited.on_epoch_end(0, {})
+    assert not getattr(unlimited.model, "stop_training", False) and not unlimited.stopped_for_time
+
+
+def test_validation_bleu_logs_the_greedy_score_of_the_current_weights(tiny_run):
+    from keras_nlp_week4.runs import load_run
+
+    run = load_run(tiny_run, compile=False)
+    pairs = run.pairs("validation")[:30]
+    lengths = dict(max_source_length=run.config["max_source_length"],
+                   max_target_length=run.config["max_target_length"])
+    callback = ValidationBLEU(pairs, run.tokenizer, special_ids=run.config["special_ids"], max_examples=20,
+                              **lengths)
+    callback.set_model(run.model)
+    sources = [source for source, _ in pairs[:20]]
+    references = [[target] for _, target in pairs[:20]]
+
+    def greedy():
+        return generate_texts(run.model, run.tokenizer, sources, lengths["max_source_length"],
+                              lengths["max_target_length"], run.config["special_ids"])
+
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    trained = greedy()
+    assert logs["val_bleu"] == pytest.approx(corpus_scores(trained, references)["bleu_lowercase"])
+    # Other weights, other outputs, and the score of those: the callback decodes the model as it is now.
+    run.model.set_weights([np.zeros_like(w) for w in run.model.get_weights()])
+    callback.on_epoch_end(1, logs)
+    untrained = greedy()
+    assert untrained != trained
+    assert logs["val_bleu"] == pytest.approx(corpus_scores(untrained, references)["bleu_lowercase"])
+
+
+# ----------------------------------------------------------------------------- recipe end to end
+
+
+def test_recipe_compare_export_and_serve_on_a_slice(tmp_path):
+    folder = multi30k_slice(tmp_path / "m30k")
+    out = tmp_path / "compare"
+    models = ["seq2seq-gru", "transformer"]
+    done = run_module("keras_nlp_week4", "compare", "--task", "multi30k", "--data", str(folder),
+                      "--models", ",".join(models), "--epochs", "2", "--vocab-size", "300",
+                      "--batch-size", "32", "--transformer-preset", "tiny", "--rnn-preset", "tiny",
+                      "--out", str(out), "--verbose", "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = json.loads((out / "comparison.json").read_text())
+    assert [row["model"] for row in table["rows"]] == models
+    for row in table["rows"]:
+        metrics = json.loads((Path(row["run"]) / "metrics.json").read_text())
+        assert row["bleu_lowercase_beam"] == metrics["test_bleu_lowercase_beam"]
+        assert row["anchor_bleu"] == MULTI30K_ANCHORS[row["model"]]["bleu"]
+        header = (Path(row["run"]) / "training_log.csv").read_text().splitlines()[0].split(",")
+        assert {"val_bleu", "minutes"} <= set(header)
+        assert logged_minutes(Path(row["run"]) / "training_log.csv") > 0
+    markdown = (out / "comparison.md").read_text()
+    assert "| BLEU lc greedy | BLEU lc beam |" in markdown and "anchor BLEU lc greedy" in markdown
+    assert (out / "validation_bleu.png").stat().st_size > 0
+
+    # Downstream, unchanged: export with parity validation, then serve the test sources on stdin.
+    run_dir = out / "transformer"
+    exported = run_module("export", str(run_dir))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    sources = [line for line in (folder / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:8]]
+    served = run_module("serving", str(run_dir / "export"), input="\n".join(sources) + "\n")
+    assert served.returncode == 0, served.stderr[-2000:]
+    from keras_nlp_week4.evaluation import decode_texts
+    from keras_nlp_week4.runs import load_run
+
+    assert served.stdout.splitlines() == decode_texts(load_run(run_dir, compile=False), sources)
