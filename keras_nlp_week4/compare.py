@@ -107,7 +107,7 @@ def _cell(key: str, value) -> str:
     if value is None:
         return "-"
     if key in ("parameters", "anchor_parameters"):
-        return f"{value / 1e6:.1f} M"
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.1f}" if key != "test_perplexity" else f"{value:.2f}"
     return str(value)

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 from helpers import ROOT, run_module
 
+from keras_nlp_week4.compare import compare
 from keras_nlp_week4.data.readers import DataSources
 from keras_nlp_week4.errors import UserError
 from keras_nlp_week4.evaluation import corpus_scores, generate_texts
 from keras_nlp_week4.tasks import MULTI30K_ANCHORS, get_task, multi30k_sources
 from keras_nlp_week4.training.progress import TimeBudget, ValidationBLEU, logged_minutes
+from keras_nlp_week4.training.trainer import TrainConfig
 
 SHARED = ROOT.parent / "shared" / "data" / "multi30k"
 FILES = {"train": 240, "val": 40, "test_2016_flickr": 40}  # lines per file of the slice
@@ -171,6 +173,15 @@ def test_recipe_compare_export_and_serve_on_a_slice(tmp_path):
     markdown = (out / "comparison.md").read_text()
     assert "| BLEU lc greedy | BLEU lc beam |" in markdown and "anchor BLEU lc greedy" in markdown
     assert (out / "validation_bleu.png").stat().st_size > 0
+    assert all((Path(row["run"]) / "test.tsv").read_bytes() == (out / models[0] / "test.tsv").read_bytes()
+               for row in table["rows"])  # every model on the same splits
+
+    # The same comparison again trains nothing: the finished runs match the settings.
+    stamps = {m: (out / m / "model.keras").stat().st_mtime_ns for m in models}
+    base = TrainConfig(task="multi30k", data=str(folder), epochs=2, batch_size=32, vocab_size=300, verbose=0)
+    again = compare(base, models, out_dir=out, transformer_preset="tiny", rnn_preset="tiny", verbose=False)
+    assert {m: (out / m / "model.keras").stat().st_mtime_ns for m in models} == stamps
+    assert again["rows"] == table["rows"]
 
     # Downstream, unchanged: export with parity validation, then serve the test sources on stdin.
     run_dir = out / "transformer"
