@@ -211,7 +211,7 @@ TASKS: dict[str, TaskSpec] = {
         time_budget_minutes=45.0, anchors=MULTI30K_ANCHORS,
         family_defaults={"rnn": {"peak_learning_rate": 3e-3, "warmup_steps": 400, "dropout": 0.2,
                                  "time_budget_minutes": 30.0},
-                         "bahdanau": {"time_budget_minutes": 45.0}}),
+                         "bahdanau": {"preset": "wide", "time_budget_minutes": 45.0}}),
 }
 
 

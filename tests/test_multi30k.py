@@ -16,6 +16,7 @@ from helpers import ROOT, run_module
 
 from keras_nlp_week4.compare import compare
 from keras_nlp_week4.data.readers import DataSources
+from keras_nlp_week4.data.tokenizer import Tokenizer, check_tokenizer_parity
 from keras_nlp_week4.errors import UserError
 from keras_nlp_week4.evaluation import corpus_scores, generate_texts
 from keras_nlp_week4.tasks import MULTI30K_ANCHORS, get_task, multi30k_sources
@@ -170,6 +171,9 @@ def test_recipe_compare_export_and_serve_on_a_slice(tmp_path):
         header = (Path(row["run"]) / "training_log.csv").read_text().splitlines()[0].split(",")
         assert {"val_bleu", "minutes"} <= set(header)
         assert logged_minutes(Path(row["run"]) / "training_log.csv") > 0
+    texts = [line for stem in ("train.de", "train.en") for line in (folder / stem).read_text().splitlines()]
+    assert check_tokenizer_parity(Tokenizer(out / "transformer" / "tokenizer.model"), texts) == []
+    assert "are cut" not in done.stderr  # the recipe's lengths cover the longest sentence
     markdown = (out / "comparison.md").read_text()
     assert "| BLEU lc greedy | BLEU lc beam |" in markdown and "anchor BLEU lc greedy" in markdown
     assert (out / "validation_bleu.png").stat().st_size > 0

@@ -219,7 +219,20 @@ def prepare_data(config: TrainConfig, settings: dict, run_dir: Path, resuming: b
         if mismatches:
             log.warning("warning: tensorflow-text and sentencepiece tokenize %d of %d training texts "
                         "differently (e.g. %r)", len(mismatches), len(sample), sample[mismatches[0]])
+    _warn_if_cut(train_pairs, tokenizer, settings)
     return PreparedData(splits, train_pairs, tokenizer, scratch)
+
+
+def _warn_if_cut(pairs, tokenizer: Tokenizer, settings: dict) -> None:
+    """Warns when training pairs are longer than the maximum lengths (the pipeline cuts them), so a
+    recipe on new data says which flag to raise."""
+    for side, name in ((0, "max_source_length"), (1, "max_target_length")):
+        lengths = [len(ids) + 1 for ids in tokenizer.encode([pair[side] for pair in pairs])]  # + EOS/BOS
+        cut = sum(length > settings[name] for length in lengths)
+        if cut:
+            log.warning("warning: %d of %d training %ss are longer than %s=%d tokens (the longest: %d) and "
+                        "are cut; raise --%s to keep them whole", cut, len(pairs),
+                        ("source", "target")[side], name, settings[name], max(lengths), name.replace("_", "-"))
 
 
 def build_training_model(config: TrainConfig, settings: dict, vocab_size: int, strategy):
