@@ -206,11 +206,11 @@ TASKS: dict[str, TaskSpec] = {
     "multi30k": TaskSpec(
         name="multi30k", load_splits=_multi30k_splits, tokenizer_type="bpe", vocab_size=8000,
         max_source_length=64, max_target_length=64, epochs=40, batch_size=128,
-        transformer_preset="compact", rnn_preset="medium", peak_learning_rate=1e-3, warmup_steps=800,
+        transformer_preset="compact", rnn_preset="medium", peak_learning_rate=5e-4, warmup_steps=800,
         patience=4, evaluation_beam_size=4, bucket_by_length=True, validation_bleu_examples=1014,
         time_budget_minutes=45.0, anchors=MULTI30K_ANCHORS,
         family_defaults={"rnn": {"peak_learning_rate": 3e-3, "warmup_steps": 400, "dropout": 0.2,
-                                 "time_budget_minutes": 30.0},
+                                 "time_budget_minutes": 25.0},
                          "bahdanau": {"preset": "wide", "time_budget_minutes": 45.0}}),
 }
 
