@@ -295,8 +295,8 @@ def make_callbacks(run_dir: Path, settings: dict, order: EpochOrder, resuming: b
     start_minutes = logged_minutes(run_dir / "training_log.csv") if resuming else 0.0
     return [
         EpochRandomness(order),
-        TimeBudget(settings.get("time_budget_minutes"), start_minutes),
         *([validation_bleu] if validation_bleu else []),  # before the checkpoint and the logger: they read it
+        TimeBudget(settings.get("time_budget_minutes"), start_minutes),  # its minutes include the BLEU's
         checkpoint,
         early_stopping,
         keras.callbacks.TensorBoard(str(run_dir / "logs"), profile_batch=0),
