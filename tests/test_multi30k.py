@@ -29,16 +29,18 @@ FILES = {"train": 240, "val": 40, "test_2016_flickr": 40}  # lines per file of t
 
 def _stand_in_pairs(count: int, seed: int) -> list[tuple[str, str]]:
     """Caption-like German/English pairs with a word-for-word lexicon (when the real data is absent)."""
-    subjects = [("Ein Mann", "A man"), ("Eine Frau", "A woman"), ("Ein Hund", "A dog"),
-                ("Zwei Kinder", "Two children"), ("Ein Mädchen", "A girl")]
-    verbs = [("läuft", "runs"), ("sitzt", "sits"), ("spielt", "plays"), ("steht", "stands")]
+    subjects = [("Ein Mann", "A man"), ("Eine Frau", "A woman"), ("Ein Hund", "A dog"), ("Ein Junge", "A boy"),
+                ("Ein Mädchen", "A girl"), ("Ein Radfahrer", "A cyclist")]
+    clothes = [("", ""), (" mit einem roten Hut", " in a red hat"), (" mit einer blauen Jacke", " in a blue jacket"),
+               (" mit einem grünen Hemd", " in a green shirt")]
+    verbs = [("läuft", "runs"), ("sitzt", "sits"), ("spielt", "plays"), ("steht", "stands"), ("wartet", "waits")]
     places = [("im Park", "in the park"), ("auf der Straße", "on the street"), ("am Strand", "on the beach"),
-              ("im Schnee", "in the snow")]
+              ("im Schnee", "in the snow"), ("vor einem Haus", "in front of a house"), ("im Wasser", "in the water")]
     rng = random.Random(seed)
     pairs = []
     for _ in range(count):
-        (sg, se), (vg, ve), (pg, pe) = rng.choice(subjects), rng.choice(verbs), rng.choice(places)
-        pairs.append((f"{sg} {vg} {pg}.", f"{se} {ve} {pe}."))
+        (sg, se), (cg, ce), (vg, ve), (pg, pe) = (rng.choice(words) for words in (subjects, clothes, verbs, places))
+        pairs.append((f"{sg}{cg} {vg} {pg}.", f"{se}{ce} {ve} {pe}."))
     return pairs
 
 
