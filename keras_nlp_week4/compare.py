@@ -126,10 +126,8 @@ def format_markdown(result: dict) -> str:
               f"sacreBLEU: `{result['bleu_signature']}`; chrF: `{result['chrf_signature']}`.",
               "Perplexity: teacher-forced, no label smoothing. Training time: wall clock of `model.fit`."]
     if result.get("anchors"):
-        sources = sorted({anchor["source"].split(" notebook")[0] for anchor in result["anchors"].values()})
-        lines.append(f"Anchors: {', '.join(sources)} (greedy decoding; per model: "
-                     + "; ".join(f"{name}: {anchor['source']}" for name, anchor in result["anchors"].items())
-                     + ").")
+        lines.append("Anchors, greedy decoding: " + "; ".join(
+            f"{name}: {anchor['source']}" for name, anchor in result["anchors"].items()) + ".")
     return "\n".join(lines) + "\n"
 
 
