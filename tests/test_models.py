@@ -47,6 +47,22 @@ def test_cached_decoding_equals_full_decoding(name):
     np.testing.assert_allclose(stepped, full, atol=1e-5)
 
 
+def test_reverse_source_reads_each_source_backwards_whatever_its_padding():
+    reversing = tiny("seq2seq-lstm")  # Sutskever et al.: reverse_source
+    assert reversing.reverse_source
+    reversing.build()
+    forward = RNNSeq2Seq.from_config({**reversing.get_config(), "reverse_source": False})
+    forward.build()
+    forward.set_weights(reversing.get_weights())
+    for row in SOURCE:
+        tokens = row[row != 0]  # without padding
+        expected = np.asarray(forward.encode(tokens[::-1][None])["decoder_state"])
+        got = np.asarray(reversing.encode(row[None])["decoder_state"])  # padded at the end
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.abs(np.asarray(forward.encode(SOURCE)["decoder_state"])
+                  - np.asarray(reversing.encode(SOURCE)["decoder_state"])).max() > 1e-4
+
+
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_transformer_is_causal(norm_first):
     model = tiny("transformer", norm_first=norm_first)

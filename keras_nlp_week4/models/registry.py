@@ -11,7 +11,8 @@ from keras_nlp_week4.models.transformer import TRANSFORMER_PRESETS, Transformer
 # name -> (family, fixed constructor arguments)
 MODEL_NAMES: dict[str, tuple[str, dict]] = {
     "transformer": ("transformer", {}),
-    "seq2seq-lstm": ("rnn", {"cell_type": "lstm"}),
+    # Sutskever et al. (2014) read the source backwards.
+    "seq2seq-lstm": ("rnn", {"cell_type": "lstm", "reverse_source": True}),
     # Cho et al. (2014), who introduced the GRU, also fed the context to every decoder step.
     "seq2seq-gru": ("rnn", {"cell_type": "gru", "context_every_step": True}),
     # Bahdanau et al. used a bidirectional GRU-style encoder; Luong et al. stacked LSTMs.

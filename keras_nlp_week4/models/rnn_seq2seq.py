@@ -54,6 +54,9 @@ class RNNSeq2Seq(Seq2SeqModel):
             sampling, Bengio et al., 2015). 1.0 always feeds the ground truth.
         seed: seed of the teacher-forcing coin flips.
         pad_id: padding id.
+        reverse_source: without attention, read the source backwards (Sutskever et al., 2014, section
+            3.3): the first source words end up next to the first target words they translate, which
+            shortens the dependencies the fixed context has to carry.
         context_every_step: without attention, also feed the encoder's final top-layer hidden state (the
             context c) into every decoder step and into the output layer, with the previous token's
             embedding (Cho et al., 2014).
@@ -63,7 +66,8 @@ class RNNSeq2Seq(Seq2SeqModel):
                  cell_type: str = "lstm", bidirectional: bool = False, dropout: float = 0.0,
                  attention: str | None = None, attention_units: int | None = None,
                  max_source_length: int | None = None, teacher_forcing_ratio: float = 1.0,
-                 seed: int | None = None, pad_id: int = 0, context_every_step: bool = False, **kwargs):
+                 seed: int | None = None, pad_id: int = 0, context_every_step: bool = False,
+                 reverse_source: bool = False, **kwargs):
         super().__init__(**kwargs)
         if cell_type not in ("lstm", "gru"):
             raise ValueError(f"cell_type must be 'lstm' or 'gru', got {cell_type!r}.")
@@ -72,6 +76,9 @@ class RNNSeq2Seq(Seq2SeqModel):
         if context_every_step and attention is not None:
             raise ValueError("context_every_step is for models without attention (attention gives each step "
                              "its own context).")
+        if reverse_source and attention is not None:
+            raise ValueError("reverse_source is for models without attention (attention reaches every source "
+                             "position directly).")
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio}.")
         self.vocab_size, self.embedding_dim, self.units = int(vocab_size), int(embedding_dim), int(units)
@@ -80,6 +87,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         self.max_source_length, self.pad_id = max_source_length, int(pad_id)
         self.teacher_forcing_ratio, self.seed = float(teacher_forcing_ratio), seed
         self.context_every_step = bool(context_every_step)
+        self.reverse_source = bool(reverse_source)
         self.decoder_units = self.units * (2 if self.bidirectional else 1)
         # What the output layer reads: the decoder output, with [y_{t-1}; c] beside it in Cho et al.'s form.
         self.output_width = self.decoder_units + (
@@ -136,6 +144,10 @@ class RNNSeq2Seq(Seq2SeqModel):
     # ----------------------------------------------------------------------------------------- encoder
     def _encode(self, encoder_input, training=False):
         source_mask = padding_mask(encoder_input, self.pad_id)  # (batch, src_len)
+        if self.reverse_source:
+            # Padding moves to the front, where the masked steps leave the initial state untouched, so the
+            # final state is the one after the first source token.
+            encoder_input, source_mask = ops.flip(encoder_input, axis=1), ops.flip(source_mask, axis=1)
         x = self.embedding_dropout(self.source_embedding(encoder_input), training=training)
         final_states = []
         for i, rnn in enumerate(self.encoder_rnns):
@@ -316,4 +328,5 @@ class RNNSeq2Seq(Seq2SeqModel):
             "seed": self.seed,
             "pad_id": self.pad_id,
             "context_every_step": self.context_every_step,
+            "reverse_source": self.reverse_source,
         }
