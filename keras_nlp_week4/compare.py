@@ -192,7 +192,7 @@ def compare(base, models=None, out_dir: str | Path | None = None,
 
     train_settings = run_config.train
     data = (train_settings.get("data") or (f"{train_settings['src']} -> {train_settings.get('tgt')}"
-                                            if train_settings.get("src") else f"the {base.task} default"))
+                                            if train_settings.get("src") else get_task(base.task).default_data))
     result = {
         "task": base.task,
         "data": data + (" (reversed)" if train_settings.get("reverse") else ""),

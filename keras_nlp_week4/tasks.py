@@ -50,6 +50,8 @@ class TaskSpec:
     validation_bleu_examples: int = 0
     # Stop before an epoch that would end after this many minutes of `model.fit` (None: no budget).
     time_budget_minutes: float | None = None
+    # Where the task reads its data when none is given (for the record; None: it must be given or is generated).
+    default_data: str | None = None
     # Published figures on this task's test split, per model name, for `compare`'s table:
     # {"transformer": {"bleu": 36.52, "parameters": 9.0e6, "source": "..."}}.
     anchors: dict = field(default_factory=dict)
@@ -93,6 +95,7 @@ def _translate_splits(sources, seed: int):
                             example_data=str(_SHARED_DATA / "kor-eng" / "kor.txt"))
 
 
+MULTI30K_DEFAULT_FOLDER = str(_SHARED_DATA / "multi30k")
 MULTI30K_FILES = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
 MULTI30K_LANGUAGES = ("de", "en")  # source, target; REVERSE=1 swaps them
 
@@ -108,7 +111,7 @@ def multi30k_sources(sources):
     if given:
         raise UserError(f"TASK=multi30k reads a folder (data=DIR with {', '.join(MULTI30K_FILES.values())}"
                         f".de/.en); drop {', '.join(given)}", fields=tuple(given))
-    folder = Path(sources.data or _SHARED_DATA / "multi30k")
+    folder = Path(sources.data or MULTI30K_DEFAULT_FOLDER)
     if not folder.is_dir():
         hint = "" if sources.data else f" (the default, {folder}, is missing)"
         raise UserError(f"Multi30k folder {str(folder)!r} not found{hint}; give data=DIR holding "
@@ -210,7 +213,7 @@ TASKS: dict[str, TaskSpec] = {
         max_source_length=64, max_target_length=64, epochs=40, batch_size=128,
         transformer_preset="compact", rnn_preset="medium", peak_learning_rate=1e-3, warmup_steps=800,
         patience=4, evaluation_beam_size=4, bucket_by_length=True, validation_bleu_examples=1014,
-        time_budget_minutes=45.0, anchors=MULTI30K_ANCHORS,
+        time_budget_minutes=45.0, anchors=MULTI30K_ANCHORS, default_data=MULTI30K_DEFAULT_FOLDER,
         family_defaults={"rnn": {"peak_learning_rate": 3e-3, "warmup_steps": 400, "dropout": 0.2,
                                  "time_budget_minutes": 25.0},
                          "bahdanau": {"preset": "wide", "time_budget_minutes": 45.0}}),
