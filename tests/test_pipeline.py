@@ -7,7 +7,13 @@ import pytest
 import tensorflow as tf
 
 from keras_nlp_week4.data.dates import generate_date_pairs
-from keras_nlp_week4.data.pipeline import EpochOrder, encode_sources, make_dataset, max_lengths
+from keras_nlp_week4.data.pipeline import (
+    EpochOrder,
+    encode_sources,
+    length_buckets,
+    make_dataset,
+    max_lengths,
+)
 from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
 from keras_nlp_week4.errors import UserError
 
@@ -131,20 +137,30 @@ def test_epoch_order_is_a_function_of_seed_and_epoch_alone(pairs, tokenizer):
     assert _source_order(make_dataset(data, tokenizer, 16, 40, 12, order=other_seed), tokenizer) != epoch_0
 
 
-def test_bucketing_groups_by_source_length(pairs, tokenizer):
+def test_bucketing_groups_by_example_length(pairs, tokenizer):
     boundaries = [12, 18, 24]
     dataset = make_dataset(pairs, tokenizer, 8, 40, 12, bucket_boundaries=boundaries)
     got = batches(dataset)
     seen = []
     for encoder_input, decoder_input, target in got:
         assert encoder_input.dtype == np.int32 and decoder_input.shape == target.shape
-        lengths = (encoder_input != PAD_ID).sum(axis=1)
+        # An example's length is the longer of its encoder input and its target.
+        lengths = np.maximum((encoder_input != PAD_ID).sum(axis=1), (target != PAD_ID).sum(axis=1))
         buckets = {int(np.searchsorted(boundaries, length, side="right")) for length in lengths}
         assert len(buckets) == 1, lengths  # one bucket per batch
-        assert encoder_input.shape[1] == lengths.max()  # padded to the batch's longest
+        assert encoder_input.shape[1] == (encoder_input != PAD_ID).sum(axis=1).max()  # padded to the longest
         seen += tokenizer.decode(encoder_input)
     assert sorted(seen) == sorted(s for s, _ in pairs)
     assert max(b[0].shape[0] for b in got) == 8
+
+
+def test_length_buckets_span_the_example_lengths(pairs, tokenizer):
+    boundaries = length_buckets(pairs, tokenizer, 40, 12, width=2)
+    lengths = [max(min(len(s) + 1, 40), min(len(t) + 1, 12))
+               for s, t in zip(tokenizer.encode([s for s, _ in pairs]), tokenizer.encode([t for _, t in pairs]),
+                               strict=True)]
+    assert boundaries[0] == min(lengths) + 2 and boundaries[-1] <= max(lengths) + 1
+    assert all(b - a == 2 for a, b in zip(boundaries, boundaries[1:], strict=False))
 
 
 def test_encode_sources_matches_encoder_input(pairs, tokenizer):
