@@ -103,8 +103,6 @@ MULTI30K_LANGUAGES = ("de", "en")  # source, target; REVERSE=1 swaps them
 def multi30k_sources(sources):
     """The `DataSources` of a Multi30k-shaped folder (`data`, default ../shared/data/multi30k): the line-
     aligned `train`, `val` and `test_2016_flickr` files, German -> English (English -> German reversed)."""
-    from dataclasses import replace
-
     from keras_nlp_week4.data.readers import DataSources
 
     given = [name for name in sources.given() if name != "data"]
@@ -125,10 +123,10 @@ def multi30k_sources(sources):
     src, tgt = MULTI30K_LANGUAGES
     paths = {split: (str(folder / f"{stem}.{src}"), str(folder / f"{stem}.{tgt}"))
              for split, stem in MULTI30K_FILES.items()}
-    return replace(DataSources(reverse=sources.reverse, encoding=sources.encoding),
-                   src=paths["train"][0], tgt=paths["train"][1],
-                   validation_src=paths["validation"][0], validation_tgt=paths["validation"][1],
-                   test_src=paths["test"][0], test_tgt=paths["test"][1])
+    return DataSources(src=paths["train"][0], tgt=paths["train"][1],
+                       validation_src=paths["validation"][0], validation_tgt=paths["validation"][1],
+                       test_src=paths["test"][0], test_tgt=paths["test"][1],
+                       reverse=sources.reverse, encoding=sources.encoding)
 
 
 def _multi30k_splits(sources, seed: int):

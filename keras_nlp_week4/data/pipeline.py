@@ -28,7 +28,7 @@ import tensorflow as tf
 from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from keras_nlp_week4.errors import UserError
 
-__all__ = ["EpochOrder", "encode_sources", "length_buckets", "make_dataset", "max_lengths"]
+__all__ = ["EpochOrder", "encode_sources", "length_buckets", "make_dataset", "max_lengths", "token_lengths"]
 
 # Strings per TensorFlow Text call on the bucketing path (larger amortizes the op overhead).
 _TOKENIZE_BATCH_SIZE = 1024
@@ -209,9 +209,25 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def token_lengths(
+    pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source and target lengths in tokens as the pipeline counts them: the source with its EOS, the
+    target with its BOS (equivalently its EOS), before any cut at the maxima. Measured once per split
+    and shared by `max_lengths`, `length_buckets` and the trainer's over-length warning.
+
+    Raises:
+        UserError: if `pairs` is empty.
+    """
+    if len(pairs) == 0:
+        raise UserError("the dataset is empty; give at least one (source, target) pair")
+    sources, targets = zip(*pairs, strict=True)
+    return (np.array([len(ids) + 1 for ids in tokenizer.encode(sources)]),
+            np.array([len(ids) + 1 for ids in tokenizer.encode(targets)]))
+
+
 def length_buckets(
-    pairs: Sequence[tuple[str, str]],
-    tokenizer: Tokenizer,
+    lengths: tuple[np.ndarray, np.ndarray],
     max_source_length: int,
     max_target_length: int,
     width: int = 2,
@@ -219,23 +235,22 @@ def length_buckets(
     """Bucket boundaries for `make_dataset`: one bucket per `width` tokens of example length.
 
     An example's length is the longer of its encoder input and its target (specials included, cut
-    at the maxima), as `make_dataset` measures it. Buckets `width` tokens wide pad each batch by at
-    most `width - 1` positions beyond its shortest example (on Multi30k: 6 % of the positions
-    instead of about half with one batch order over the whole split).
+    at the maxima), as `make_dataset` measures it; `lengths` are `token_lengths` of the split.
+    Buckets `width` tokens wide pad each batch by at most `width - 1` positions beyond its shortest
+    example (on Multi30k: 6 % of the positions instead of about half with one batch order over the
+    whole split).
 
     Example:
 
-    >>> length_buckets(pairs, tokenizer, 80, 80)  # doctest: +SKIP
+    >>> length_buckets(token_lengths(pairs, tokenizer), 80, 80)  # doctest: +SKIP
     [7, 9, 11, ..., 61]
     """
-    if len(pairs) == 0:
-        raise UserError("the dataset is empty; give at least one (source, target) pair")
     if width < 1:
         raise UserError(f"bucket width must be >= 1, got {width}")
-    sources, targets = zip(*pairs, strict=True)
-    lengths = [max(min(len(s) + 1, max_source_length), min(len(t) + 1, max_target_length))
-               for s, t in zip(tokenizer.encode(sources), tokenizer.encode(targets), strict=True)]
-    shortest, longest = min(lengths), max(lengths)
+    source_lengths, target_lengths = lengths
+    example_lengths = np.maximum(np.minimum(source_lengths, max_source_length),
+                                 np.minimum(target_lengths, max_target_length))
+    shortest, longest = int(example_lengths.min()), int(example_lengths.max())
     return list(range(shortest + width, longest + 1, width)) or [longest + 1]
 
 
@@ -284,13 +299,9 @@ def max_lengths(
     Raises:
         UserError: if `pairs` is empty or `quantile` is outside [0, 1].
     """
-    if len(pairs) == 0:
-        raise UserError("the dataset is empty; give at least one (source, target) pair")
     if not 0.0 <= quantile <= 1.0:
         raise UserError(f"quantile must be in [0, 1], got {quantile}")
-    sources, targets = zip(*pairs, strict=True)
-    source_lengths = np.array([len(ids) + 1 for ids in tokenizer.encode(sources)])
-    target_lengths = np.array([len(ids) + 1 for ids in tokenizer.encode(targets)])
+    source_lengths, target_lengths = token_lengths(pairs, tokenizer)
     return (
         int(np.quantile(source_lengths, quantile, method="higher")),
         int(np.quantile(target_lengths, quantile, method="higher")),

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 __all__ = [
+    "SPECIAL_IDS",
     "BOS_ID",
     "EOS_ID",
     "MODEL_TYPES",
@@ -51,6 +52,8 @@ PAD_ID = 0
 UNK_ID = 1
 BOS_ID = 2
 EOS_ID = 3
+# As a run's config.json and export record them, and as decoding takes them.
+SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 # What the sentencepiece package decodes an unknown id to (its default `unk_surface`).
 UNK_SURFACE = " \u2047 "
 MODEL_TYPES = ("char", "bpe", "unigram", "word")

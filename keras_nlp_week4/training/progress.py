@@ -13,6 +13,8 @@ from pathlib import Path
 
 import keras
 
+from keras_nlp_week4.evaluation import corpus_scores, generate_texts, group_references
+
 __all__ = ["TimeBudget", "ValidationBLEU", "logged_minutes"]
 
 
@@ -83,8 +85,6 @@ class ValidationBLEU(keras.callbacks.Callback):
     def __init__(self, pairs, tokenizer, max_source_length: int, max_target_length: int,
                  special_ids: dict, max_examples: int, batch_size: int = 256) -> None:
         super().__init__()
-        from keras_nlp_week4.evaluation import group_references
-
         self.sources, self.references = group_references(list(pairs)[:max_examples])
         self.tokenizer = tokenizer
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
@@ -92,8 +92,6 @@ class ValidationBLEU(keras.callbacks.Callback):
         self.batch_size = batch_size
 
     def score(self) -> float:
-        from keras_nlp_week4.evaluation import corpus_scores, generate_texts
-
         outputs = generate_texts(self.model, self.tokenizer, self.sources, self.max_source_length,
                                  self.max_target_length, self.special_ids, "greedy", self.batch_size)
         return corpus_scores(outputs, self.references)["bleu_lowercase"]

@@ -26,14 +26,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_nlp_week4.data.pipeline import EpochOrder, length_buckets, make_dataset
+from keras_nlp_week4.data.pipeline import EpochOrder, length_buckets, make_dataset, token_lengths
 from keras_nlp_week4.data.readers import DataSources
 from keras_nlp_week4.data.splits import DatasetSplits
 from keras_nlp_week4.data.tokenizer import (
-    BOS_ID,
-    EOS_ID,
     PAD_ID,
-    UNK_ID,
+    SPECIAL_IDS,
     Tokenizer,
     check_tokenizer_parity,
     train_sentencepiece,
@@ -54,6 +52,7 @@ from keras_nlp_week4.training.losses import MaskedAccuracy, MaskedSparseCrossEnt
 from keras_nlp_week4.training.progress import TimeBudget, ValidationBLEU, logged_minutes
 from keras_nlp_week4.training.resume import EpochRandomness, ResumableBackup, finished_epochs
 from keras_nlp_week4.training.schedule import TransformerSchedule
+from serving.errors import flag_name
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +187,7 @@ class PreparedData:
     train_pairs: list
     tokenizer: Tokenizer
     scratch: tempfile.TemporaryDirectory  # holds a newly learned tokenizer until the run directory exists
+    lengths: tuple  # `pipeline.token_lengths` of the training pairs, measured once
 
 
 def prepare_data(config: TrainConfig, settings: dict, run_dir: Path, resuming: bool) -> PreparedData:
@@ -219,20 +219,21 @@ def prepare_data(config: TrainConfig, settings: dict, run_dir: Path, resuming: b
         if mismatches:
             log.warning("warning: tensorflow-text and sentencepiece tokenize %d of %d training texts "
                         "differently (e.g. %r)", len(mismatches), len(sample), sample[mismatches[0]])
-    _warn_if_cut(train_pairs, tokenizer, settings)
-    return PreparedData(splits, train_pairs, tokenizer, scratch)
+    lengths = token_lengths(train_pairs, tokenizer)
+    _warn_if_cut(lengths, settings)
+    return PreparedData(splits, train_pairs, tokenizer, scratch, lengths)
 
 
-def _warn_if_cut(pairs, tokenizer: Tokenizer, settings: dict) -> None:
-    """Warns when training pairs are longer than the maximum lengths (the pipeline cuts them), so a
-    recipe on new data says which flag to raise."""
-    for side, name in ((0, "max_source_length"), (1, "max_target_length")):
-        lengths = [len(ids) + 1 for ids in tokenizer.encode([pair[side] for pair in pairs])]  # + EOS/BOS
-        cut = sum(length > settings[name] for length in lengths)
+def _warn_if_cut(lengths: tuple, settings: dict) -> None:
+    """Warns when training pairs (`pipeline.token_lengths`) are longer than the maximum lengths (the
+    pipeline cuts them), so a recipe on new data says which flag to raise."""
+    for side_lengths, side, name in zip(lengths, ("source", "target"), ("max_source_length", "max_target_length"),
+                                        strict=True):
+        cut = int((side_lengths > settings[name]).sum())
         if cut:
             log.warning("warning: %d of %d training %ss are longer than %s=%d tokens (the longest: %d) and "
-                        "are cut; raise --%s to keep them whole", cut, len(pairs),
-                        ("source", "target")[side], name, settings[name], max(lengths), name.replace("_", "-"))
+                        "are cut; raise %s to keep them whole", cut, len(side_lengths), side, name,
+                        settings[name], int(side_lengths.max()), flag_name(name))
 
 
 def build_training_model(config: TrainConfig, settings: dict, vocab_size: int, strategy):
@@ -272,7 +273,7 @@ def write_run(run_dir: Path, config: TrainConfig, settings: dict, data: Prepared
         "tokenizer": "tokenizer.model",
         "tokenizer_type": task.tokenizer_type,
         "vocab_size": data.tokenizer.vocab_size,
-        "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+        "special_ids": SPECIAL_IDS,
         "max_source_length": settings["max_source_length"],
         "max_target_length": settings["max_target_length"],
         "exact_match": task.exact_match,
@@ -333,7 +334,7 @@ def train(config: TrainConfig) -> Path:
     lengths = dict(max_source_length=settings["max_source_length"],
                    max_target_length=settings["max_target_length"])
     order = EpochOrder(config.seed)
-    buckets = length_buckets(data.train_pairs, data.tokenizer, **lengths) if task.bucket_by_length else None
+    buckets = length_buckets(data.lengths, **lengths) if task.bucket_by_length else None
     train_ds = shard_by_data(make_dataset(data.train_pairs, data.tokenizer, settings["batch_size"], order=order,
                                           bucket_boundaries=buckets, **lengths))
     val_ds = shard_by_data(make_dataset(data.splits.validation, data.tokenizer, settings["batch_size"],
@@ -344,7 +345,7 @@ def train(config: TrainConfig) -> Path:
     validation_bleu = None
     if task.validation_bleu_examples:
         validation_bleu = ValidationBLEU(data.splits.validation, data.tokenizer,
-                                         special_ids={"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID},
+                                         special_ids=SPECIAL_IDS,
                                          max_examples=task.validation_bleu_examples, **lengths)
     callbacks = make_callbacks(run_dir, settings, order, resuming, validation_bleu)
     if resuming:
