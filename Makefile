@@ -26,7 +26,8 @@ RUN ?=
 QUICK ?=
 # `make export QUANTIZE=1`: also dynamic-int8 ONNX graphs, with their test-split quality in the report.
 QUANTIZE ?=
-# `make export TARGET=triton` (or tfserving, or both: TARGET=triton,tfserving): server-ready layouts too.
+# `make export TARGET=triton` (or tfserving, or both: TARGET=triton,tfserving): server-ready layouts too;
+# TARGET=ctranslate2: a Transformer run as a CTranslate2 model (RUN/ctranslate2/), validated against Keras.
 TARGET ?=
 comma := ,
 # Serving: the newest export (artifacts/*/export/manifest.json) unless EXPORT=DIR is given.
@@ -72,6 +73,8 @@ plot: $(STAMP)
 # SavedModel + ONNX graphs of RUN (default: the last trained run) into RUN/export/, installed only after
 # parity validation (Keras vs SavedModel vs onnxruntime; the same checks as `python -m export.validate RUN`).
 export: $(STAMP)
+	@$(if $(findstring ctranslate2,$(TARGET)),$(PY) -c "import ctranslate2" 2>/dev/null || \
+		$(PY) -m pip install -q -e ".[ctranslate2]")
 	$(PY) -m export $(RUN) $(if $(filter 1 yes true,$(QUANTIZE)),--quantize) \
 		$(foreach t,$(subst $(comma), ,$(TARGET)),--target $(t))
 

@@ -29,9 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--providers", nargs="+", default=None,
                         help="onnxruntime providers to validate (default: CPU, and CUDA when offered)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
-    parser.add_argument("--target", action="append", choices=("triton", "tfserving"), default=[],
+    parser.add_argument("--target", action="append", choices=("triton", "tfserving", "ctranslate2"),
+                        default=[],
                         help="also lay the export out for Triton (RUN/triton/) or TensorFlow Serving "
-                             "(RUN/tfserving/); may be repeated")
+                             "(RUN/tfserving/), or convert a Transformer run to CTranslate2 "
+                             "(RUN/ctranslate2/, validated against Keras); may be repeated")
     return parser
 
 
@@ -47,13 +49,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run_dir = args.run if args.run is not None else latest_run()
+        if "ctranslate2" in args.target:
+            from export.ctranslate2_target import check_convertible
+
+            check_convertible(run_dir)  # before the ONNX export, not after it
         export_run(run_dir, quantize=args.quantize, validate=not args.no_validate,
                    max_test_examples=args.max_test_examples, providers=args.providers,
                    threads=args.threads)
         from export.serving_layouts import write_target
 
         for target in args.target:
-            print(f"{target}: {write_target(target, run_dir)}")
+            if target == "ctranslate2":
+                from export.ctranslate2_target import write_ctranslate2
+
+                print(f"{target}: {write_ctranslate2(run_dir, threads=args.threads)}")
+            else:
+                print(f"{target}: {write_target(target, run_dir)}")
     except ExportFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -28,7 +28,10 @@ import tensorflow as tf
 from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from keras_nlp_week4.errors import UserError
 
-__all__ = ["EpochOrder", "encode_sources", "length_buckets", "make_dataset", "max_lengths", "token_lengths"]
+__all__ = [
+    "EpochOrder", "encode_sources", "length_buckets", "make_dataset", "max_lengths", "remainder_share",
+    "token_lengths",
+]
 
 # Strings per TensorFlow Text call on the bucketing path (larger amortizes the op overhead).
 _TOKENIZE_BATCH_SIZE = 1024
@@ -247,11 +250,37 @@ def length_buckets(
     """
     if width < 1:
         raise UserError(f"bucket width must be >= 1, got {width}")
-    source_lengths, target_lengths = lengths
-    example_lengths = np.maximum(np.minimum(source_lengths, max_source_length),
-                                 np.minimum(target_lengths, max_target_length))
+    example_lengths = _example_lengths(lengths, max_source_length, max_target_length)
     shortest, longest = int(example_lengths.min()), int(example_lengths.max())
     return list(range(shortest + width, longest + 1, width)) or [longest + 1]
+
+
+def remainder_share(
+    lengths: tuple[np.ndarray, np.ndarray],
+    bucket_boundaries: Sequence[int],
+    batch_size: int,
+    max_source_length: int,
+    max_target_length: int,
+) -> float:
+    """The share of examples that fall into each bucket's last, partial batch (what
+    ``make_dataset(..., drop_remainder=True)`` would leave out of an epoch).
+
+    Bucket membership does not depend on the order, so this is the same every epoch.
+    """
+    example_lengths = _example_lengths(lengths, max_source_length, max_target_length)
+    # bucket_by_sequence_length puts a length in bucket i when boundaries[i-1] <= length < boundaries[i].
+    buckets = np.searchsorted(np.asarray(bucket_boundaries), example_lengths, side="right")
+    counts = np.bincount(buckets)
+    return float((counts % batch_size).sum() / len(example_lengths))
+
+
+def _example_lengths(
+    lengths: tuple[np.ndarray, np.ndarray], max_source_length: int, max_target_length: int
+) -> np.ndarray:
+    """What `make_dataset` buckets by: the longer of encoder input and target, cut at the maxima."""
+    source_lengths, target_lengths = lengths
+    return np.maximum(np.minimum(source_lengths, max_source_length),
+                      np.minimum(target_lengths, max_target_length))
 
 
 def encode_sources(
