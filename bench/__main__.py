@@ -15,12 +15,15 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-# Sizes of the full and the quick run: the full one keeps `make bench` under 15 min on 2 cores.
+# Sizes of the full and the quick run: the full one keeps `make bench` under 20 min on 2 cores, the quick
+# one under 5. `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {
     "full": dict(rounds=9, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
-                 max_seconds=20.0, concurrencies=(1, 8, 32)),
+                 max_seconds=20.0, concurrencies=(1, 8, 32), real_sizes=("multi30k", "base"),
+                 real_threads=(1, 2), real_rounds=3, real_requests=200, pipeline_steps=None),
     "quick": dict(rounds=3, steps=4, repeats=3, lengths=(16, 32, 64), requests=40, max_seconds=6.0,
-                  concurrencies=(1, 8, 32)),
+                  concurrencies=(1, 8, 32), real_sizes=("multi30k",), real_threads=(1,), real_rounds=2,
+                  real_requests=30, pipeline_steps=30),
 }
 SCALING_PATHS = ("savedmodel re-run", "savedmodel cache", "ort step+cache", "ort loop")
 
@@ -38,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, help="write all outputs here (default: repo root + docs/)")
     parser.add_argument("--work", type=Path, default=Path("artifacts/bench-work"),
                         help="scratch: the benchmark SavedModel, int8 and patched graphs")
-    parser.add_argument("--skip", action="append", default=[], choices=("training", "inference", "server"))
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=("training", "inference", "server", "real-size", "pipeline"))
+    parser.add_argument("--real-run", type=Path, default=Path("artifacts/compare-multi30k/transformer"),
+                        help="the trained Multi30k Transformer for the real-size part (when it has no "
+                             "export/, a model of its shape with random weights stands in)")
+    parser.add_argument("--multi30k", type=Path, default=Path("../shared/data/multi30k"),
+                        help="Multi30k folder for the real-pipeline training throughput")
     args = parser.parse_args(argv)
     from keras_nlp_week4.quiet import import_tensorflow_quietly
 
@@ -85,6 +94,25 @@ def main(argv: list[str] | None = None) -> int:
         results["server"] = run_server(str(args.run / "export"), s["concurrencies"], s["requests"],
                                        s["max_seconds"], log=log)
         log(f"[{time.perf_counter() - started:.0f} s] server done")
+    if "real-size" not in args.skip:
+        from bench.real_size import prepare_models, run_generation
+        from bench.server import run_server
+
+        models = [m for m in prepare_models(args.run, args.work / "real-size", args.real_run, log=log)
+                  if m.name in s["real_sizes"]]
+        real = run_generation(models, args.work / "real-size", threads=s["real_threads"],
+                              rounds=s["real_rounds"], log=log)
+        multi30k = models[0]
+        real["server"] = {"model": multi30k.name, "trained": multi30k.trained,
+                          "rows": run_server(str(multi30k.export_dir), s["concurrencies"], s["real_requests"],
+                                             s["max_seconds"], log=log)}
+        results["real_size"] = real
+        log(f"[{time.perf_counter() - started:.0f} s] real-size generation and server done")
+    if "pipeline" not in args.skip:
+        from bench.pipeline import run_pipeline_throughput
+
+        results["pipeline"] = run_pipeline_throughput(args.multi30k, steps=s["pipeline_steps"], log=log)
+        log(f"[{time.perf_counter() - started:.0f} s] real-pipeline training done")
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["environment"]["load_average_end"] = list(os.getloadavg())
     write_report(results, markdown, json_path, plot)

@@ -62,7 +62,7 @@ def environment() -> dict:
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0],
         "versions": {name: _version(name) for name in ("tensorflow", "keras", "keras-hub", "onnxruntime",
-                                                       "tf2onnx", "numpy")},
+                                                       "tf2onnx", "ctranslate2", "numpy")},
     }
 
 
@@ -102,6 +102,107 @@ def _load_note(env: dict) -> str:
             "and pessimistic. " if busy else "Nothing else was running on the machine. ")
     return note + ("Every figure is a median of several runs, and every ratio compares runs taken back "
                    "to back in the same process.")
+
+
+# The issue's targets for the real-size part: (ratio, size, method, batch, threshold).
+REAL_TARGETS = (("ours fp32 / ct2 fp32", "multi30k", "greedy", 1, 1.0),
+                ("ours fp32 / ct2 fp32", "multi30k", "beam 4", 32, 0.8),
+                ("ours int8 / ours fp32", "base", "greedy", 1, 1.0),
+                ("ours int8 / ours fp32", "base", "beam 4", 32, 1.0))
+PIPELINE_TARGET = 0.8
+PADDING_TARGET = 0.15
+HUB_REAL_TARGET = 1.1
+
+
+def real_size_targets(real: dict) -> list[dict]:
+    """Each target of `REAL_TARGETS` at every thread count measured: its value, range and verdict."""
+    verdicts = []
+    for ratio, size, method, batch, threshold in REAL_TARGETS:
+        for row in real.get("rows", []):
+            if (row["size"], row["method"], row["batch"]) == (size, method, batch) and ratio in row["ratios"]:
+                value = row["ratios"][ratio]
+                verdicts.append({"ratio": ratio, "size": size, "method": method, "batch": batch,
+                                 "threads": row["threads"], "value": value["median"], "range": value["range"],
+                                 "target": threshold, "holds": value["median"] >= threshold})
+    return verdicts
+
+
+def _real_size_markdown(real: dict, pipeline: dict | None, training: list | None) -> list[str]:
+    lines = ["## Real size: generation against CTranslate2", "",
+             f"Output tokens/s (batch x {real['tokens']} forced tokens / seconds; beam hypotheses not counted), "
+             f"source {real['source_tokens']} tokens per sentence, distinct random sentences per row, the "
+             "encoder included. Engines take turns within each of "
+             f"{real['rounds']} rounds; a figure is the median over rounds, a ratio the median of the "
+             "per-round ratios (speed of the first over the second) with their range. `ours` is "
+             "`serving.runtime` (onnxruntime, one decoder step per token with the key/value cache, numpy "
+             "search); `ct2` is CTranslate2 on the model `make export TARGET=ctranslate2` converts from "
+             "the same weights; `savedmodel` is the TensorFlow path (greedy, TensorFlow's own threads).", ""]
+    for model in real["models"]:
+        lines.append(f"- `{model['name']}`: {model['parameters']:,} parameters, {model['description']}.")
+    lines.append("")
+    engines = list(dict.fromkeys(e for row in real["rows"] for e in row["engines"]))
+    pairs = list(dict.fromkeys(p for row in real["rows"] for p in row["ratios"]))
+    rows = []
+    for row in real["rows"]:
+        cells = [f"{row['engines'][e]['tokens_per_s']:,.0f}" if e in row["engines"] else "" for e in engines]
+        ratios = [_ratio_cell(row["ratios"].get(p)) for p in pairs]
+        rows.append([row["size"], row["method"], row["batch"], row["threads"], *cells, *ratios])
+    lines += _table(["size", "method", "batch", "threads", *[f"{e} tok/s" for e in engines], *pairs], rows)
+    verdicts = real_size_targets(real)
+    if verdicts:
+        lines += ["", "Targets:", ""]
+        lines += _table(["ratio", "size", "method", "batch", "threads", "value (range)", "target", "holds"],
+                        [[v["ratio"], v["size"], v["method"], v["batch"], v["threads"],
+                          _ratio_cell({"median": v["value"], "range": v["range"]}), f">= {v['target']:g}",
+                          "yes" if v["holds"] else "**no**"] for v in verdicts])
+    server = real.get("server")
+    if server:
+        lines += ["", f"HTTP server on the `{server['model']}` model "
+                  f"({'trained' if server['trained'] else 'random weights'}), one text per request:", ""]
+        lines += _table(["mode", "clients", "requests", "errors", "req/s", "p50 ms", "p99 ms"],
+                        [[r["mode"], r["concurrency"], r["requests"], r["errors"], r["requests_per_s"],
+                          r["p50_ms"], r["p99_ms"]] for r in server["rows"]])
+    lines.append("")
+    if pipeline:
+        lines += ["## Real size: training in the real pipeline", ""]
+        if "skipped" in pipeline:
+            lines += [f"Not measured: {pipeline['skipped']}.", ""]
+        else:
+            ratio = pipeline["ratio_real_to_train_on_batch"]
+            lines += [
+                f"`model.fit` over the Multi30k recipe's `tf.data` pipeline ({pipeline['model']}, "
+                f"{pipeline['parameters']:,} parameters, vocabulary {pipeline['vocab_size']:,}, batch "
+                f"{pipeline['batch_size']}, length buckets with partial buckets "
+                f"{'dropped' if pipeline['dropped_partial_buckets'] else 'kept'}), "
+                f"{'a whole epoch' if pipeline['whole_epoch'] else 'the first'} "
+                f"({pipeline['timed_batches']} of {pipeline['batches_in_epoch']} batches) against "
+                f"`train_on_batch` on random batches of the epoch's mean shape "
+                f"{tuple(pipeline['train_on_batch_shape'])} (batch, source, target), same model:", ""]
+            lines += _table(["figure", "value"], [
+                ["real (non-padding) tokens/s in fit", f"{pipeline['real_tokens_per_s']:,.0f}"],
+                ["positions/s in fit (padding included)", f"{pipeline['positions_per_s_in_fit']:,.0f}"],
+                ["train_on_batch positions/s", f"{pipeline['train_on_batch_positions_per_s']:,.0f}"],
+                ["real tokens/s / train_on_batch positions/s",
+                 f"**{ratio}** (target >= {PIPELINE_TARGET}: {'holds' if ratio >= PIPELINE_TARGET else 'no'})"],
+                ["padding per batch, mean (worst)",
+                 f"{pipeline['padding_mean']:.1%} ({pipeline['padding_max']:.1%}) (target < "
+                 f"{PADDING_TARGET:.0%}: {'holds' if pipeline['padding_mean'] < PADDING_TARGET else 'no'})"],
+                ["the input pipeline alone, one epoch", f"{pipeline['pipeline_alone_seconds']} s"],
+                ["fit wall time", f"{pipeline['fit_seconds']} s"]])
+            lines.append("")
+    hub = [e for e in training or [] if e.get("vocab_size", 64) > 64 and HUB_RATIO in e["ratios"]]
+    for entry in hub:
+        value = entry["ratios"][HUB_RATIO]
+        lines += [f"Training at the Multi30k size and vocabulary (`{entry['config']}`), ours/keras-hub: "
+                  f"**{value}** (per-round range {entry['ratio_ranges'][HUB_RATIO]}; target >= "
+                  f"{HUB_REAL_TARGET}: {'holds' if value >= HUB_REAL_TARGET else 'does not hold'}).", ""]
+    return lines
+
+
+def _ratio_cell(value: dict | None) -> str:
+    if not value:
+        return ""
+    return f"{value['median']:.2f} ({value['range'][0]:.2f}-{value['range'][1]:.2f})"
 
 
 def render_markdown(results: dict) -> str:
@@ -189,6 +290,10 @@ def render_markdown(results: dict) -> str:
                           f"{ms[(p, lengths[0])] / lengths[0]:.2f} -> {ms[(p, lengths[-1])] / lengths[-1]:.2f}"]
                          for p in spaths])
         lines.append("")
+    if results.get("real_size") or results.get("pipeline"):
+        lines += _real_size_markdown(results.get("real_size") or {"rows": [], "models": [], "tokens": 0,
+                                                                  "source_tokens": 0, "rounds": 0},
+                                     results.get("pipeline"), training)
     server = results.get("server")
     if server:
         lines += ["## HTTP server", "",

@@ -1,0 +1,278 @@
+"""Generation speed at real size: our onnxruntime runtime against CTranslate2 on the same weights.
+
+Two sizes: the Multi30k Transformer (the trained run of `make train TASK=multi30k` when it has an export,
+else a model of the same shape with random weights) and the paper's `base` (random weights, the Multi30k
+vocabulary size). Random weights are as good as trained ones for speed: every path is forced to generate
+exactly `tokens` tokens (our searches get an EOS id no token has; CTranslate2 gets
+`min_decoding_length = max_decoding_length = tokens`), so all do the same work.
+
+Engines, each on the same source ids:
+- ours fp32 / ours int8: `serving.runtime.Runtime` (encoder once, then `decoder_step.onnx` per token with the
+  key/value cache), with `serving.search`'s greedy or beam search: what `python -m serving` runs.
+- ct2 fp32 / ct2 int8: `ctranslate2.Translator` on the model `export.ctranslate2_target` converts from
+  the same Keras weights (compute type float32 or int8).
+- savedmodel: the export's TensorFlow path (`bench.rerun`'s cached greedy loop as a SavedModel), greedy
+  only, with TensorFlow's own thread pools (all cores): shown in the 2-thread rows.
+
+Figures are output tokens per second (`batch * tokens / seconds`; beam hypotheses are not counted). Every
+cell is measured in `rounds` rounds, the engines taking turns within a round; a ratio is the median over
+rounds of the per-round ratios, with their range, so both sides of a ratio see the same machine load.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DEFAULT_REAL_RUN", "RealModel", "prepare_models", "run_generation"]
+
+DEFAULT_REAL_RUN = Path("artifacts/compare-multi30k/transformer")
+MULTI30K_SHAPE = {"preset": "compact", "vocab_size": 8000}
+NEVER = -1  # an EOS id no token has
+SOURCE_TOKENS = 20  # a typical Multi30k German sentence in 8,000 BPE pieces, EOS included
+RATIO_PAIRS = (("ours fp32", "ct2 fp32"), ("ours int8", "ct2 int8"), ("ours int8", "ours fp32"),
+               ("ct2 int8", "ct2 fp32"), ("ours fp32", "savedmodel"))
+
+
+@dataclass
+class RealModel:
+    """One benchmarked size: its export (ONNX + SavedModel), its CTranslate2 directory, and what it is."""
+
+    name: str
+    description: str
+    run_dir: Path
+    export_dir: Path
+    ct2_dir: Path
+    parameters: int
+    vocab_size: int
+    trained: bool
+
+
+# ---------------------------------------------------------------------------------------------- models
+def _stand_in_run(base_run: Path, destination: Path, preset: str, vocab_size: int) -> Path:
+    """A run directory with a randomly initialised Transformer of `preset` and `vocab_size` in place of
+    `base_run`'s model (its tokenizer and splits are reused: only ids are benchmarked)."""
+    import keras
+
+    from keras_nlp_week4.models.registry import build_model
+
+    if (destination / "model.keras").is_file():
+        return destination
+    shutil.rmtree(destination, ignore_errors=True)
+    destination.mkdir(parents=True)
+    for name in ("tokenizer.model", "validation.tsv", "test.tsv"):
+        if (base_run / name).is_file():
+            shutil.copyfile(base_run / name, destination / name)
+    config = json.loads((base_run / "config.json").read_text())
+    keras.utils.set_random_seed(0)
+    model = build_model("transformer", vocab_size, preset)
+    model((np.ones((1, 4), "int32"), np.ones((1, 4), "int32")))
+    model.save(destination / "model.keras")
+    config.update(model="transformer", family="transformer", preset=preset, model_class="Transformer",
+                  model_config=str(model.get_config()), num_parameters=int(model.count_params()),
+                  vocab_size=vocab_size, task=f"{config['task']} (random {preset}, benchmark stand-in)")
+    (destination / "config.json").write_text(json.dumps(config, indent=2))
+    return destination
+
+
+def _pieces_for(run_dir: Path, vocab_size: int) -> list[str]:
+    """The run's sentencepiece pieces, extended with placeholders when a stand-in's vocabulary is larger."""
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_file=str(run_dir / "tokenizer.model"))
+    pieces = [processor.id_to_piece(i) for i in range(min(processor.get_piece_size(), vocab_size))]
+    return pieces + [f"<bench_{i}>" for i in range(len(pieces), vocab_size)]
+
+
+def _ctranslate2_dir(run_dir: Path, destination: Path) -> Path:
+    from export.ctranslate2_target import transformer_spec
+    from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
+    from keras_nlp_week4.runs import load_run
+
+    if (destination / "model.bin").is_file():
+        return destination
+    run = load_run(run_dir, compile=False)
+    pieces = _pieces_for(run_dir, int(run.config["vocab_size"]))
+    max_length = max(int(run.config["max_source_length"]), int(run.config["max_target_length"]), 256)
+    spec = transformer_spec(run.model, pieces, {"unk": pieces[UNK_ID], "bos": pieces[BOS_ID],
+                                                "eos": pieces[EOS_ID]}, max_length)
+    spec.validate()
+    spec.optimize()
+    shutil.rmtree(destination, ignore_errors=True)
+    destination.mkdir(parents=True)
+    spec.save(str(destination))
+    return destination
+
+
+def _exported(run_dir: Path, log: Callable[[str], None]) -> Path:
+    from export.exporter import export_run
+
+    if not (run_dir / "export" / "config.json").is_file():
+        log(f"exporting {run_dir} (ONNX + SavedModel + int8 graphs, validated on 2 test sequences)")
+        export_run(run_dir, quantize=True, max_test_examples=2, verbose=False)
+    return run_dir / "export"
+
+
+def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_REAL_RUN,
+                   log: Callable[[str], None] = print) -> list[RealModel]:
+    """The Multi30k model (trained when `real_run` has an export) and `base` (random), exported to ONNX
+    (fp32 + int8) and converted to CTranslate2, cached under `work/`."""
+    from keras_nlp_week4.models.transformer import TRANSFORMER_PRESETS
+
+    work = Path(work)
+    models = []
+    if real_run is not None and (Path(real_run) / "export" / "config.json").is_file():
+        run_dir, trained = Path(real_run), True
+        vocab_size = int(json.loads((run_dir / "config.json").read_text())["vocab_size"])
+    else:
+        run_dir, trained = _stand_in_run(base_run, work / "multi30k-random", **MULTI30K_SHAPE), False
+        vocab_size = MULTI30K_SHAPE["vocab_size"]
+    sizes = [("multi30k", run_dir, trained, vocab_size),
+             ("base", _stand_in_run(base_run, work / "base-random", "base", vocab_size), False, vocab_size)]
+    for name, run_dir, trained, vocab in sizes:
+        export_dir = _exported(run_dir, log)
+        if not json.loads((export_dir / "config.json").read_text()).get("quantized"):
+            from bench.inference import _int8_export
+
+            export_dir = _int8_export(export_dir, work / f"{name}-int8")
+        ct2_dir = _ctranslate2_dir(run_dir, work / f"{name}-ctranslate2")
+        config = json.loads((run_dir / "config.json").read_text())
+        shape = TRANSFORMER_PRESETS[config.get("preset") or "base"]
+        description = (f"{'trained' if trained else 'random weights'}, d_model {shape['d_model']}, "
+                       f"{shape['num_heads']} heads, {shape['num_encoder_layers']}+{shape['num_decoder_layers']} "
+                       f"layers, d_ff {shape['d_ff']}, vocabulary {vocab:,}")
+        models.append(RealModel(name, description, run_dir, export_dir, ct2_dir,
+                                int(config["num_parameters"]), vocab, trained))
+    return models
+
+
+# ---------------------------------------------------------------------------------------------- engines
+def _ours(export_dir: Path, threads: int, int8: bool) -> Callable:
+    from serving.runtime import Runtime
+    from serving.search import beam_search, greedy_search
+
+    runtime = Runtime(export_dir, intra_op_threads=threads, verify=False, int8=int8)
+    bos, pad = runtime.bos_id, runtime.pad_id
+
+    def generate(source: np.ndarray, tokens: int, beam: int) -> np.ndarray:
+        state = runtime.initial_state(source, tokens)
+        if beam == 1:
+            return greedy_search(runtime.step, state, source.shape[0], tokens, bos, NEVER, pad).tokens
+        return beam_search(runtime.step, state, source.shape[0], tokens, bos, NEVER, pad, beam_size=beam,
+                           length_penalty=0.6).tokens
+
+    return generate
+
+
+def _ct2(ct2_dir: Path, threads: int, compute_type: str, vocab_size: int) -> Callable:
+    from export.ctranslate2_target import ctranslate2_translator
+
+    translator = ctranslate2_translator(ct2_dir, threads=threads, compute_type=compute_type)
+    vocabulary = json.loads((ct2_dir / "shared_vocabulary.json").read_text())
+
+    def generate(source: np.ndarray, tokens: int, beam: int) -> list:
+        batch = [[vocabulary[i] for i in row if i > 3] for row in source]  # CTranslate2 appends the EOS
+        return translator.translate_batch(batch, beam_size=beam, min_decoding_length=tokens,
+                                          max_decoding_length=tokens, max_batch_size=0)
+
+    return generate
+
+
+def _savedmodel(run_dir: Path, work: Path) -> Callable:
+    import keras
+    import tensorflow as tf
+
+    from bench.rerun import save_generation_module
+    from keras_nlp_week4.data.tokenizer import BOS_ID, PAD_ID
+
+    directory = work / "savedmodel"
+    if not (directory / "saved_model.pb").is_file():
+        model = keras.models.load_model(run_dir / "model.keras", compile=False)
+        save_generation_module(model, directory, BOS_ID, PAD_ID)
+    loaded = tf.saved_model.load(str(directory))
+
+    def generate(source: np.ndarray, tokens: int, beam: int):
+        # `loaded` stays referenced by this closure: its functions do not keep its variables alive.
+        return loaded.generate_cached(tf.constant(source), tf.constant(tokens, tf.int32)).numpy()
+
+    return generate
+
+
+def _sources(vocab_size: int, batch: int) -> np.ndarray:
+    """`batch` distinct random sentences of `SOURCE_TOKENS` ids, EOS last, no padding."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, vocab_size, (batch, SOURCE_TOKENS), dtype=np.int32)
+    ids[:, -1] = 3
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batches=(1, 32),
+                   beams=(1, 4), threads=(1, 2), rounds: int = 3, log: Callable[[str], None] = print) -> dict:
+    """Tokens/s of every engine for every (size, method, batch, threads), and the ratios per pair.
+
+    Returns:
+        {"tokens", "source_tokens", "rounds", "models": [...], "rows": [{"size", "method", "batch",
+        "threads", "engines": {engine: {"tokens_per_s", "ms", "runs_ms"}}, "ratios": {pair: {"median",
+        "range"}}}]}.
+    """
+    rows = []
+    for model in models:
+        savedmodel = _savedmodel(model.run_dir, work / f"{model.name}-savedmodel")
+        for n_threads in threads:
+            engines = {
+                "ours fp32": _ours(model.export_dir, n_threads, int8=False),
+                "ours int8": _ours(model.export_dir, n_threads, int8=True),
+                "ct2 fp32": _ct2(model.ct2_dir, n_threads, "float32", model.vocab_size),
+                "ct2 int8": _ct2(model.ct2_dir, n_threads, "int8", model.vocab_size),
+            }
+            if n_threads == max(threads):
+                engines["savedmodel"] = savedmodel
+            for beam in beams:
+                for batch in batches:
+                    source = _sources(model.vocab_size, batch)
+                    names = [e for e in engines if not (e == "savedmodel" and beam > 1)]
+                    runs = {name: [] for name in names}
+                    for name in names:  # warm-up: first-call allocations and graph tracing
+                        engines[name](source, tokens, beam)
+                    onnx_and_ct2 = [name for name in names if name != "savedmodel"]
+                    for round_index in range(rounds):
+                        shift = round_index % len(onnx_and_ct2)
+                        # TensorFlow's pools keep spinning for a moment after a call: the SavedModel goes
+                        # last in every round, followed by a pause, so no other engine pays for it.
+                        order = onnx_and_ct2[shift:] + onnx_and_ct2[:shift] + \
+                            (["savedmodel"] if "savedmodel" in names else [])
+                        for name in order:
+                            started = time.perf_counter()
+                            engines[name](source, tokens, beam)
+                            runs[name].append(time.perf_counter() - started)
+                        if "savedmodel" in names:
+                            time.sleep(0.3)
+                    row = {"size": model.name, "method": "greedy" if beam == 1 else f"beam {beam}",
+                           "batch": batch, "threads": n_threads, "engines": {}, "ratios": {}}
+                    for name, seconds in runs.items():
+                        median = float(np.median(seconds))
+                        row["engines"][name] = {"tokens_per_s": round(batch * tokens / median, 1),
+                                                "ms": round(1000 * median, 2),
+                                                "runs_ms": [round(1000 * s, 2) for s in seconds]}
+                    for mine, peer in RATIO_PAIRS:
+                        if mine in runs and peer in runs:
+                            ratios = np.array(runs[peer]) / np.array(runs[mine])  # speed ratio mine/peer
+                            row["ratios"][f"{mine} / {peer}"] = {
+                                "median": round(float(np.median(ratios)), 3),
+                                "range": [round(float(ratios.min()), 3), round(float(ratios.max()), 3)]}
+                    rows.append(row)
+                    log(f"real-size {model.name:<8} {row['method']:<7} batch {batch:>2} threads {n_threads}: "
+                        + ", ".join(f"{k} {v['tokens_per_s']:.0f}" for k, v in row["engines"].items())
+                        + f" tok/s | ours/ct2 fp32 {row['ratios']['ours fp32 / ct2 fp32']['median']}x")
+            del engines
+    return {"tokens": tokens, "source_tokens": SOURCE_TOKENS, "rounds": rounds,
+            "models": [{"name": m.name, "description": m.description, "parameters": m.parameters,
+                        "trained": m.trained, "run": str(m.run_dir)} for m in models],
+            "rows": rows}
