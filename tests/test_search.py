@@ -156,3 +156,24 @@ def test_tempered_log_softmax_is_log_softmax_of_scaled_logits():
     logits = np.random.default_rng(0).normal(size=(4, 7)) * 3
     for temperature in (0.3, 1.0, 2.5):
         assert np.allclose(tempered_log_softmax(logits, temperature), log_softmax(logits / temperature))
+
+
+def test_top_k_stable_is_the_stable_sort_prefix():
+    from serving.search import top_k_stable
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        values = rng.integers(-3, 3, (4, 30)).astype(float)  # many ties
+        values[rng.random(values.shape) < 0.2] = -np.inf
+        for k in (1, 3, 30):
+            np.testing.assert_array_equal(top_k_stable(values, k),
+                                          np.argsort(-values, axis=-1, kind="stable")[:, :k])
+
+
+def test_token_log_probs_equal_the_log_softmax_entries():
+    from serving.search import log_softmax, token_log_probs
+
+    logits = np.random.default_rng(1).normal(size=(3, 500)).astype(np.float32) * 8
+    tokens = np.array([0, 17, 499])
+    expected = np.take_along_axis(log_softmax(logits), tokens[:, None], 1)[:, 0]
+    np.testing.assert_allclose(token_log_probs(logits, tokens), expected, atol=1e-5)
