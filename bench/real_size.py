@@ -214,7 +214,8 @@ def _sources(vocab_size: int, batch: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- timing
 def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batches=(1, 32),
-                   beams=(1, 4), threads=(1, 2), rounds: int = 3, log: Callable[[str], None] = print) -> dict:
+                   beams=(1, 4), threads=(1, 2), rounds: int = 3, with_savedmodel: bool = True,
+                   log: Callable[[str], None] = print) -> dict:
     """Tokens/s of every engine for every (size, method, batch, threads), and the ratios per pair.
 
     Returns:
@@ -224,7 +225,7 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
     """
     rows = []
     for model in models:
-        savedmodel = _savedmodel(model.run_dir, work / f"{model.name}-savedmodel")
+        savedmodel = _savedmodel(model.run_dir, work / f"{model.name}-savedmodel") if with_savedmodel else None
         for n_threads in threads:
             engines = {
                 "ours fp32": _ours(model.export_dir, n_threads, int8=False),
@@ -232,7 +233,7 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
                 "ct2 fp32": _ct2(model.ct2_dir, n_threads, "float32", model.vocab_size),
                 "ct2 int8": _ct2(model.ct2_dir, n_threads, "int8", model.vocab_size),
             }
-            if n_threads == max(threads):
+            if savedmodel is not None and n_threads == max(threads):
                 engines["savedmodel"] = savedmodel
             for beam in beams:
                 for batch in batches:

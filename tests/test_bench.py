@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
 from bench.inference import patch_generate_eos, run_inference, time_call
@@ -103,3 +104,31 @@ def test_inference_bench_and_report_structure(tmp_path):
                     "## HTTP server", "make bench QUICK=1", "1.25"):
         assert section in markdown
     assert markdown == render_markdown(written) + "\n"
+
+
+def test_real_size_generation_against_ctranslate2_and_its_report(tiny_run, tmp_path):
+    pytest.importorskip("ctranslate2")
+    from bench.real_size import RealModel, _ctranslate2_dir, run_generation
+    from bench.report import real_size_targets
+
+    ct2_dir = _ctranslate2_dir(tiny_run, tmp_path / "ct2")
+    model = RealModel("multi30k", "tiny stand-in", tiny_run, tiny_run / "export", ct2_dir, 1,
+                      json.loads((tiny_run / "config.json").read_text())["vocab_size"], True)
+    real = run_generation([model], tmp_path, tokens=3, batches=(1, 2), beams=(1, 2), threads=(1,), rounds=2,
+                          with_savedmodel=False, log=lambda _: None)
+    assert len(real["rows"]) == 4
+    for row in real["rows"]:
+        assert set(row["engines"]) == {"ours fp32", "ours int8", "ct2 fp32", "ct2 int8"}
+        assert all(len(e["runs_ms"]) == 2 and e["tokens_per_s"] > 0 for e in row["engines"].values())
+        ratio = row["ratios"]["ours fp32 / ct2 fp32"]
+        assert ratio["range"][0] <= ratio["median"] <= ratio["range"][1]
+    # The batch-1 greedy target is judged from its row; beam 4 / base rows were not measured here.
+    verdicts = real_size_targets(real)
+    assert [(v["method"], v["batch"]) for v in verdicts] == [("greedy", 1)]
+    assert verdicts[0]["holds"] == (verdicts[0]["value"] >= 1.0)
+    results = {"command": "make bench", "quick": False, "date": "now", "seconds": 1.0,
+               "environment": {"cpu": "x", "cpu_count": 2, "platform": "p", "python": "3",
+                               "load_average": [0], "versions": {}},
+               "real_size": real, "pipeline": {"skipped": "no Multi30k folder"}}
+    markdown = render_markdown(results)
+    assert "## Real size: generation against CTranslate2" in markdown and "no Multi30k folder" in markdown
