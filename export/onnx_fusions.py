@@ -12,6 +12,10 @@ ONNX operator each:
 - Keras `LayerNormalization` (mean and variance from `tf.nn.moments`, then `rsqrt`): 13 nodes become
   one `LayerNormalization` (ONNX opset 17+), with the same epsilon, scale and bias.
 
+- Keras `Dense` on a 3-D input (TF `Tensordot`): `Reshape(MatMul(Reshape(x, [-1, d]), W), shape)` with
+  `shape = Concat(Gather(Shape(x), leading axes), [f])`, 8 nodes, is `MatMul(x, W)`: ONNX `MatMul`
+  broadcasts over the leading axes. Six per decoder step of a 3-layer Transformer.
+
 The rewrites only replace nodes whose pattern matches exactly (constant epsilon, constant 1-D scale and
 bias, reduction over the last axis); anything else is left alone. Export validation then compares the
 rewritten graphs against Keras as it does for every graph, so a wrong fold cannot go unnoticed.
@@ -108,6 +112,53 @@ def _fold_adds(g: _Graph, match: Callable, rewrite: Callable[[onnx.NodeProto, tu
         node.CopyFrom(rewrite(node, found))
         folded += 1
     return folded
+
+
+def _fold_tensordots(g: _Graph) -> int:
+    """`Reshape(MatMul(Reshape(x, [-1, d]), W (d, f)), Concat(Gather(Shape(x), [0..r-2]), [f]))`, the
+    leading axes gathered from x's own shape, -> `MatMul(x, W)`."""
+    folded = 0
+    for node in g.graph.node:
+        if node.op_type != "Reshape":
+            continue
+        matmul = g.op(node.input[0], "MatMul")
+        flatten = g.op(matmul.input[0], "Reshape") if matmul is not None else None
+        weight = g.constant(matmul.input[1]) if matmul is not None else None
+        if flatten is None or weight is None or weight.ndim != 2:
+            continue
+        x = flatten.input[0]
+        flat_shape = g.constant(flatten.input[1])
+        if flat_shape is None or flat_shape.tolist() != [-1, weight.shape[0]]:
+            continue
+        if not _is_leading_shape_of(g, node.input[1], x, weight.shape[1]):
+            continue
+        node.CopyFrom(helper.make_node("MatMul", [x, matmul.input[1]], list(node.output), name=node.name))
+        folded += 1
+    return folded
+
+
+def _is_leading_shape_of(g: _Graph, name: str, x: str, last: int) -> bool:
+    """`name` computes `shape(x)[:-1] + [last]` as tf2onnx writes it: (Cast of) Concat(Gather((Cast of)
+    Shape(x), constant leading axes), constant [last])."""
+    concat = _through_cast(g, name, "Concat")
+    if concat is None or len(concat.input) != 2:
+        return False
+    gather, tail = g.op(concat.input[0], "Gather"), g.constant(concat.input[1])
+    if gather is None or tail is None or tail.reshape(-1).tolist() != [last]:
+        return False
+    shape = _through_cast(g, gather.input[0], "Shape")
+    axes = g.constant(gather.input[1])
+    if shape is None or shape.input[0] != x or axes is None:
+        return False
+    rank = _rank(g, x)
+    leading = axes.reshape(-1).tolist()
+    return leading == list(range(len(leading))) and (rank is None or len(leading) == rank - 1)
+
+
+def _through_cast(g: _Graph, name: str, op_type: str) -> onnx.NodeProto | None:
+    """The `op_type` node producing `name`, directly or through one `Cast` (tf2onnx casts shapes)."""
+    cast = g.op(name, "Cast")
+    return g.op(cast.input[0], op_type) if cast is not None else g.op(name, op_type)
 
 
 def _fold_selects(g: _Graph) -> int:
@@ -245,9 +296,10 @@ def fuse_graph_patterns(model: onnx.ModelProto) -> dict[str, int]:
     and how many nodes it removed."""
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     before = sum(len(graph.node) for graph in subgraphs(model.graph))
-    counts = {"where": 0, "layer_normalization": 0}
+    counts = {"where": 0, "layer_normalization": 0, "matmul": 0}
     for g in list(_graphs(model.graph)):
         counts["where"] += _fold_selects(g)
+        counts["matmul"] += _fold_tensordots(_Graph(g.graph, g.constants))
         if opset >= _LAYER_NORM_OPSET:
             g = _Graph(g.graph, g.constants)  # fresh lookups after the first rewrite
             counts["layer_normalization"] += _fold_layer_norms(g)

@@ -151,3 +151,45 @@ def test_a_select_inside_a_loop_body_is_folded_and_outer_names_stay_alive():
     assert counts["where"] == 1
     assert [n.op_type for n in model.graph.node] == ["Neg", "Loop"]
     np.testing.assert_array_equal(_run(model, feeds), before)
+
+
+def test_tensordot_becomes_one_broadcasting_matmul():
+    """Keras Dense on (batch, time, d) as tf2onnx writes it: flatten, MatMul, reshape to the input's
+    leading axes + [f]."""
+    weight = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Cast", ["s"], ["s32"], to=TensorProto.INT32),
+        helper.make_node("Gather", ["s32", "free"], ["lead"], axis=0),
+        helper.make_node("Concat", ["lead", "tail"], ["shape32"], axis=0),
+        helper.make_node("Cast", ["shape32"], ["shape"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["x", "flat"], ["x2"]),
+        helper.make_node("MatMul", ["x2", "w"], ["y2"]),
+        helper.make_node("Reshape", ["y2", "shape"], ["y"]),
+    ]
+    initializers = [numpy_helper.from_array(weight, "w"),
+                    numpy_helper.from_array(np.array([0, 1], np.int32), "free"),
+                    numpy_helper.from_array(np.array([3], np.int32), "tail"),
+                    numpy_helper.from_array(np.array([-1, 4], np.int64), "flat")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 4])],
+                   helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 3]), initializers)
+    x = np.random.default_rng(1).normal(size=(2, 5, 4)).astype(np.float32)
+    before = _run(model, {"x": x})
+    counts = fuse_graph_patterns(model)
+    assert counts["matmul"] == 1 and counts["nodes_removed"] == 7
+    assert [n.op_type for n in model.graph.node] == ["MatMul"]
+    np.testing.assert_allclose(_run(model, {"x": x}), before, rtol=1e-6)
+    np.testing.assert_allclose(before, x @ weight, rtol=1e-5)
+
+
+def test_tensordot_reshaped_elsewhere_is_left_alone():
+    """An output reshaped to a shape that is not x's leading axes + [f] must stay as it is."""
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["x2"]),
+             helper.make_node("MatMul", ["x2", "w"], ["y2"]),
+             helper.make_node("Reshape", ["y2", "other"], ["y"])]
+    initializers = [numpy_helper.from_array(np.ones((4, 3), np.float32), "w"),
+                    numpy_helper.from_array(np.array([-1, 4], np.int64), "flat"),
+                    numpy_helper.from_array(np.array([-1], np.int64), "other")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 4])],
+                   helper.make_tensor_value_info("y", TensorProto.FLOAT, [30]), initializers)
+    assert fuse_graph_patterns(model)["matmul"] == 0 and len(model.graph.node) == 3
