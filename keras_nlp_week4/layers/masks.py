@@ -5,9 +5,9 @@ Convention used across the package: a mask is boolean and `True` means "may atte
 score dtype (so float16 does not overflow), and the softmax output is multiplied by the
 mask so masked positions get exactly 0 weight, even when a whole row is masked.
 
-Everything here is written with `keras.ops` on purpose: no `slice_update` or
-`scatter_update` (tf2onnx cannot convert XlaDynamicUpdateSlice), only elementwise ops,
-`arange`, `where` and `softmax`.
+Everything here is written with `keras.ops` on purpose: no `slice_update` (it lowers to
+XlaDynamicUpdateSlice, which tf2onnx cannot convert), only elementwise ops, `arange`, `where`
+and `softmax`.
 """
 
 from __future__ import annotations

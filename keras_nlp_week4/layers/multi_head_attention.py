@@ -34,7 +34,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     Written from scratch on `keras.ops` (it does not wrap `keras.layers.MultiHeadAttention`)
     so that it can carry a preallocated key/value cache for incremental decoding that
-    tf2onnx converts: the cache is written with `arange`/compare/`take`/`where`, never
+    tf2onnx converts: the cache is written with one `scatter_update` (ONNX `ScatterND`), never
     with `slice_update` (XlaDynamicUpdateSlice has no ONNX conversion).
 
     Two kinds of cache, both shaped `(batch, 2, num_heads, length, head_dim)` with index 0
@@ -195,21 +195,26 @@ class MultiHeadAttention(keras.layers.Layer):
     def _update_self_attention_cache(self, cache, new_key_value, index):
         """Writes `new_key_value` into `cache` at positions `[index, index + q_len)`.
 
-        Done with a gather and a `where` over the whole cache instead of
-        `slice_update`, which lowers to XlaDynamicUpdateSlice that tf2onnx cannot convert.
+        One scatter (`tensor_scatter_nd_update`, ONNX `ScatterND`) into the cache viewed as
+        `(batch * 2 * heads, max_len, head_dim)` rows: it writes `q_len` positions per row and leaves
+        the rest as it is, where a gather of the new entries to the full length and a `where` over the
+        whole cache read and wrote every position at every step. (`slice_update` would be the direct
+        op, but it lowers to XlaDynamicUpdateSlice, which tf2onnx cannot convert.)
         """
-        max_len = ops.shape(cache)[_CACHE_LENGTH_AXIS]
+        shape = ops.shape(cache)
+        max_len, head_dim = shape[_CACHE_LENGTH_AXIS], shape[-1]
         q_len = ops.shape(new_key_value)[_CACHE_LENGTH_AXIS]
-        # Offset of each cache slot from the first new token: slot p takes new token p - index.
-        relative = ops.arange(max_len, dtype="int32") - ops.cast(index, "int32")  # (max_len,)
-        written = ops.logical_and(
-            ops.greater_equal(relative, 0), ops.less(relative, ops.cast(q_len, "int32"))
+        rows = shape[0] * shape[1] * shape[2]  # batch * 2 * heads
+        # (rows, q_len, 2) indices: row r, position index + i.
+        row_ids = ops.broadcast_to(ops.arange(rows, dtype="int32")[:, None], (rows, q_len))
+        positions = ops.broadcast_to(
+            (ops.arange(q_len, dtype="int32") + ops.cast(index, "int32"))[None, :], (rows, q_len))
+        updated = ops.scatter_update(
+            ops.reshape(cache, (rows, max_len, head_dim)),
+            ops.stack([row_ids, positions], axis=-1),
+            ops.reshape(ops.cast(new_key_value, cache.dtype), (rows, q_len, head_dim)),
         )
-        source = ops.minimum(ops.maximum(relative, 0), ops.cast(q_len, "int32") - 1)
-        # (batch, 2, heads, q_len, head_dim) -> (batch, 2, heads, max_len, head_dim)
-        gathered = ops.take(new_key_value, source, axis=_CACHE_LENGTH_AXIS)
-        written = ops.reshape(written, (1, 1, 1, -1, 1))
-        return ops.where(written, ops.cast(gathered, cache.dtype), cache)
+        return ops.reshape(updated, shape)
 
     def call(
         self,

@@ -152,8 +152,9 @@ def check_settings(settings: dict) -> None:
 
 
 # Recorded in config.json["train"] but not what defines the training: verbosity changes what is
-# printed, and the replica count is added by `train` from the strategy, it is not a setting.
-_NOT_TRAINING_SETTINGS = ("verbose", "num_replicas")
+# printed, the replica count is added by `train` from the strategy, it is not a setting, and the output
+# folder is where the run went (a finished run moved into a comparison's folder is the same run).
+_NOT_TRAINING_SETTINGS = ("verbose", "num_replicas", "out")
 
 
 def same_training(recorded: dict, settings: dict) -> bool:
