@@ -51,17 +51,26 @@ def token_log_probs(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
 
 def top_k_stable(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the `k` largest values of each row, largest first, ties to the lower index: what
-    `np.argsort(-values, kind="stable")[:, :k]` returns, by a partition instead of a sort of the row."""
+    `np.argsort(-values, kind="stable")[:, :k]` returns, found by `k` rounds of `argmax` (which returns
+    the first of equal maxima) instead of sorting each row of batch x beams x vocabulary scores.
+
+    A row where a pick is -inf (fewer than `k` finite values: a masked pick could be picked again) or NaN
+    is settled by the sort itself."""
     if k >= values.shape[-1]:
         return np.argsort(-values, axis=-1, kind="stable")[:, :k]
-    kth = -np.partition(-values, k - 1, axis=-1)[:, k - 1]  # the k-th largest value of each row
-    rows = []
-    for row, threshold in zip(values, kth, strict=True):
-        above = np.flatnonzero(row > threshold)
-        chosen = np.concatenate([above, np.flatnonzero(row == threshold)[: k - above.size]])
-        chosen.sort()  # index order first, so the stable sort below breaks ties by index
-        rows.append(chosen[np.argsort(-row[chosen], kind="stable")])
-    return np.stack(rows)
+    work = np.array(values, copy=True)
+    rows = np.arange(values.shape[0])
+    result = np.empty((values.shape[0], k), dtype=np.int64)
+    unsure = np.zeros(values.shape[0], dtype=bool)
+    for j in range(k):
+        best = work.argmax(axis=-1)
+        result[:, j] = best
+        found = work[rows, best]
+        unsure |= np.isneginf(found) | np.isnan(found)  # -inf: maybe an earlier pick again
+        work[rows, best] = -np.inf
+    for row in np.flatnonzero(unsure):
+        result[row] = np.argsort(-values[row], kind="stable")[:k]
+    return result
 
 
 def tempered_log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
