@@ -104,6 +104,35 @@ def _load_note(env: dict) -> str:
                    "to back in the same process.")
 
 
+# What profiling found about ours vs CTranslate2 at real size (static: from the profiling session of
+# 2026-11-30 on the trained Multi30k model, idle machine, one thread).
+REAL_SIZE_NOTES = """\
+Profile and what was tried (Multi30k model, one thread, idle machine, 2026-11-30):
+
+- Where a decoder step's time goes, per onnxruntime's profiler (`enable_profiling`, 32 steps). At batch
+  128 (batch 32 x 4 beams) the profiled step took 16.2 ms: matrix products 6.4 ms (MatMul) + 1.0 ms
+  (FusedMatMul), and moving the key/value caches 7.2 ms: `Slice` 3.8 ms (the per-layer slices of the
+  stacked `(batch, layers, 2, heads, length, head_dim)` caches and their key/value halves, each a copy in
+  onnxruntime, the constant cross-attention cache included, every step), `Concat` 1.9 ms (restacking the
+  updated self-attention caches) and `ScatterND` 1.5 ms (writing the new position). CTranslate2 keeps
+  per-layer caches that grow by one position. At batch 1 the step is bound by per-node overhead: 337
+  nodes (onnxruntime's own CPU kernels, about 1.5 us each) against CTranslate2's fused layers.
+- Kept, each measured: beam search chose its top k by sorting all batch x beams x 8,000 scores (0.13 s a
+  step at batch 32, beam 4); now k rounds of argmax (same ties, same results, 23 ms for 32 steps); the
+  per-step log-softmax in float32 and greedy scores from one log-sum-exp; the self-attention cache
+  written with one `ScatterND` instead of a full-length `Gather` + `Where` (the `Where` alone was 1.45 of
+  7.4 ms per profiled step at batch 32); tf2onnx's 8-node `Tensordot` for every `Dense` folded into one
+  broadcasting `MatMul` (360 -> 311 nodes before the scatter change, outputs identical).
+- Tried and not kept: onnxruntime's transformer optimizer (`onnxruntime.transformers.optimizer`,
+  `model_type="bert"`) fused 14 of 360 nodes and was not faster (16.1 vs 17.3 ms for 32 steps); IO
+  binding with preallocated ping-pong cache buffers was slower (21.2 -> 22.0 ms at batch 1 greedy, 617 ->
+  779 ms at batch 32 beam 4).
+- The next lever, not done: one state entry per layer and per key/value (format version 2 of the export
+  contract) instead of stacked caches, which removes the `Slice`/`Concat` copies (about 5.7 of 16.2 ms
+  per profiled step at batch 128), and a cache that grows with the prefix instead of a preallocated
+  `max_length`.
+"""
+
 # The issue's targets for the real-size part: (ratio, size, method, batch, threshold).
 REAL_TARGETS = (("ours fp32 / ct2 fp32", "multi30k", "greedy", 1, 1.0),
                 ("ours fp32 / ct2 fp32", "multi30k", "beam 4", 32, 0.8),
@@ -155,6 +184,7 @@ def _real_size_markdown(real: dict, pipeline: dict | None, training: list | None
                         [[v["ratio"], v["size"], v["method"], v["batch"], v["threads"],
                           _ratio_cell({"median": v["value"], "range": v["range"]}), f">= {v['target']:g}",
                           "yes" if v["holds"] else "**no**"] for v in verdicts])
+    lines += ["", REAL_SIZE_NOTES.strip()]
     server = real.get("server")
     if server:
         lines += ["", f"HTTP server on the `{server['model']}` model "
