@@ -118,8 +118,9 @@ def _exported(run_dir: Path, log: Callable[[str], None]) -> Path:
     from export.validate import validate
 
     if not (run_dir / "export" / "config.json").is_file():
-        log(f"exporting {run_dir} (ONNX + SavedModel + int8 graphs, checked on 2 test sequences)")
-        export_run(run_dir, quantize=True, validate=False, max_test_examples=2, verbose=False)
+        log(f"exporting {run_dir} (ONNX + SavedModel, checked on 2 test sequences; int8 graphs after)")
+        # No int8 quality check here either: it decodes generated ids to text.
+        export_run(run_dir, validate=False, max_test_examples=2, verbose=False)
         validate(run_dir / "export", reference_only=True, verbose=False)
     return run_dir / "export"
 
