@@ -35,6 +35,8 @@ __all__ = ["DEFAULT_REAL_RUN", "RealModel", "prepare_models", "run_generation"]
 DEFAULT_REAL_RUN = Path("artifacts/compare-multi30k/transformer")
 MULTI30K_SHAPE = {"preset": "compact", "vocab_size": 8000}
 NEVER = -1  # an EOS id no token has
+# Longer than OpenMP's default spin time (KMP_BLOCKTIME, 200 ms) and onnxruntime's.
+SETTLE_SECONDS = 0.3
 SOURCE_TOKENS = 20  # a typical Multi30k German sentence in 8,000 BPE pieces, EOS included
 RATIO_PAIRS = (("ours fp32", "ct2 fp32"), ("ours int8", "ct2 int8"), ("ours int8", "ours fp32"),
                ("ct2 int8", "ct2 fp32"), ("ours fp32", "savedmodel"))
@@ -251,16 +253,18 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
                     onnx_and_ct2 = [name for name in names if name != "savedmodel"]
                     for round_index in range(rounds):
                         shift = round_index % len(onnx_and_ct2)
-                        # TensorFlow's pools keep spinning for a moment after a call: the SavedModel goes
-                        # last in every round, followed by a pause, so no other engine pays for it.
+                        # Thread pools keep spinning for a moment after a call (TensorFlow's, CTranslate2's
+                        # OpenMP workers, onnxruntime's): with more than one thread every call is followed
+                        # by an untimed pause, so no engine pays for the one before; the SavedModel goes
+                        # last in every round.
                         order = onnx_and_ct2[shift:] + onnx_and_ct2[:shift] + \
                             (["savedmodel"] if "savedmodel" in names else [])
                         for name in order:
                             started = time.perf_counter()
                             engines[name](source, tokens, beam)
                             runs[name].append(time.perf_counter() - started)
-                        if "savedmodel" in names:
-                            time.sleep(0.3)
+                            if n_threads > 1 or name == "savedmodel":
+                                time.sleep(SETTLE_SECONDS)
                     row = {"size": model.name, "method": "greedy" if beam == 1 else f"beam {beam}",
                            "batch": batch, "threads": n_threads, "engines": {}, "ratios": {}}
                     for name, seconds in runs.items():
