@@ -174,7 +174,7 @@ def test_recipe_compare_export_and_serve_on_a_slice(tmp_path):
     out = tmp_path / "compare"
     models = ["seq2seq-gru", "transformer"]
     done = run_module("keras_nlp_week4", "compare", "--task", "multi30k", "--data", str(folder),
-                      "--models", ",".join(models), "--epochs", "2", "--vocab-size", "300",
+                      "--models", ",".join(models), "--epochs", "1", "--vocab-size", "300",
                       "--batch-size", "32", "--transformer-preset", "tiny", "--rnn-preset", "tiny",
                       "--out", str(out), "--verbose", "0")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -197,14 +197,14 @@ def test_recipe_compare_export_and_serve_on_a_slice(tmp_path):
 
     # The same comparison again trains nothing: the finished runs match the settings.
     stamps = {m: (out / m / "model.keras").stat().st_mtime_ns for m in models}
-    base = TrainConfig(task="multi30k", data=str(folder), epochs=2, batch_size=32, vocab_size=300, verbose=0)
+    base = TrainConfig(task="multi30k", data=str(folder), epochs=1, batch_size=32, vocab_size=300, verbose=0)
     again = compare(base, models, out_dir=out, transformer_preset="tiny", rnn_preset="tiny", verbose=False)
     assert {m: (out / m / "model.keras").stat().st_mtime_ns for m in models} == stamps
     assert again["rows"] == table["rows"]
 
     # Downstream, unchanged: export with parity validation, then serve the test sources on stdin.
     run_dir = out / "transformer"
-    exported = run_module("export", str(run_dir))
+    exported = run_module("export", str(run_dir), "--max-test-examples", "60")
     assert exported.returncode == 0, exported.stderr[-3000:]
     sources = [line for line in (folder / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:8]]
     served = run_module("serving", str(run_dir / "export"), input="\n".join(sources) + "\n")
