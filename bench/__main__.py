@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.real_size import prepare_models, run_generation
         from bench.server import run_server
 
-        models = [m for m in prepare_models(args.run, args.work / "real-size", args.real_run, log=log)
-                  if m.name in s["real_sizes"]]
+        models = prepare_models(args.run, args.work / "real-size", args.real_run, log=log,
+                                names=s["real_sizes"])
         real = run_generation(models, args.work / "real-size", threads=s["real_threads"],
                               rounds=s["real_rounds"], log=log)
         multi30k = models[0]
