@@ -42,17 +42,13 @@ def run_pipeline_throughput(folder: Path, steps: int | None = None, warmup: int 
     import keras
     import tensorflow as tf
 
-    from keras_nlp_week4.data.pipeline import (
-        EpochOrder,
-        length_buckets,
-        make_dataset,
-        remainder_share,
-    )
+    from keras_nlp_week4.data.pipeline import EpochOrder
     from keras_nlp_week4.data.tokenizer import PAD_ID
+    from keras_nlp_week4.tasks import get_task
     from keras_nlp_week4.training.trainer import (
-        MAX_DROPPED_SHARE,
         TrainConfig,
         build_training_model,
+        make_datasets,
         prepare_data,
         resolve_settings,
     )
@@ -66,13 +62,8 @@ def run_pipeline_throughput(folder: Path, steps: int | None = None, warmup: int 
         started = time.perf_counter()
         data = prepare_data(config, settings, Path(scratch), resuming=False)
         tokenizer_seconds = time.perf_counter() - started
-        lengths = dict(max_source_length=settings["max_source_length"],
-                       max_target_length=settings["max_target_length"])
         batch_size = settings["batch_size"]
-        buckets = length_buckets(data.lengths, **lengths)
-        drop = remainder_share(data.lengths, buckets, batch_size, **lengths) <= MAX_DROPPED_SHARE
-        dataset = make_dataset(data.train_pairs, data.tokenizer, batch_size, order=EpochOrder(config.seed),
-                               bucket_boundaries=buckets, drop_remainder=drop, **lengths)
+        dataset, _ = make_datasets(data, settings, get_task(config.task), EpochOrder(config.seed))
 
         # One pass alone: what the input pipeline costs by itself, and every batch's real tokens.
         started = time.perf_counter()
@@ -84,6 +75,7 @@ def run_pipeline_throughput(folder: Path, steps: int | None = None, warmup: int 
             positions.append(int(tf.size(encoder_input)) + int(tf.size(target)))
         pipeline_seconds = time.perf_counter() - started
         real, positions = np.array(real), np.array(positions)
+        drop = all(shape[0] == batch_size for shape in shapes)  # no partial batch: make_datasets dropped them
         padding = 1.0 - real / positions
         timed = len(real) if steps is None else min(steps, len(real) - warmup)
 

@@ -83,33 +83,16 @@ def _stand_in_run(base_run: Path, destination: Path, preset: str, vocab_size: in
     return destination
 
 
-def _pieces_for(run_dir: Path, vocab_size: int) -> list[str]:
-    """The run's sentencepiece pieces, extended with placeholders when a stand-in's vocabulary is larger."""
-    import sentencepiece as spm
-
-    processor = spm.SentencePieceProcessor(model_file=str(run_dir / "tokenizer.model"))
-    pieces = [processor.id_to_piece(i) for i in range(min(processor.get_piece_size(), vocab_size))]
-    return pieces + [f"<bench_{i}>" for i in range(len(pieces), vocab_size)]
-
-
 def _ctranslate2_dir(run_dir: Path, destination: Path) -> Path:
-    from export.ctranslate2_target import transformer_spec
-    from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
+    """`export.ctranslate2_target.convert_run` of the run (cached), with positions for long benchmarks."""
+    from export.ctranslate2_target import convert_run
     from keras_nlp_week4.runs import load_run
 
     if (destination / "model.bin").is_file():
         return destination
     run = load_run(run_dir, compile=False)
-    pieces = _pieces_for(run_dir, int(run.config["vocab_size"]))
-    max_length = max(int(run.config["max_source_length"]), int(run.config["max_target_length"]), 256)
-    spec = transformer_spec(run.model, pieces, {"unk": pieces[UNK_ID], "bos": pieces[BOS_ID],
-                                                "eos": pieces[EOS_ID]}, max_length)
-    spec.validate()
-    spec.optimize()
-    shutil.rmtree(destination, ignore_errors=True)
-    destination.mkdir(parents=True)
-    spec.save(str(destination))
-    return destination
+    return convert_run(run, destination, max_length=max(int(run.config["max_source_length"]),
+                                                        int(run.config["max_target_length"]), 256))
 
 
 def _exported(run_dir: Path, log: Callable[[str], None]) -> Path:
@@ -181,7 +164,7 @@ def _ours(export_dir: Path, threads: int, int8: bool) -> Callable:
     return generate
 
 
-def _ct2(ct2_dir: Path, threads: int, compute_type: str, vocab_size: int) -> Callable:
+def _ct2(ct2_dir: Path, threads: int, compute_type: str) -> Callable:
     from export.ctranslate2_target import ctranslate2_translator
 
     translator = ctranslate2_translator(ct2_dir, threads=threads, compute_type=compute_type)
@@ -241,8 +224,8 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
             engines = {
                 "ours fp32": _ours(model.export_dir, n_threads, int8=False),
                 "ours int8": _ours(model.export_dir, n_threads, int8=True),
-                "ct2 fp32": _ct2(model.ct2_dir, n_threads, "float32", model.vocab_size),
-                "ct2 int8": _ct2(model.ct2_dir, n_threads, "int8", model.vocab_size),
+                "ct2 fp32": _ct2(model.ct2_dir, n_threads, "float32"),
+                "ct2 int8": _ct2(model.ct2_dir, n_threads, "int8"),
             }
             if savedmodel is not None and n_threads == max(threads):
                 engines["savedmodel"] = savedmodel

@@ -114,14 +114,14 @@ def _activation(model):
     from ctranslate2.specs import common_spec
 
     layers = [*model.encoder_layers, *model.decoder_layers]
-    names = {keras_name(layer.activation) for layer in layers}
+    names = {_keras_name(layer.activation) for layer in layers}
     if len(names) != 1 or next(iter(names)) not in _ACTIVATIONS:
         raise UserError(f"CTranslate2 has no activation for this model's feed-forward {sorted(names)}; "
                         f"it supports {', '.join(sorted(_ACTIVATIONS))}")
     return common_spec.Activation[_ACTIVATIONS[names.pop()]]
 
 
-def keras_name(function) -> str:
+def _keras_name(function) -> str:
     import keras
 
     return keras.activations.serialize(function) if not isinstance(function, str) else function
@@ -199,25 +199,28 @@ def transformer_spec(model, pieces: Sequence[str], special_pieces: dict[str, str
     return spec
 
 
-def _pieces(tokenizer_model: Path) -> list[str]:
+def _pieces(tokenizer_model: Path, vocab_size: int | None = None) -> list[str]:
+    """The sentencepiece pieces in id order, padded with placeholders up to `vocab_size` when the model's
+    vocabulary is larger than its tokenizer's (a benchmark's random-weight stand-in)."""
     import sentencepiece as spm
 
     processor = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
     pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
     if len(set(pieces)) != len(pieces):
         raise UserError(f"{tokenizer_model} has repeated pieces; CTranslate2 needs one string per id")
-    return pieces
+    return pieces + [f"<unused_{i}>" for i in range(len(pieces), vocab_size or 0)]
 
 
-def convert_run(run, destination: Path) -> Path:
+def convert_run(run, destination: Path, max_length: int | None = None) -> Path:
     """Writes `run` (a loaded `keras_nlp_week4.runs.Run`) as a CTranslate2 model directory at `destination`:
     `model.bin`, the shared vocabulary, `config.json`, and `tokenizer.model` beside them. Written to a
-    folder next to it and renamed into place."""
+    folder next to it and renamed into place. `max_length`: positions to tabulate (default: the longer
+    of the run's source and target maxima)."""
     require_ctranslate2()
     from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
-    pieces = _pieces(Path(run.tokenizer.model_path))
-    max_length = max(int(run.config["max_source_length"]), int(run.config["max_target_length"]))
+    pieces = _pieces(Path(run.tokenizer.model_path), int(run.config["vocab_size"]))
+    max_length = max_length or max(int(run.config["max_source_length"]), int(run.config["max_target_length"]))
     spec = transformer_spec(run.model, pieces, {"unk": pieces[UNK_ID], "bos": pieces[BOS_ID],
                                                 "eos": pieces[EOS_ID]}, max_length)
     spec.validate()
@@ -272,7 +275,7 @@ def validate_ctranslate2(model_dir: Path, export_dir: Path, threads: int = 0, be
     config = json.loads((Path(export_dir) / "config.json").read_text(encoding="utf-8"))
     max_target = int(config["max_target_length"])
     pieces = _pieces(Path(model_dir) / "tokenizer.model")
-    translator = ctranslate2_translator(model_dir, threads=threads or 0)
+    translator = ctranslate2_translator(model_dir, threads=threads)
     runtime = Runtime(export_dir, intra_op_threads=threads)
     strip = runtime.tokenizer.output_ids  # ids before EOS, without PAD and BOS
 

@@ -234,6 +234,28 @@ def prepare_data(config: TrainConfig, settings: dict, run_dir: Path, resuming: b
     return PreparedData(splits, train_pairs, tokenizer, scratch, lengths)
 
 
+def make_datasets(data: PreparedData, settings: dict, task, order: EpochOrder) -> tuple:
+    """Step 1b: the training and validation `tf.data` datasets of the recipe, `(train, validation)`.
+
+    With length bucketing (`task.bucket_by_length`), bucketing flushes every bucket's partial batch at the
+    end of the input: a run of small, same-length batches as the epoch's last steps, each a full-size
+    optimizer step on a few examples, which moved validation BLEU by several points from one epoch to the
+    next. Training drops them (a different few examples each epoch, since the order changes) unless that
+    would leave out more than `MAX_DROPPED_SHARE` of the split (small data); validation keeps every
+    example."""
+    lengths = dict(max_source_length=settings["max_source_length"],
+                   max_target_length=settings["max_target_length"])
+    batch_size = settings["batch_size"]
+    buckets = length_buckets(data.lengths, **lengths) if task.bucket_by_length else None
+    drop_partial = buckets is not None and remainder_share(
+        data.lengths, buckets, batch_size, **lengths) <= MAX_DROPPED_SHARE
+    train = make_dataset(data.train_pairs, data.tokenizer, batch_size, order=order,
+                         bucket_boundaries=buckets, drop_remainder=drop_partial, **lengths)
+    validation = make_dataset(data.splits.validation, data.tokenizer, batch_size, bucket_boundaries=buckets,
+                              **lengths)
+    return train, validation
+
+
 def _warn_if_cut(lengths: tuple, settings: dict) -> None:
     """Warns when training pairs (`pipeline.token_lengths`) are longer than the maximum lengths (the
     pipeline cuts them), so a recipe on new data says which flag to raise."""
@@ -341,21 +363,8 @@ def train(config: TrainConfig) -> Path:
     keras.utils.set_random_seed(config.seed)
 
     data = prepare_data(config, settings, run_dir, resuming)
-    lengths = dict(max_source_length=settings["max_source_length"],
-                   max_target_length=settings["max_target_length"])
     order = EpochOrder(config.seed)
-    buckets = length_buckets(data.lengths, **lengths) if task.bucket_by_length else None
-    # Bucketing flushes every bucket's partial batch at the end of the input: a run of small, same-length
-    # batches as the epoch's last steps, each a full-size optimizer step on a few examples, which moved
-    # validation BLEU by several points from one epoch to the next. Training drops them (a different few
-    # examples each epoch, since the order changes) unless that would leave out more than a tenth of the
-    # split (small data); validation keeps every example.
-    drop_partial = buckets is not None and remainder_share(
-        data.lengths, buckets, settings["batch_size"], **lengths) <= MAX_DROPPED_SHARE
-    train_ds = shard_by_data(make_dataset(data.train_pairs, data.tokenizer, settings["batch_size"], order=order,
-                                          bucket_boundaries=buckets, drop_remainder=drop_partial, **lengths))
-    val_ds = shard_by_data(make_dataset(data.splits.validation, data.tokenizer, settings["batch_size"],
-                                        bucket_boundaries=buckets, **lengths))
+    train_ds, val_ds = (shard_by_data(ds) for ds in make_datasets(data, settings, task, order))
     model = build_training_model(config, settings, data.tokenizer.vocab_size, strategy)
     write_run(run_dir, config, settings, data, model)
 
@@ -363,7 +372,9 @@ def train(config: TrainConfig) -> Path:
     if task.validation_bleu_examples:
         validation_bleu = ValidationBLEU(data.splits.validation, data.tokenizer,
                                          special_ids=SPECIAL_IDS,
-                                         max_examples=task.validation_bleu_examples, **lengths)
+                                         max_examples=task.validation_bleu_examples,
+                                         max_source_length=settings["max_source_length"],
+                                         max_target_length=settings["max_target_length"])
     callbacks = make_callbacks(run_dir, settings, order, resuming, validation_bleu)
     if resuming:
         print(f"Resuming the interrupted run in {run_dir} after its last finished epoch "
