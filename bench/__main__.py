@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                               rounds=s["real_rounds"], log=log)
         multi30k = models[0]
         real["server"] = {"model": multi30k.name, "trained": multi30k.trained,
-                          "rows": run_server(str(multi30k.export_dir), s["concurrencies"], s["real_requests"],
+                          # The run's own validated export: `export_dir` may be the benchmark's int8 copy,
+                          # whose rewritten config.json no longer matches the manifest the server checks.
+                          "rows": run_server(str(multi30k.run_dir / "export"), s["concurrencies"],
+                                             s["real_requests"],
                                              s["max_seconds"], log=log)}
         results["real_size"] = real
         log(f"[{time.perf_counter() - started:.0f} s] real-size generation and server done")
