@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Every install: the build backend's notes on editable installs are for packagers, not for someone
+# running make.
+PIP_QUIET := PYTHONWARNINGS=ignore $(PY) -m pip install -q
 
 TASK ?= dates
 MODEL ?= transformer
@@ -49,8 +52,7 @@ TRAIN_ARGS := --task $(TASK) --model $(MODEL) \
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# The build backend's notes on editable installs are for packagers, not for someone running make.
-	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e ".[dev]"
+	$(PIP_QUIET) -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -74,7 +76,7 @@ plot: $(STAMP)
 # parity validation (Keras vs SavedModel vs onnxruntime; the same checks as `python -m export.validate RUN`).
 export: $(STAMP)
 	@$(if $(findstring ctranslate2,$(TARGET)),$(PY) -c "import ctranslate2" 2>/dev/null || \
-		$(PY) -m pip install -q -e ".[ctranslate2]")
+		$(PIP_QUIET) -e ".[ctranslate2]")
 	$(PY) -m export $(RUN) $(if $(filter 1 yes true,$(QUANTIZE)),--quantize) \
 		$(foreach t,$(subst $(comma), ,$(TARGET)),--target $(t))
 
@@ -83,7 +85,7 @@ export: $(STAMP)
 # On a fresh clone it first trains and exports the default model (about 4 min) if RUN has no export.
 BENCH_RUN = $(or $(RUN),artifacts/dates-transformer)
 bench: $(STAMP)
-	@$(PY) -c "import keras_hub" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]" || \
+	@$(PY) -c "import keras_hub" 2>/dev/null || $(PIP_QUIET) -e ".[bench]" || \
 		echo "warning: keras-hub unavailable; benchmarking without the keras-hub peer" >&2
 	@test -f $(BENCH_RUN)/model.keras || $(PY) -m keras_nlp_week4 train --task dates --model transformer \
 		--out $(BENCH_RUN)
