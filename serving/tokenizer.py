@@ -14,7 +14,17 @@ import sentencepiece as spm
 
 from serving.errors import ExportError
 
-__all__ = ["SentencePieceTokenizer"]
+__all__ = ["SentencePieceTokenizer", "strip_special_ids"]
+
+
+def strip_special_ids(ids: Sequence[int] | np.ndarray, pad_id: int, bos_id: int, eos_id: int) -> list[int]:
+    """The ids of one generated row before its first EOS, without PAD and BOS: what the text is decoded
+    from. The one definition for the runtime (`SentencePieceTokenizer.output_ids`) and the training side
+    (`keras_nlp_week4.data.tokenizer.strip_special`), so a served output and a Keras one are cut alike."""
+    ids = np.asarray(ids).reshape(-1).tolist()
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id)]
+    return [int(i) for i in ids if i not in (pad_id, bos_id)]
 
 
 class SentencePieceTokenizer:
@@ -62,11 +72,8 @@ class SentencePieceTokenizer:
         return batch, lengths
 
     def output_ids(self, row: np.ndarray) -> list[int]:
-        """Generated ids before the first EOS, without PAD/BOS (the training tokenizer's `strip_special`)."""
-        ids = np.asarray(row).reshape(-1).tolist()
-        if self.eos_id in ids:
-            ids = ids[: ids.index(self.eos_id)]
-        return [int(i) for i in ids if i not in (self.pad_id, self.bos_id)]
+        """Generated ids before the first EOS, without PAD/BOS (`strip_special_ids` with this export's ids)."""
+        return strip_special_ids(row, self.pad_id, self.bos_id, self.eos_id)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._processor.decode(list(ids))

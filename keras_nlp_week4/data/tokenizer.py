@@ -31,6 +31,7 @@ import numpy as np
 import sentencepiece as spm
 
 from keras_nlp_week4.errors import UserError
+from serving.tokenizer import strip_special_ids
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -199,10 +200,7 @@ def strip_special(ids: Sequence[int] | np.ndarray) -> list[int]:
     >>> strip_special([BOS_ID, 17, 18, EOS_ID, 19, PAD_ID])
     [17, 18]
     """
-    ids = np.asarray(ids).reshape(-1).tolist()
-    if EOS_ID in ids:
-        ids = ids[: ids.index(EOS_ID)]
-    return [int(i) for i in ids if i not in (PAD_ID, BOS_ID)]
+    return strip_special_ids(ids, PAD_ID, BOS_ID, EOS_ID)
 
 
 class Tokenizer:

@@ -13,7 +13,12 @@ from keras_nlp_week4.models.base import Seq2SeqModel
 
 
 def write_column(buffer, index, values):
-    """`buffer[:, index] = values` without scatter ops (tf2onnx cannot convert XlaDynamicUpdateSlice)."""
+    """`buffer[:, index] = values` as one `where` over the `(batch, max_length)` token buffer.
+
+    Not `slice_update`: it lowers to XlaDynamicUpdateSlice, which tf2onnx cannot convert. The buffer is
+    small ints, so rewriting it whole each step is cheap; the key/value cache, which is large, is written
+    with a scatter instead (`MultiHeadAttention._update_self_attention_cache`, ONNX `ScatterND`).
+    """
     positions = ops.arange(ops.shape(buffer)[1])[None, :]  # (1, max_length)
     return ops.where(positions == index, ops.cast(values, buffer.dtype)[:, None], buffer)
 
