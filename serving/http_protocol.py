@@ -10,7 +10,11 @@ the server up. `GuardedH11Protocol` adds what the app cannot see:
 - a connection limit: connection number `max_connections + 1` gets `503 {"error": ...}` and is closed at
   once (uvicorn's own `limit_concurrency` answers in plain text, and only after the headers arrive);
 - JSON errors: a request h11 cannot parse (`Content-Length: abc` or `-5`, headers over the size limit,
-  a broken request line) gets `400 {"error": ...}` instead of uvicorn's plain-text 400.
+  a broken request line) gets `400 {"error": ...}` instead of uvicorn's plain-text 400;
+- a header size limit (`MAX_HEADER_BYTES`, 16 KiB): h11's own limit (`h11_max_incomplete_event_size`)
+  counts only a head that is still incomplete, so headers of 100 KB that arrive in one read (the event loop
+  reads up to 256 KiB at a time) parse and reach the app. `HeaderLimitMiddleware`, in front of
+  the app's routes, answers those `400 {"error": ...}`; together every head over the limit gets 400.
 
 What stays outside the JSON shape: a client that disconnects gets no answer at all, and bytes that are not
 HTTP (a TLS handshake on the plain port) get the same JSON 400, which such a client cannot read.
@@ -23,8 +27,11 @@ import json
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["GuardedH11Protocol", "guarded_protocol"]
+__all__ = ["MAX_HEADER_BYTES", "GuardedH11Protocol", "HeaderLimitMiddleware", "guarded_protocol"]
 
+# The README's limit, h11's default; passed to uvicorn as `h11_max_incomplete_event_size` too, so that the
+# two checks (an incomplete head in h11, a complete one in the middleware) are of one number.
+MAX_HEADER_BYTES = 16 * 1024
 _LINGER_S = 2.0
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 503: "Service Unavailable"}
 
@@ -113,3 +120,27 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[Guar
     instance: `uvicorn.Config(app, http=guarded_protocol(10, 1000))`)."""
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
                 {"header_timeout_s": header_timeout_s, "max_connections": max_connections})
+
+
+def header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
+    """The size of the header lines as sent: `name: value\r\n` each."""
+    return sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+class HeaderLimitMiddleware:
+    """An ASGI middleware: `400 {"error": ...}` for a request whose headers exceed `max_bytes`, before
+    the app reads its body (module doc: h11 lets a complete head of any size through)."""
+
+    def __init__(self, app, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        size = header_bytes(scope.get("headers", [])) if scope["type"] == "http" else 0
+        if size <= self.max_bytes:
+            return await self.app(scope, receive, send)
+        body = json.dumps({"error": f"request headers are {size} bytes; the limit is {self.max_bytes}"})
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode("ascii"))]})
+        await send({"type": "http.response.body", "body": body.encode("utf-8")})

@@ -16,7 +16,7 @@ from helpers import ROOT
 
 from serving.loadtest import check_loopback, run_load
 from serving.runtime import DecodingOptions, Runtime
-from serving.server import ServerSettings, create_app
+from serving.server import ServerSettings, SettingsError, create_app, main
 
 TEXTS = ["september 27, 1994", "9/27/94", "MONDAY, NOVEMBER 30, 1992"]
 
@@ -148,6 +148,31 @@ def test_bad_requests_are_clear_4xx_and_the_server_keeps_serving(client, body, s
     assert answer.status_code == status, answer.text
     assert set(answer.json()) == {"error"} and message in answer.json()["error"]
     assert client.post("/v1/generate", json={"inputs": "9/27/94"}).status_code == 200
+
+
+def test_headers_over_16_kib_are_400(client):
+    big = client.post("/v1/generate", json={"inputs": "9/27/94"}, headers={"X-Big": "a" * 100_000})
+    assert big.status_code == 400 and set(big.json()) == {"error"}
+    assert big.json()["error"].startswith("request headers are 1") and "the limit is 16384" in big.json()["error"]
+    assert client.post("/v1/generate", json={"inputs": "9/27/94"},
+                       headers={"X-Big": "a" * 8_000}).status_code == 200
+
+
+@pytest.mark.parametrize("bad, message, flag_message", [
+    ({"max_batch_size": 0}, "max_batch_size must be >= 1", "--max-batch-size must be >= 1"),
+    ({"max_connections": -3}, "max_connections must be >= 1", "--max-connections must be >= 1"),
+    ({"request_timeout_s": 0.0}, "request_timeout_s must be > 0 seconds", "--timeout must be > 0 seconds"),
+    ({"header_timeout_s": float("nan")}, "header_timeout_s must be > 0 seconds",
+     "--header-timeout must be > 0 seconds"),
+])
+def test_settings_are_checked_where_they_are_built(bad, message, flag_message, capsys):
+    with pytest.raises(SettingsError) as raised:
+        ServerSettings(**bad)
+    assert str(raised.value) == message and raised.value.for_flags() == flag_message
+    # The command line prints the same check with its flags, before it loads any export.
+    argv = [flag_message.split()[0], str(next(iter(bad.values())))]
+    assert main(["no-such-export", *argv]) == 2
+    assert capsys.readouterr().err == f"error: {flag_message}\n"
 
 
 def test_unknown_paths_and_methods_answer_json(client):
@@ -303,6 +328,17 @@ def test_malformed_http_gets_json_400(server, head):
                   b"\r\n{}")
         status, error = _json_status(_read_all(s))
     assert status == 400 and "invalid HTTP request" in error["error"]
+
+
+def test_real_server_refuses_headers_over_16_kib(server):
+    _, port, _ = server
+    request = b'POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%sContent-Length: ' \
+              b'21\r\n\r\n{"inputs": "9/27/94"}'
+    # 100 KB usually arrives in one read, which h11's own limit (on an incomplete head) lets through.
+    status, error = _raw_request(port, request % (b"X-Big: " + b"a" * 100_000 + b"\r\n"))
+    assert status == 400 and "headers" in error["error"], error
+    status, body = _raw_request(port, request % (b"X-Big: " + b"a" * 8_000 + b"\r\n"))
+    assert status == 200 and len(body["outputs"]) == 1
 
 
 def test_slow_clients_are_dropped_and_connections_limited(server):
