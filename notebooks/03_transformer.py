@@ -21,6 +21,41 @@
 # Each piece is the project's own layer (`keras_nlp_week4.layers`), run on small tensors and checked
 # against the formula written in numpy. Nothing here trains, so it runs in seconds.
 
+# %%
+# Colab, or any environment without this project: this cell installs it (and does nothing where it
+# imports). From $KERAS_NLP_WEEK4_SOURCE (a folder, or anything `pip install` accepts), else from a
+# clone in or above the working directory, else from /content/keras-nlp-week4 (Colab's upload place).
+import importlib.util
+
+
+def _install_keras_nlp_week4():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def is_clone(folder):
+        toml = folder / "pyproject.toml"
+        return toml.is_file() and 'name = "keras-nlp-week4"' in toml.read_text(encoding="utf-8")
+
+    here = Path.cwd().resolve()
+    places = [d for p in (here, *here.parents, Path("/content")) for d in (p, *p.glob("keras-nlp-week4*"))]
+    source = os.environ.get("KERAS_NLP_WEEK4_SOURCE") or next((str(d) for d in places if is_clone(d)), None)
+    if source is None:
+        raise ModuleNotFoundError(
+            "keras_nlp_week4 is not installed and no copy of the project was found. In Colab, put the "
+            "project at /content/keras-nlp-week4: `!git clone <the repository's URL> /content/keras-nlp-week4`, "
+            "or upload a zip of it (Files pane) and `!unzip -q keras-nlp-week4*.zip -d /content`. Elsewhere, "
+            "set os.environ['KERAS_NLP_WEEK4_SOURCE'] to the project's folder (or anything `pip install` "
+            "accepts). Then run this cell again.")
+    print(f"Installing keras-nlp-week4 from {source} (a few minutes the first time) ...")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
+    importlib.invalidate_caches()
+
+
+if importlib.util.find_spec("keras_nlp_week4") is None:
+    _install_keras_nlp_week4()
+
 # %% tags=["parameters"]
 import os
 

@@ -22,11 +22,48 @@
 # subwords learned from the training answers and questions, the paper's learning-rate warm-up, label
 # smoothing, early stopping on validation loss.
 
+# %%
+# Colab, or any environment without this project: this cell installs it (and does nothing where it
+# imports). From $KERAS_NLP_WEEK4_SOURCE (a folder, or anything `pip install` accepts), else from a
+# clone in or above the working directory, else from /content/keras-nlp-week4 (Colab's upload place).
+import importlib.util
+
+
+def _install_keras_nlp_week4():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def is_clone(folder):
+        toml = folder / "pyproject.toml"
+        return toml.is_file() and 'name = "keras-nlp-week4"' in toml.read_text(encoding="utf-8")
+
+    here = Path.cwd().resolve()
+    places = [d for p in (here, *here.parents, Path("/content")) for d in (p, *p.glob("keras-nlp-week4*"))]
+    source = os.environ.get("KERAS_NLP_WEEK4_SOURCE") or next((str(d) for d in places if is_clone(d)), None)
+    if source is None:
+        raise ModuleNotFoundError(
+            "keras_nlp_week4 is not installed and no copy of the project was found. In Colab, put the "
+            "project at /content/keras-nlp-week4: `!git clone <the repository's URL> /content/keras-nlp-week4`, "
+            "or upload a zip of it (Files pane) and `!unzip -q keras-nlp-week4*.zip -d /content`. Elsewhere, "
+            "set os.environ['KERAS_NLP_WEEK4_SOURCE'] to the project's folder (or anything `pip install` "
+            "accepts). Then run this cell again.")
+    print(f"Installing keras-nlp-week4 from {source} (a few minutes the first time) ...")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
+    importlib.invalidate_caches()
+
+
+if importlib.util.find_spec("keras_nlp_week4") is None:
+    _install_keras_nlp_week4()
+
 # %% tags=["parameters"]
 import os
 
 SMALL = os.environ.get("NOTEBOOK_SMALL") == "1"
-# Where the data is (relative to the repository root); give your own file of the same format here.
+# Where the data is: a path relative to the working directory (the repository root for `make notebooks`)
+# or absolute. In Colab, upload ChatbotData.csv (Files pane) and set "/content/ChatbotData.csv"; any file
+# of the same format (columns Q,A,label) will do.
 CHATBOT_CSV = "../shared/data/chatbot/ChatbotData.csv"
 # A slice of the file keeps this to a few minutes on a laptop CPU; None trains on all 11,823 rows (the
 # recipe `make train TASK=chatbot`: about 20 minutes on 2 cores, much better replies).
@@ -37,7 +74,6 @@ WARMUP_STEPS = 30 if SMALL else None  # None: the task's default (1,000 steps)
 
 # %%
 import csv
-import json
 import tempfile
 from pathlib import Path
 
@@ -49,7 +85,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Image, display
 
 from keras_nlp_week4.evaluation import decode_texts
-from keras_nlp_week4.runs import load_run
+from keras_nlp_week4.runs import RunMetrics, load_run
 from keras_nlp_week4.training.trainer import TrainConfig, train
 
 workdir = Path(tempfile.mkdtemp(prefix="chatbot-notebook-"))
@@ -76,7 +112,11 @@ else:
               ("{} 이야기 하자", "{} 이야기 좋아요.")]
     header = ["Q", "A", "label"]
     body = [[q.format(t), a.format(t), "0"] for q, a in frames for t in topics] * 10
-    print(f"{source} is missing: using {len(body)} stand-in rows")
+    print(f"{source.resolve()} is missing, so {len(body)} stand-in rows are used instead (template replies).\n"
+          "For the real data: get ChatbotData.csv (Song 2018, github.com/songys/Chatbot_data), upload it "
+          "(in Colab: the Files pane, or `from google.colab import files; files.upload()`, which saves it "
+          "in /content) and set CHATBOT_CSV in the parameters cell to its path, e.g. "
+          '"/content/ChatbotData.csv".')
 data = workdir / "chat.csv"
 with open(data, "w", encoding="utf-8", newline="") as f:
     csv.writer(f).writerows([header, *body])
@@ -93,7 +133,7 @@ for question, answer, _ in body[:5]:
 run_dir = train(TrainConfig(task="chatbot", data=str(data), preset=PRESET, epochs=EPOCHS,
                             vocab_size=800 if SMALL else None, warmup_steps=WARMUP_STEPS,
                             out=str(workdir / "run"), verbose=0))
-metrics = json.loads((run_dir / "metrics.json").read_text())
+metrics = RunMetrics.read(run_dir).to_json()
 print({k: round(v, 3) for k, v in metrics.items() if k in ("training_seconds", "test_perplexity",
                                                           "test_token_accuracy", "test_chrf_greedy")})
 display(Image(filename=str(run_dir / "plots" / "training_curves.png")))
