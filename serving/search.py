@@ -12,12 +12,16 @@ A step function feeds one token per sequence and returns the next-token logits:
 `state` entries are batch-first, so a search repeats or reorders hypotheses with one `take(axis=0)` per
 entry, whatever model family or runtime (onnxruntime, Keras) computes the step. `attention`, when not None,
 is `(batch, layers, heads, src_len)` and is collected per step if asked for.
+
+Every search also takes `Constraints`, what CTranslate2's `translate_batch` calls `target_prefix`,
+`repetition_penalty`, `no_repeat_ngram_size` and `min_decoding_length` (here `min_new_tokens`): rules
+applied to each step's logits before the search chooses, the same for greedy, sampling and beam search.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,6 +35,98 @@ class SearchResult:
     tokens: np.ndarray
     scores: np.ndarray | None = None  # (batch,) log-probability (beam: length-normalised)
     attention: np.ndarray | None = None  # (batch, length, layers, heads, src_len)
+    # Beam search with num_hypotheses > 1: per row, up to that many (ids, score), best first, distinct;
+    # the first is `tokens[row]` (without its trailing padding) and `scores[row]`.
+    hypotheses: list[list[tuple[np.ndarray, float]]] | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Rules every search applies to each step's logits; the defaults change nothing.
+
+    Args:
+        min_new_tokens: EOS is not allowed before this many output tokens (the forced prefix included).
+        repetition_penalty: CTRL's penalty (Keskar et al., 2019, eq. 1): the logit of a token the
+            hypothesis already holds is divided by it when positive and multiplied by it when negative,
+            so > 1 makes repeats less likely.
+        no_repeat_ngram_size: a token that would complete an n-gram of this size already in the hypothesis
+            is not allowed (0: no rule).
+        prefix: per batch row, ids the output must start with (no BOS, no EOS), or None. While a row is
+            inside its prefix the rules above do not apply to it, and its score counts the forced tokens'
+            log-probabilities, so hypotheses with and without a prefix are scored alike.
+    """
+
+    min_new_tokens: int = 0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    prefix: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def changes_logits(self) -> bool:
+        return bool(self.min_new_tokens or self.repetition_penalty != 1.0 or self.no_repeat_ngram_size)
+
+    def __bool__(self) -> bool:
+        return self.changes_logits or self.prefix is not None
+
+    def repeated(self, k: int) -> Constraints:
+        """The same rules for `k` hypotheses per row (row b's prefix at rows b * k ... b * k + k - 1)."""
+        if self.prefix is None:
+            return self
+        return replace(self, prefix=tuple(p for p in self.prefix for _ in range(k)))
+
+    def forced(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """`(rows, ids)`: the rows inside their prefix at output position `index`, and the id each must take."""
+        if self.prefix is None:
+            return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
+        rows = [row for row, ids in enumerate(self.prefix) if index < len(ids)]
+        return np.asarray(rows, np.int64), np.asarray([self.prefix[r][index] for r in rows], np.int64)
+
+    def apply(self, logits: np.ndarray, history: np.ndarray, index: int, eos_id: int) -> np.ndarray:
+        """The logits `(rows, vocab)` with the rules applied; `history` `(rows, index)` holds each row's
+        output so far. Returns `logits` itself when no rule changes anything."""
+        if not self.changes_logits:
+            return logits
+        adjusted = np.array(logits, dtype=np.float32, copy=True)
+        if index < self.min_new_tokens:
+            adjusted[:, eos_id] = -np.inf
+        if self.repetition_penalty != 1.0 and history.shape[1]:
+            seen = np.zeros(adjusted.shape, dtype=bool)
+            np.put_along_axis(seen, history.astype(np.int64), True, axis=1)
+            penalised = np.where(adjusted > 0, adjusted / self.repetition_penalty,
+                                 adjusted * self.repetition_penalty)
+            adjusted = np.where(seen, penalised, adjusted)
+        n = self.no_repeat_ngram_size
+        if n and history.shape[1] >= n - 1:
+            adjusted[_repeating_ngram_completions(history, n)] = -np.inf
+        rows, _ = self.forced(index)
+        adjusted[rows] = logits[rows]  # a forced token is the user's, not the model's choice
+        return adjusted
+
+    def force_log_probs(self, log_probs: np.ndarray, index: int) -> np.ndarray:
+        """Beam search: rows inside their prefix may only continue with the forced id (at its own
+        log-probability). Changes `log_probs` in place."""
+        rows, ids = self.forced(index)
+        if rows.size:
+            kept = log_probs[rows, ids]
+            log_probs[rows] = -np.inf
+            log_probs[rows, ids] = kept
+        return log_probs
+
+
+def _repeating_ngram_completions(history: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(rows, ids)` of the tokens that would repeat an n-gram of `history` `(rows, length)`: those that
+    followed an earlier occurrence of the row's last n - 1 tokens."""
+    length = history.shape[1]
+    if n == 1:
+        rows = np.repeat(np.arange(history.shape[0]), length)
+        return rows, history.reshape(-1).astype(np.int64)
+    if length < n:
+        return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
+    windows = np.lib.stride_tricks.sliding_window_view(history, n, axis=1)  # (rows, length - n + 1, n)
+    context = history[:, length - n + 1:]  # (rows, n - 1)
+    matches = (windows[:, :, :-1] == context[:, None, :]).all(axis=-1)  # (rows, length - n + 1)
+    rows, starts = np.nonzero(matches)
+    return rows, windows[rows, starts, -1].astype(np.int64)
 
 
 def log_softmax(logits: np.ndarray, dtype=np.float64) -> np.ndarray:
@@ -93,8 +189,10 @@ def _trim(tokens: np.ndarray, pad_id: int) -> np.ndarray:
 
 
 def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
-         pad_id: int, choose: Callable[[np.ndarray], np.ndarray], return_attention: bool) -> SearchResult:
+         pad_id: int, choose: Callable[[np.ndarray], np.ndarray], return_attention: bool,
+         constraints: Constraints | None) -> SearchResult:
     """The loop greedy decoding and sampling share: `choose` maps logits to next tokens."""
+    constraints = constraints or Constraints()
     state = dict(state)
     token = np.full((batch_size,), bos_id, dtype=np.int32)
     finished = np.zeros((batch_size,), dtype=bool)
@@ -102,7 +200,12 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
     for index in range(max_length):
         logits, updates, weights = step(token, index, state)
         state.update(updates)
+        if constraints.changes_logits:
+            history = np.stack(columns, axis=1) if columns else np.zeros((batch_size, 0), np.int32)
+            logits = constraints.apply(logits, history, index, eos_id)
         token = choose(logits).astype(np.int32)
+        forced_rows, forced_ids = constraints.forced(index)
+        token[forced_rows] = forced_ids
         token = np.where(finished, pad_id, token)
         scores += np.where(finished, 0.0, token_log_probs(logits, token))
         columns.append(token)
@@ -117,15 +220,17 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
 
 
 def greedy_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
-                  pad_id: int = 0, return_attention: bool = False) -> SearchResult:
+                  pad_id: int = 0, return_attention: bool = False,
+                  constraints: Constraints | None = None) -> SearchResult:
     """Takes the most likely token at every step; stops at EOS or `max_length` tokens."""
     return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id,
-                lambda logits: logits.argmax(axis=-1), return_attention)
+                lambda logits: logits.argmax(axis=-1), return_attention, constraints)
 
 
 def sample_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
                   pad_id: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  seed: int | Sequence | None = None, return_attention: bool = False) -> SearchResult:
+                  seed: int | Sequence | None = None, return_attention: bool = False,
+                  constraints: Constraints | None = None) -> SearchResult:
     """Samples each token from the softmax at `temperature`, restricted to the `top_k` most likely tokens
     (0: no limit) and to the smallest set whose probability reaches `top_p` (nucleus sampling, Holtzman
     et al., 2020). The same `seed` gives the same output.
@@ -154,7 +259,8 @@ def sample_search(step: StepFn, state: dict, batch_size: int, max_length: int, b
         picks = np.array([rng.choice(probs.shape[1], p=row) for rng, row in zip(rngs, probs, strict=True)])
         return np.take_along_axis(order, picks[:, None], axis=-1)[:, 0]
 
-    return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id, choose, return_attention)
+    return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id, choose, return_attention,
+                constraints)
 
 
 def length_penalty_factor(lengths: np.ndarray, alpha: float) -> np.ndarray:
@@ -163,11 +269,13 @@ def length_penalty_factor(lengths: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def beam_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
-                pad_id: int = 0, *, beam_size: int, length_penalty: float,
-                return_attention: bool = False) -> SearchResult:
+                pad_id: int = 0, *, beam_size: int, length_penalty: float, num_hypotheses: int = 1,
+                return_attention: bool = False, constraints: Constraints | None = None) -> SearchResult:
     """Keeps the `beam_size` most likely prefixes per sequence; returns the best finished hypothesis,
-    ranked by log-probability divided by the GNMT length penalty."""
+    ranked by log-probability divided by the GNMT length penalty (and, with `num_hypotheses` > 1, that
+    many of the final beams in the same order, in `SearchResult.hypotheses`)."""
     k = beam_size
+    constraints = (constraints or Constraints()).repeated(k)
     # Hypothesis j of sequence b lives at row b * k + j of every state entry.
     state = {name: np.repeat(value, k, axis=0) for name, value in state.items()}
     scores = np.full((batch_size, k), -np.inf)
@@ -183,9 +291,10 @@ def beam_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos
         logits, updates, weights = step(token, index, state)
         state.update(updates)
         updated.update(updates)
+        logits = constraints.apply(logits, history, index, eos_id)
         # float32 per token (half the cost of float64 over batch * k * vocab); the running scores it
         # is added to stay float64.
-        log_probs = log_softmax(logits, np.float32)  # (batch * k, vocab)
+        log_probs = constraints.force_log_probs(log_softmax(logits, np.float32), index)  # (batch * k, vocab)
         vocab = log_probs.shape[-1]
         # A finished hypothesis may only continue with padding, at no cost, so it keeps its score.
         log_probs[finished] = -np.inf
@@ -214,8 +323,15 @@ def beam_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos
     ranked = np.where(finished_k, normalised, normalised - 1e9)
     choice = rows[:, 0] + ranked.argmax(axis=-1)
     tokens = _trim(history[choice], pad_id)
+    hypotheses = None
+    if num_hypotheses > 1:
+        # The stable sort puts the first of equal maxima first, as argmax does: the best is `choice`.
+        order = np.argsort(-ranked, axis=-1, kind="stable")[:, :num_hypotheses]
+        hypotheses = [[(_trim(history[b * k + j][None], pad_id)[0], float(normalised[b, j]))
+                       for j in order[b] if np.isfinite(normalised[b, j])] for b in range(batch_size)]
     return SearchResult(tokens=tokens, scores=normalised.reshape(-1)[choice],
-                        attention=attention[choice] if attention is not None else None)
+                        attention=attention[choice] if attention is not None else None,
+                        hypotheses=hypotheses)
 
 
 SearchFn = Callable[..., SearchResult]

@@ -134,7 +134,8 @@ def test_every_search_is_registered_with_the_options_it_takes():
     assert METHODS == tuple(SEARCHES) == ("greedy", "beam", "sample")
     assert DecodingOptions().search() is greedy_search and DecodingOptions().search_kwargs() == {}
     beam = DecodingOptions(method="beam", beam_size=3)
-    assert beam.search() is beam_search and beam.search_kwargs() == {"beam_size": 3, "length_penalty": 0.6}
+    assert beam.search() is beam_search
+    assert beam.search_kwargs() == {"beam_size": 3, "length_penalty": 0.6, "num_hypotheses": 1}
     sample = DecodingOptions(method="sample", top_k=5, seed=1)
     assert sample.search() is sample_search
     assert sample.search_kwargs() == {"temperature": 1.0, "top_k": 5, "top_p": 1.0, "seed": 1}

@@ -5,6 +5,7 @@ the same ones the onnxruntime runtime takes."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -46,25 +47,29 @@ def keras_step_fn(model: Seq2SeqModel):
 
 def generate(model: Seq2SeqModel, encoder_input: np.ndarray, max_length: int, bos_id: int, eos_id: int,
              pad_id: int = 0, method: str = "greedy", return_attention: bool = False,
-             **options) -> SearchResult:
+             encode: Callable[[str], Sequence[int]] | None = None, **options) -> SearchResult:
     """Generates output ids for a batch of encoded sources with the Keras model.
 
-    `method` and `options` are the fields of `DecodingOptions` ("beam": beam_size, length_penalty;
-    "sample": temperature, top_k, top_p, seed) and are checked by it (`serving.options.OptionError`).
-    Greedy without attention runs as one compiled graph loop; the others step through
-    `serving.search`, the same code the onnxruntime runtime uses.
+    `method` and `options` are the fields of `DecodingOptions` ("beam": beam_size, length_penalty,
+    num_hypotheses; "sample": temperature, top_k, top_p, seed; every method: target_prefix,
+    repetition_penalty, no_repeat_ngram_size, min_new_tokens) and are checked by it
+    (`serving.options.OptionError`); `encode` tokenizes `target_prefix`. Greedy without attention or
+    rules runs as one compiled graph loop; the others step through `serving.search`, the same code the
+    onnxruntime runtime uses.
     """
     decoding = DecodingOptions(method=method, **options)
-    decoding.validate()
+    decoding.validate(max_new_tokens_limit=max_length)
     encoder_input = np.asarray(encoder_input, dtype=np.int32)
     batch = encoder_input.shape[0]
-    if method == "greedy" and not return_attention:
+    constraints = decoding.constraints(batch, max_length, encode)
+    if method == "greedy" and not return_attention and constraints is None:
         tokens = _compiled_greedy(model, max_length, bos_id, eos_id, pad_id)(encoder_input)
         return SearchResult(tokens=tokens.numpy())
     state = {k: v.numpy() for k, v in model.encode(encoder_input).items()}
     state.update({k: v.numpy() for k, v in model.initial_cache(batch, max_length).items()})
     return decoding.search()(keras_step_fn(model), state, batch, max_length, bos_id, eos_id, pad_id,
-                             return_attention=return_attention, **decoding.search_kwargs())
+                             return_attention=return_attention, constraints=constraints,
+                             **decoding.search_kwargs())
 
 
 def _compiled_greedy(model, max_length, bos_id, eos_id, pad_id):
