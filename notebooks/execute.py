@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {source.name} failed; see {args.out / source.with_suffix('.ipynb').name}\n{e}",
                   file=sys.stderr)
             return 1
-        print(f"{source.name}: ran in {time.perf_counter() - started:.0f} s -> {target.relative_to(ROOT)}")
+        shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target  # --out may be elsewhere
+        print(f"{source.name}: ran in {time.perf_counter() - started:.0f} s -> {shown}")
     return 0
 
 
