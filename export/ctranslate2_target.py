@@ -137,8 +137,7 @@ def _epsilon(model) -> float:
 def _layer_norms(model) -> list:
     norms = []
     for layer in [*model.encoder_layers, *model.decoder_layers]:
-        norms += [getattr(layer, f"{name}_layer_norm") for name in layer.ATTENTION_SUBLAYERS]
-        norms.append(layer.feed_forward_layer_norm)
+        norms += layer.layer_norms
     return norms + [n for n in (model.encoder_norm, model.decoder_norm) if n is not None]
 
 

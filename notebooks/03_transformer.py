@@ -165,7 +165,8 @@ print("the project's scaled_dot_product_attention gives the same four steps")
 num_heads, head_dim = 2, 2
 x = np.random.default_rng(0).normal(size=(1, 4, 4)).astype("float32")  # (batch, tokens, d_model)
 mha = MultiHeadAttention(num_heads=num_heads, key_dim=head_dim)
-output, head_weights = mha(x, x, return_attention_scores=True)
+attended = mha(x, x, return_attention_scores=True)  # AttentionOutput: output, scores, cache
+output, head_weights = attended.output, attended.scores
 print("output", tuple(output.shape), "weights (batch, heads, query, key)", tuple(head_weights.shape))
 
 w = {name: (np.asarray(d.kernel), np.asarray(d.bias))
@@ -215,7 +216,7 @@ plt.show()
 # %%
 layer = TransformerEncoderLayer(d_model=4, num_heads=2, d_ff=8, dropout=0.0)
 out = np.asarray(layer(x))
-attention = layer.self_attention(x, x)
+attention = layer.self_attention(x, x).output
 x1 = layer.self_attention_layer_norm(x + attention)  # LayerNorm(x + MultiHead(x, x, x))
 ffn = layer.feed_forward_outer(layer.feed_forward_inner(x1))  # max(0, x W1 + b1) W2 + b2
 x2 = np.asarray(layer.feed_forward_layer_norm(x1 + ffn))  # LayerNorm(x1 + FFN(x1))

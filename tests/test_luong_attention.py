@@ -1,24 +1,22 @@
+"""LuongAttention: the numpy reference of every score function, precomputed keys, masks, and the harness."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_bahdanau_attention import (
+from layer_testing import (
     BATCH,
     D_K,
     D_Q,
-    SRC_LEN,
-    TGT_LEN,
-    check_against_reference,
-    check_config_round_trip,
-    check_functional_model,
-    check_processed_keys,
-    check_symbolic_call,
-    make_inputs,
-    np_masked_softmax,
-)
-from test_scaled_dot_product_attention import (
     LECTURE_CONTEXT,
     LECTURE_HIDDEN_STATES,
     LECTURE_WEIGHTS,
+    SRC_LEN,
+    TGT_LEN,
+    check_against_reference,
+    check_processed_keys,
+    make_attention_inputs,
+    masked_softmax,
+    run_score_attention_test,
 )
 
 from keras_nlp_week4.layers.luong_attention import LuongAttention
@@ -68,7 +66,7 @@ def same_depth(score):
 
 
 def inputs_for(score, seed=0):
-    return make_inputs(seed, d_q=D_K if same_depth(score) else D_Q, d_k=D_K)
+    return make_attention_inputs(seed, d_q=D_K if same_depth(score) else D_Q, d_k=D_K)
 
 
 SCORES = ["dot", "general", "concat", "location", "scaled_dot"]
@@ -144,7 +142,7 @@ def test_location_slices_to_dynamic_source_length_in_tf_function():
         ref = np_luong_scores(layer, query3, keys)
         np.testing.assert_allclose(
             weights.numpy(),
-            np_masked_softmax(ref, mask[:, None]),
+            masked_softmax(ref, mask[:, None]),
             atol=1e-5,
         )
         assert np.all(weights.numpy()[0, :, -1] == 0.0)
@@ -162,26 +160,9 @@ def test_mixed_precision_masks_exactly():
 
 
 @pytest.mark.parametrize("score", SCORES)
-def test_config_round_trip(score):
-    query3, keys, mask = inputs_for(score, seed=4)
-    layer = make_layer(score)
-    check_config_round_trip(layer, query3, keys, mask)
-    config = layer.get_config()
-    assert (config["score"], config["units"], config["max_source_length"]) == (
-        score,
-        UNITS,
-        MAX_SOURCE_LENGTH,
-    )
-
-
-@pytest.mark.parametrize("score", SCORES)
-def test_symbolic_call(score):
-    check_symbolic_call(make_layer(score), d_q=D_K if same_depth(score) else D_Q)
-
-
-@pytest.mark.parametrize("score", SCORES)
-def test_functional_model_save_load_and_fit(score, tmp_path):
-    check_functional_model(make_layer(score), tmp_path)
+def test_layer_harness(score):
+    init_kwargs = dict(score=score, units=UNITS, max_source_length=MAX_SOURCE_LENGTH)
+    run_score_attention_test(LuongAttention, init_kwargs, d_q=D_K if same_depth(score) else D_Q)
 
 
 def test_unknown_score_lists_valid_names():
@@ -203,7 +184,7 @@ def test_concat_requires_units():
 
 @pytest.mark.parametrize("score", ["dot", "scaled_dot"])
 def test_dot_scores_require_equal_depths(score):
-    query3, keys, _ = make_inputs(d_q=D_Q, d_k=D_K)
+    query3, keys, _ = make_attention_inputs(d_q=D_Q, d_k=D_K)
     with pytest.raises(ValueError, match="same depth"):
         LuongAttention(score=score)(query3, keys)
 

@@ -1,6 +1,9 @@
+"""Masks and the masked softmax (functions, no layer: the harness runs them through the attention layers)."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from layer_testing import masked_softmax as masked_softmax_reference
 
 from keras_nlp_week4.layers.masks import (
     causal_mask,
@@ -16,17 +19,6 @@ def np_causal_mask(query_length, key_length, offset):
     i = np.arange(query_length)[:, None] + offset
     j = np.arange(key_length)[None, :]
     return j <= i
-
-
-def np_masked_softmax(scores, mask):
-    """Reference: softmax over the unmasked positions, 0 elsewhere, all-0 rows if none."""
-    scores = np.asarray(scores, dtype=np.float64)
-    mask = np.broadcast_to(mask, scores.shape)
-    shifted = np.where(mask, scores, -np.inf)
-    row_max = np.max(np.where(mask, scores, -1e300), axis=-1, keepdims=True)
-    exp = np.where(mask, np.exp(shifted - row_max), 0.0)
-    total = exp.sum(axis=-1, keepdims=True)
-    return np.divide(exp, total, out=np.zeros_like(exp), where=total > 0)
 
 
 def test_padding_mask():
@@ -105,7 +97,7 @@ def test_masked_softmax_matches_reference_and_gives_exact_zeros():
     mask[0, 0] = False  # a fully masked row
     mask[1, 2] = True
     got = np.asarray(masked_softmax(scores, mask))
-    np.testing.assert_allclose(got, np_masked_softmax(scores, mask), atol=1e-6)
+    np.testing.assert_allclose(got, masked_softmax_reference(scores, mask), atol=1e-6)
     assert np.all(got[~mask] == 0.0)
     np.testing.assert_array_equal(got[0, 0], np.zeros(5))
     row_sums = got.sum(-1)
@@ -117,10 +109,10 @@ def test_masked_softmax_broadcasts_mask_and_no_mask_is_plain_softmax():
     scores = np.arange(12, dtype="float32").reshape(2, 2, 3)
     key_mask = np.array([[True, False, True]])  # broadcast over batch and queries
     got = np.asarray(masked_softmax(scores, key_mask))
-    np.testing.assert_allclose(got, np_masked_softmax(scores, key_mask), atol=1e-6)
+    np.testing.assert_allclose(got, masked_softmax_reference(scores, key_mask), atol=1e-6)
     assert np.all(got[..., 1] == 0.0)
     plain = np.asarray(masked_softmax(scores))
-    np.testing.assert_allclose(plain, np_masked_softmax(scores, True), atol=1e-6)
+    np.testing.assert_allclose(plain, masked_softmax_reference(scores, True), atol=1e-6)
 
 
 def test_masked_softmax_fully_masked_row_is_zero_not_nan():
@@ -136,4 +128,18 @@ def test_masked_softmax_float16_does_not_overflow():
     got = got.numpy().astype(np.float64)
     assert np.all(np.isfinite(got))
     assert got[0, 3] == 0.0
-    np.testing.assert_allclose(got, np_masked_softmax([[1.0, 2.0, 3.0, 500.0]], mask), atol=1e-3)
+    np.testing.assert_allclose(got, masked_softmax_reference([[1.0, 2.0, 3.0, 500.0]], mask), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_masked_softmax_half_precision_is_normalised_in_float32(dtype):
+    # 600 keys: the float16 weights ~1/600 summed in float16 drift from 1; computed in float32 and cast
+    # back, each weight is the float32 weight rounded once.
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(2, 600)).astype("float32")
+    mask = rng.random((2, 600)) > 0.2
+    got = masked_softmax(tf.constant(scores, dtype), mask)
+    assert got.dtype == dtype
+    expected = tf.cast(masked_softmax(tf.cast(tf.constant(scores, dtype), tf.float32), mask), dtype)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    assert np.all(got.numpy()[~mask] == 0.0)

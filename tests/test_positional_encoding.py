@@ -1,22 +1,16 @@
+"""SinusoidalPositionalEncoding: the formula of section 3.5, start_index, large positions, dynamic
+lengths, and the harness (serialization, symbolic/eager, compiled pass, mixed_float16)."""
+
 import math
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from layer_testing import run_layer_test
+from layer_testing import sinusoidal_encoding as reference_encoding
 
 from keras_nlp_week4.layers.positional_encoding import SinusoidalPositionalEncoding
-
-
-def reference_encoding(positions, d_model):
-    """Vaswani et al. 2017, section 3.5, written out dimension by dimension."""
-    pe = np.zeros((len(positions), d_model))
-    for row, pos in enumerate(positions):
-        for i in range(d_model // 2):
-            angle = pos / 10000 ** (2 * i / d_model)
-            pe[row, 2 * i] = math.sin(angle)
-            pe[row, 2 * i + 1] = math.cos(angle)
-    return pe
 
 
 def test_matches_formula_and_is_not_added_to_inputs():
@@ -79,31 +73,10 @@ def test_odd_d_model_raises():
         SinusoidalPositionalEncoding()(np.zeros((1, 3, 5)))
 
 
-def test_compute_dtype():
-    layer = SinusoidalPositionalEncoding(dtype="mixed_float16")
-    pe = layer(np.zeros((1, 3, 4), "float32"))
-    assert keras.backend.standardize_dtype(pe.dtype) == "float16"
-
-
-def test_config_symbolic_save_load_and_fit(tmp_path):
-    layer = SinusoidalPositionalEncoding(name="pe")
-    restored = SinusoidalPositionalEncoding.from_config(layer.get_config())
-    assert restored.name == "pe"
-
-    inputs = keras.Input((None, 4))
-    encoding = SinusoidalPositionalEncoding()(inputs)
-    assert tuple(encoding.shape) == (1, None, 4)
-    outputs = keras.layers.Dense(2)(inputs + encoding)
-    model = keras.Model(inputs, outputs)
-
+def test_layer_harness():
+    # The encoding does not depend on the batch: (1, seq_len, d_model) for any input.
     x = np.random.default_rng(1).normal(size=(2, 5, 4)).astype("float32")
-    path = tmp_path / "pe.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
-
-    model.compile(optimizer="sgd", loss="mse")
-    before = [w.copy() for w in model.get_weights()]
-    history = model.fit(x, np.ones((2, 5, 2), "float32"), epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    assert any(not np.allclose(b, a) for b, a in zip(before, model.get_weights(), strict=True))
+    run_layer_test(SinusoidalPositionalEncoding, {}, {"inputs": x}, (1, 5, 4),
+                   expected_num_trainable_weights=0)
+    run_layer_test(SinusoidalPositionalEncoding, {}, {"inputs": x}, (1, 5, 4),
+                   call_kwargs=dict(start_index=7), run_training_check=False)

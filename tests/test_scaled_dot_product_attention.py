@@ -1,6 +1,9 @@
+"""Scaled dot-product attention (a function, no layer: the harness runs through MultiHeadAttention)."""
+
 import keras
 import numpy as np
 import tensorflow as tf
+from layer_testing import LECTURE_CONTEXT, LECTURE_HIDDEN_STATES, LECTURE_WEIGHTS, masked_softmax
 
 from keras_nlp_week4.layers.masks import causal_mask
 from keras_nlp_week4.layers.scaled_dot_product_attention import (
@@ -8,37 +11,12 @@ from keras_nlp_week4.layers.scaled_dot_product_attention import (
     scaled_dot_product_attention,
 )
 
-# The lecture's worked example: 5 source positions with d=4 encoder hidden states (the
-# table values are illustrative) and the attention weights of one decoder step.
-LECTURE_HIDDEN_STATES = np.array(
-    [
-        [0.1, 0.2, 0.3, 0.4],
-        [0.5, 0.1, 0.0, 0.2],
-        [0.9, 0.3, 0.4, 0.1],
-        [0.2, 0.8, 0.6, 0.5],
-        [0.4, 0.5, 0.7, 0.9],
-    ],
-    dtype="float32",
-)
-LECTURE_WEIGHTS = np.array([0.8, 0.1, 0.03, 0.05, 0.02], dtype="float32")
-# context = sum_j a_j h_j, worked out by hand, e.g. first entry
-# 0.8*0.1 + 0.1*0.5 + 0.03*0.9 + 0.05*0.2 + 0.02*0.4 = 0.175
-LECTURE_CONTEXT = np.array([0.175, 0.229, 0.296, 0.386])
-
-
-def np_softmax(scores, mask=None):
-    scores = np.asarray(scores, np.float64)
-    if mask is not None:
-        scores = np.where(mask, scores, -np.inf)
-    exp = np.exp(scores - scores.max(-1, keepdims=True))
-    return exp / exp.sum(-1, keepdims=True)
-
 
 def np_scaled_dot_product_attention(q, k, v, mask=None):
     """Reference of Vaswani et al. 2017 eq. (1): softmax(Q K^T / sqrt(d_k)) V."""
     d_k = q.shape[-1]
     scores = q.astype(np.float64) @ np.swapaxes(k, -1, -2) / np.sqrt(d_k)
-    weights = np_softmax(scores, mask)
+    weights = masked_softmax(scores, True if mask is None else mask)
     return weights @ v, weights
 
 

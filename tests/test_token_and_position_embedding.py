@@ -1,27 +1,18 @@
+"""TokenAndPositionEmbedding: scaled embedding + positions, start_index, the padding mask, tied logits,
+dropout, its initializer, and the harness (serialization, symbolic/eager, fit, mixed_float16)."""
+
 import math
 
 import keras
 import numpy as np
 import pytest
+from layer_testing import run_layer_test, to_numpy
+from layer_testing import sinusoidal_encoding as reference_positions
 
 from keras_nlp_week4.layers.token_and_position_embedding import TokenAndPositionEmbedding
 
 VOCAB, D_MODEL = 11, 8
 TOKENS = np.array([[3, 5, 7, 0, 0], [1, 2, 3, 4, 10]], dtype="int32")
-
-
-def reference_positions(positions, d_model):
-    """PE of Vaswani et al. 2017, section 3.5, vectorised."""
-    pos = np.asarray(positions, dtype="float64")[:, None]
-    i = np.arange(d_model // 2)[None, :]
-    angles = pos / 10000 ** (2 * i / d_model)
-    pe = np.zeros((len(pos), d_model))
-    pe[:, 0::2], pe[:, 1::2] = np.sin(angles), np.cos(angles)
-    return pe
-
-
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
 
 
 @pytest.mark.parametrize("scale", [True, False])
@@ -90,21 +81,19 @@ def test_default_initializer_gives_unit_scale_after_scaling():
     assert 0.9 < std < 1.1
 
 
-def test_config_round_trip():
-    layer = TokenAndPositionEmbedding(
-        VOCAB, D_MODEL, dropout=0.2, pad_id=1, scale_by_sqrt_d_model=False,
-        embeddings_initializer="zeros", name="embed",
-    )
-    config = layer.get_config()
-    restored = TokenAndPositionEmbedding.from_config(config)
-    assert restored.get_config() == config
-    for key, value in dict(vocab_size=VOCAB, d_model=D_MODEL, dropout=0.2, pad_id=1,
-                           scale_by_sqrt_d_model=False).items():
-        assert config[key] == value
-    np.testing.assert_array_equal(to_numpy(restored(TOKENS))[0, 0], reference_positions([0], 8)[0])
+@pytest.mark.parametrize("init_kwargs", [
+    dict(vocab_size=VOCAB, d_model=D_MODEL),
+    dict(vocab_size=VOCAB, d_model=D_MODEL, dropout=0.2, pad_id=1, scale_by_sqrt_d_model=False,
+         embeddings_initializer="he_normal"),
+])
+def test_layer_harness(init_kwargs):
+    run_layer_test(TokenAndPositionEmbedding, init_kwargs, {"token_ids": TOKENS}, (2, 5, D_MODEL),
+                   expected_num_trainable_weights=1)
+    run_layer_test(TokenAndPositionEmbedding, init_kwargs, {"token_ids": TOKENS[:, 3:4]}, (2, 1, D_MODEL),
+                   call_kwargs=dict(start_index=3), run_training_check=False)
 
 
-def test_tied_model_fit_and_save_load(tmp_path):
+def test_tied_model_fit():
     inputs = keras.Input((None,), dtype="int32")
     embed = TokenAndPositionEmbedding(VOCAB, D_MODEL, dropout=0.1)
     x = embed(inputs)
@@ -123,10 +112,3 @@ def test_tied_model_fit_and_save_load(tmp_path):
     history = tied_model.fit(TOKENS, TOKENS, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert not np.allclose(before, to_numpy(embed.embeddings))
-
-    model = keras.Model(inputs, keras.layers.Dense(VOCAB)(x))
-    path = tmp_path / "embed.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(model.predict(TOKENS, verbose=0),
-                                  loaded.predict(TOKENS, verbose=0))

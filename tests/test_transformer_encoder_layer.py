@@ -1,46 +1,26 @@
-import keras
+"""TransformerEncoderLayer: the numpy wiring of section 3.1 (post- and pre-norm), masks, dropout, and
+the harness (serialization, symbolic/eager, fit, mixed_float16)."""
+
 import numpy as np
 import pytest
+from layer_testing import feed_forward, layer_norm, rand, run_layer_test, to_numpy
 
 from keras_nlp_week4.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from keras_nlp_week4.layers.transformer_encoder_layer import TransformerEncoderLayer
 
-RNG = np.random.default_rng(0)
 D_MODEL, HEADS, D_FF = 8, 2, 16
 PADDING = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
-
-
-def rand(*shape):
-    return RNG.normal(size=shape).astype("float32")
-
-
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
-
-
-def layer_norm(x, norm):
-    gamma, beta = (to_numpy(w) for w in norm.weights)
-    mean = x.mean(-1, keepdims=True)
-    var = x.var(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + norm.epsilon) * gamma + beta
-
-
-def feed_forward(x, layer):
-    """Vaswani et al. 2017, eq. (2): max(0, x W_1 + b_1) W_2 + b_2."""
-    w1, b1 = (to_numpy(w) for w in layer.feed_forward_inner.weights)
-    w2, b2 = (to_numpy(w) for w in layer.feed_forward_outer.weights)
-    return np.maximum(x @ w1 + b1, 0) @ w2 + b2
 
 
 def reference_encoder(layer, x, padding_mask):
     """Section 3.1 wiring in numpy; the attention itself is MultiHeadAttention (tested apart)."""
 
     def attention(h):
-        return to_numpy(layer.self_attention(h, h, key_padding_mask=padding_mask))
+        return to_numpy(layer.self_attention(h, h, key_padding_mask=padding_mask).output)
 
     attn_norm, ffn_norm = layer.self_attention_layer_norm, layer.feed_forward_layer_norm
     if layer.norm_first:
-        x = x + attention(layer_norm(x, attn_norm).astype("float32"))
+        x = x + attention(layer_norm(x, attn_norm))
         return x + feed_forward(layer_norm(x, ffn_norm), layer)
     x = layer_norm(x + attention(x), attn_norm)
     return layer_norm(x + feed_forward(x, layer), ffn_norm)
@@ -48,7 +28,7 @@ def reference_encoder(layer, x, padding_mask):
 
 def randomize_norms(layer):
     # Non-trivial gamma/beta so the reference checks where each LayerNorm sits.
-    for norm in (layer.self_attention_layer_norm, layer.feed_forward_layer_norm):
+    for norm in layer.layer_norms:
         norm.set_weights([rand(D_MODEL) + 1.0, rand(D_MODEL)])
 
 
@@ -110,37 +90,12 @@ def test_heads_must_divide_d_model():
         TransformerEncoderLayer(10, 3, 16)
 
 
-def test_config_round_trip():
-    layer = TransformerEncoderLayer(D_MODEL, HEADS, D_FF, dropout=0.2, activation="gelu",
-                                    norm_first=True, layer_norm_epsilon=1e-5, name="enc")
-    config = layer.get_config()
-    restored = TransformerEncoderLayer.from_config(config)
-    assert restored.get_config() == config
-    assert (restored.d_model, restored.num_heads, restored.d_ff, restored.norm_first) == (
-        D_MODEL, HEADS, D_FF, True)
-    assert restored.activation is keras.activations.gelu
-
-
-def test_functional_save_load_and_fit(tmp_path):
-    ids = np.array([[4, 2, 6, 0, 0], [1, 2, 3, 4, 5]], "int32")
-    inputs = keras.Input((None,), dtype="int32")
-    x = TokenAndPositionEmbedding(10, D_MODEL)(inputs)
-    x, weights = TransformerEncoderLayer(D_MODEL, HEADS, D_FF, name="enc")(
-        x, return_attention_scores=True
-    )
-    assert tuple(x.shape) == (None, None, D_MODEL)
-    assert tuple(weights.shape)[:2] == (None, HEADS)
-    model = keras.Model(inputs, keras.layers.Dense(3)(x))
-
-    path = tmp_path / "encoder.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(model.predict(ids, verbose=0), loaded.predict(ids, verbose=0))
-
-    model.compile(optimizer="adam", loss="mse")
-    encoder = model.get_layer("enc")
-    before = [to_numpy(w).copy() for w in encoder.weights]
-    history = model.fit(ids, rand(2, 5, 3), epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    after = [to_numpy(w) for w in encoder.weights]
-    assert all(not np.allclose(b, a) for b, a in zip(before, after, strict=True))
+@pytest.mark.parametrize("init_kwargs", [
+    dict(d_model=D_MODEL, num_heads=HEADS, d_ff=D_FF),
+    dict(d_model=D_MODEL, num_heads=HEADS, d_ff=D_FF, dropout=0.2, activation="gelu", norm_first=True,
+         layer_norm_epsilon=1e-5),
+])
+def test_layer_harness(init_kwargs):
+    run_layer_test(TransformerEncoderLayer, init_kwargs, {"x": rand(2, 5, D_MODEL), "padding_mask": PADDING},
+                   ((2, 5, D_MODEL), (2, HEADS, 5, 5)), call_kwargs=dict(return_attention_scores=True),
+                   expected_num_trainable_weights=16)

@@ -140,6 +140,11 @@ def masked_softmax(scores, mask=None, axis: int = -1):
         mask: optional bool tensor broadcastable to `scores`, `True` = keep.
         axis: int. The axis to normalise over.
 
+    Half-precision scores (float16, bfloat16) are normalised in float32 and the weights
+    cast back, as keras-hub's attention layers do: with float16's 11-bit mantissa the sum
+    over a long key axis loses the small weights. Other dtypes are used as they are, so a
+    float32 graph (and its ONNX export) has no extra casts.
+
     Returns:
         float tensor, same shape and dtype as `scores`. Rows in which every position is
         masked are all zeros (not NaN and not uniform).
@@ -150,10 +155,16 @@ def masked_softmax(scores, mask=None, axis: int = -1):
     masked_softmax(np.zeros((1, 3)), np.array([[True, True, False]]))  # [[0.5, 0.5, 0.0]]
     ```
     """
+    dtype = keras.backend.standardize_dtype(scores.dtype)
+    half_precision = dtype in ("float16", "bfloat16")
+    if half_precision:
+        scores = ops.cast(scores, "float32")
     if mask is None:
-        return ops.softmax(scores, axis=axis)
-    mask = ops.cast(mask, "bool")
-    fill = ops.cast(large_negative(scores.dtype), scores.dtype)
-    weights = ops.softmax(ops.where(mask, scores, fill), axis=axis)
-    # A fully masked row softmaxes to uniform weights over the fill value; zero it out.
-    return weights * ops.cast(mask, weights.dtype)
+        weights = ops.softmax(scores, axis=axis)
+    else:
+        mask = ops.cast(mask, "bool")
+        fill = ops.cast(large_negative(scores.dtype), scores.dtype)
+        weights = ops.softmax(ops.where(mask, scores, fill), axis=axis)
+        # A fully masked row softmaxes to uniform weights over the fill value; zero it out.
+        weights = weights * ops.cast(mask, weights.dtype)
+    return ops.cast(weights, dtype) if half_precision else weights

@@ -2,14 +2,62 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any, NamedTuple
+
 import keras
 from keras import ops
+from keras.src import tree as keras_tree
 
 from keras_nlp_week4.layers.masks import causal_mask, merge_padding_and_attention_masks
 from keras_nlp_week4.layers.scaled_dot_product_attention import scaled_dot_product_attention
 
 # Axis of the sequence in a cache `(batch, 2, num_heads, length, head_dim)`.
 _CACHE_LENGTH_AXIS = 3
+
+
+class AttentionOutput(NamedTuple):
+    """What `MultiHeadAttention` returns, whichever outputs a call asks for: fields read by name.
+
+    Attributes:
+        output: `(batch, q_len, output_dim)`, always there.
+        scores: `(batch, num_heads, q_len, k_len)` attention weights (after the softmax, before
+            dropout; exactly 0 where masked) with `return_attention_scores=True`, else None.
+        cache: `(batch, 2, num_heads, length, head_dim)` when a cache was passed (the updated
+            self-attention cache, or the cross-attention cache as given), else None.
+
+    Example:
+
+    ```python
+    attended = mha(x, x, return_attention_scores=True)
+    attended.output, attended.scores  # (batch, q_len, d), (batch, heads, q_len, k_len)
+    attended.cache                    # None: no cache was passed
+    ```
+    """
+
+    output: Any
+    scores: Any = None
+    cache: Any = None
+
+    # Keras requires every output of a layer in a functional model to be a tensor, so in Keras'
+    # structure utilities (`keras.tree`, used by symbolic calls and `Functional`) the fields left None
+    # are not leaves; the flags of which fields are there travel as the node's metadata. tf.nest (tf.function,
+    # SavedModel, tf2onnx) sees a plain namedtuple, where None is allowed.
+    def tree_flatten(self):
+        present = tuple(field is not None for field in self)
+        names = tuple(name for name, there in zip(self._fields, present, strict=True) if there)
+        return [field for field in self if field is not None], present, names
+
+    @classmethod
+    def tree_unflatten(cls, present, children):
+        children = iter(children)
+        return cls(*(next(children) if there else None for there in present))
+
+
+with warnings.catch_warnings():
+    # optree notes that namedtuples are already registered globally; this registration is Keras' own.
+    warnings.filterwarnings("ignore", message=".*namedtuple.*", category=UserWarning)
+    keras_tree.register_tree_node_class(AttentionOutput)
 
 
 def _split_heads(x):
@@ -77,21 +125,23 @@ class MultiHeadAttention(keras.layers.Layer):
         training: python bool, whether dropout is active.
 
     Returns:
-        `output` `(batch, q_len, output_dim)`; `(output, weights)` with
-        `return_attention_scores` (weights `(batch, num_heads, q_len, k_len)`, exactly 0
-        where masked); `(output, cache)` when a cache is passed; `(output, weights, cache)`
-        with both.
+        An `AttentionOutput(output, scores, cache)`, one type for every call: `output`
+        `(batch, q_len, output_dim)`; `scores` `(batch, num_heads, q_len, k_len)` with
+        `return_attention_scores` (exactly 0 where masked), else None; `cache` the updated
+        (self-attention) or given (cross-attention) cache when one is passed, else None.
 
     Example:
 
     ```python
     mha = MultiHeadAttention(num_heads=2, key_dim=4)
     x = np.random.rand(3, 5, 8).astype("float32")
-    y, w = mha(x, x, use_causal_mask=True, return_attention_scores=True)  # (3,5,8), (3,2,5,5)
+    attended = mha(x, x, use_causal_mask=True, return_attention_scores=True)
+    attended.output.shape, attended.scores.shape  # (3, 5, 8), (3, 2, 5, 5)
 
     # One decoding step with a self-attention cache of length 10:
     cache = np.zeros((3, 2, 2, 10, 4), "float32")
-    y0, cache = mha(x[:, :1], x[:, :1], cache=cache, cache_update_index=0)
+    step = mha(x[:, :1], x[:, :1], cache=cache, cache_update_index=0)
+    step.output.shape, step.cache.shape  # (3, 1, 8), (3, 2, 2, 10, 4)
     ```
     """
 
@@ -228,7 +278,7 @@ class MultiHeadAttention(keras.layers.Layer):
         cache=None,
         cache_update_index=None,
         training=None,
-    ):
+    ) -> AttentionOutput:
         key = value if key is None else key
         query_heads = _split_heads(self.query_dense(query))  # (batch, heads, q_len, key_dim)
         q_len = ops.shape(query)[1]
@@ -274,12 +324,7 @@ class MultiHeadAttention(keras.layers.Layer):
         # (batch, heads, q_len, value_dim) -> (batch, q_len, heads, value_dim) -> (batch, q_len, output_dim)
         output = self.output_dense(ops.transpose(context, (0, 2, 1, 3)))
 
-        outputs = (output,)
-        if return_attention_scores:
-            outputs += (weights,)
-        if cache is not None:
-            outputs += (cache,)
-        return outputs[0] if len(outputs) == 1 else outputs
+        return AttentionOutput(output, weights if return_attention_scores else None, cache)
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_nlp_week4.layers.multi_head_attention import AttentionOutput
 from keras_nlp_week4.layers.transformer_layer_base import TransformerLayerBase
 
 
@@ -58,27 +59,38 @@ class TransformerDecoderLayer(TransformerLayerBase):
         training: python bool, whether dropout is active.
 
     Returns:
-        Without a self-attention cache: `x` `(batch, tgt_len, d_model)`, or
-        `(x, cross_weights)` with `return_attention_scores` (cross_weights
-        `(batch, num_heads, tgt_len, src_len)`).
-        With one: `(x, new_self_attention_cache)` or
-        `(x, cross_weights, new_self_attention_cache)`: the order of `MultiHeadAttention`.
+        An `AttentionOutput(output, scores, cache)`, the return type of `MultiHeadAttention`:
+        `output` `(batch, tgt_len, d_model)`; `scores` the cross-attention weights
+        `(batch, num_heads, tgt_len, src_len)` with `return_attention_scores`, else None;
+        `cache` the updated self-attention cache when one is passed, else None.
 
     Example:
 
     ```python
     layer = TransformerDecoderLayer(d_model=16, num_heads=2, d_ff=32)
     memory = np.random.rand(2, 7, 16).astype("float32")
-    y = layer(np.random.rand(2, 5, 16).astype("float32"), memory)  # teacher forcing
+    y = layer(np.random.rand(2, 5, 16).astype("float32"), memory).output  # teacher forcing
 
     cache = np.zeros((2, 2, 2, 5, 8), "float32")  # (batch, 2, heads, max_len, head_dim)
     cross = layer.compute_cross_attention_cache(memory)
-    y0, cache = layer(y[:, :1], self_attention_cache=cache,
-                      self_attention_cache_update_index=0, cross_attention_cache=cross)
+    step = layer(y[:, :1], self_attention_cache=cache, self_attention_cache_update_index=0,
+                 cross_attention_cache=cross)
+    step.output, step.cache  # (2, 1, 16), (2, 2, 2, 5, 8)
     ```
     """
 
-    ATTENTION_SUBLAYERS = ("self_attention", "cross_attention")
+    def create_attention_sublayers(self) -> None:
+        self.self_attention = self.attention("self_attention")
+        self.self_attention_layer_norm = self.layer_norm("self_attention_layer_norm")
+        self.self_attention_dropout = self.residual_dropout()
+        self.cross_attention = self.attention("cross_attention")
+        self.cross_attention_layer_norm = self.layer_norm("cross_attention_layer_norm")
+        self.cross_attention_dropout = self.residual_dropout()
+
+    @property
+    def layer_norms(self) -> tuple[keras.layers.LayerNormalization, ...]:
+        return (self.self_attention_layer_norm, self.cross_attention_layer_norm,
+                self.feed_forward_layer_norm)
 
     def build(self, x_shape, encoder_outputs_shape=None):
         # The encoder outputs are d_model wide, so the cross-attention can be built even
@@ -115,7 +127,7 @@ class TransformerDecoderLayer(TransformerLayerBase):
         cross_attention_cache=None,
         return_attention_scores=False,
         training=None,
-    ):
+    ) -> AttentionOutput:
         use_cache = self_attention_cache is not None
         if use_cache and self_attention_cache_update_index is None:
             raise ValueError("`self_attention_cache` needs `self_attention_cache_update_index`.")
@@ -127,39 +139,24 @@ class TransformerDecoderLayer(TransformerLayerBase):
         if encoder_padding_mask is None and encoder_outputs is not None:
             encoder_padding_mask = getattr(encoder_outputs, "_keras_mask", None)
 
-        # Masked (causal) self-attention, section 3.2.3.
-        if use_cache:
-            x, self_attention_cache = self.residual(
-                "self_attention", x,
-                lambda h: self.self_attention(
-                    h, h, key_padding_mask=decoder_padding_mask, cache=self_attention_cache,
-                    cache_update_index=self_attention_cache_update_index, training=training),
-                training,
-            )  # x (batch, tgt_len, d_model); cache (batch, 2, heads, max_len, head_dim)
-        else:
-            x = self.residual(
-                "self_attention", x,
-                lambda h: self.self_attention(h, h, key_padding_mask=decoder_padding_mask,
-                                              use_causal_mask=True, training=training),
-                training,
-            )
+        # Masked (causal) self-attention, section 3.2.3; with a cache, over the cached positions too.
+        h = self.sublayer_input(x, self.self_attention_layer_norm)
+        self_attended = self.self_attention(
+            h, h, key_padding_mask=decoder_padding_mask, use_causal_mask=True,
+            cache=self_attention_cache, cache_update_index=self_attention_cache_update_index,
+            training=training)  # cache (batch, 2, heads, max_len, head_dim) or None
+        x = self.sublayer_output(x, self_attended.output, self.self_attention_layer_norm,
+                                 self.self_attention_dropout, training)  # (batch, tgt_len, d_model)
 
         # Cross-attention over the encoder outputs: queries from the decoder.
-        x, cross_weights = self.residual(
-            "cross_attention", x,
-            lambda h: tuple(self.cross_attention(
-                h, encoder_outputs, key_padding_mask=encoder_padding_mask,
-                cache=cross_attention_cache, return_attention_scores=True, training=training)[:2]),
-            training,
-        )  # cross_weights (batch, heads, tgt_len, src_len)
+        h = self.sublayer_input(x, self.cross_attention_layer_norm)
+        cross_attended = self.cross_attention(
+            h, encoder_outputs, key_padding_mask=encoder_padding_mask, cache=cross_attention_cache,
+            return_attention_scores=return_attention_scores, training=training)
+        x = self.sublayer_output(x, cross_attended.output, self.cross_attention_layer_norm,
+                                 self.cross_attention_dropout, training)
 
         # Position-wise feed-forward network, eq. (2).
         x = self.feed_forward(x, training)
-
-        # The order of `MultiHeadAttention`: output, then attention weights, then cache.
-        outputs = (x,)
-        if return_attention_scores:
-            outputs += (cross_weights,)
-        if use_cache:
-            outputs += (self_attention_cache,)
-        return outputs[0] if len(outputs) == 1 else outputs
+        # scores (batch, heads, tgt_len, src_len) or None
+        return AttentionOutput(x, cross_attended.scores, self_attended.cache)

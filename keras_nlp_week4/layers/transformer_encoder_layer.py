@@ -51,7 +51,14 @@ class TransformerEncoderLayer(TransformerLayerBase):
     ```
     """
 
-    ATTENTION_SUBLAYERS = ("self_attention",)
+    def create_attention_sublayers(self) -> None:
+        self.self_attention = self.attention("self_attention")
+        self.self_attention_layer_norm = self.layer_norm("self_attention_layer_norm")
+        self.self_attention_dropout = self.residual_dropout()
+
+    @property
+    def layer_norms(self) -> tuple[keras.layers.LayerNormalization, ...]:
+        return (self.self_attention_layer_norm, self.feed_forward_layer_norm)
 
     def build(self, x_shape):
         self.self_attention.build(x_shape, x_shape)
@@ -63,13 +70,14 @@ class TransformerEncoderLayer(TransformerLayerBase):
         if padding_mask is None:
             padding_mask = getattr(x, "_keras_mask", None)
 
-        x, weights = self.residual(
-            "self_attention", x,
-            lambda h: self.self_attention(h, h, key_padding_mask=padding_mask,
-                                          return_attention_scores=True, training=training),
-            training,
-        )  # (batch, src_len, d_model); weights (batch, heads, src_len, src_len)
+        # Self-attention, section 3.2.2: every position attends over the real tokens.
+        h = self.sublayer_input(x, self.self_attention_layer_norm)
+        attended = self.self_attention(h, h, key_padding_mask=padding_mask,
+                                       return_attention_scores=return_attention_scores,
+                                       training=training)
+        x = self.sublayer_output(x, attended.output, self.self_attention_layer_norm,
+                                 self.self_attention_dropout, training)  # (batch, src_len, d_model)
         x = self.feed_forward(x, training)
         if return_attention_scores:
-            return x, weights
+            return x, attended.scores  # scores (batch, heads, src_len, src_len)
         return x

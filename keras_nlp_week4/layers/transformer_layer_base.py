@@ -44,13 +44,15 @@ def check_transformer_dims(d_model: int, num_heads: int) -> int:
 class TransformerLayerBase(keras.layers.Layer):
     """Base of `TransformerEncoderLayer` and `TransformerDecoderLayer` (not used on its own).
 
-    Holds the arguments both take, creates the attention sub-layers a subclass names in
-    `ATTENTION_SUBLAYERS` (each with its LayerNorm and residual dropout), then the position-wise
-    feed-forward sub-layer, eq. (2): `FFN(x) = activation(x W_1 + b_1) W_2 + b_2`. The creation order
-    fixes the order of the weights, which optimizer checkpoints rely on.
+    Holds the arguments both take; a subclass creates its attention sub-layers in
+    `create_attention_sublayers` as plain attributes (`self_attention`, `self_attention_layer_norm`,
+    `self_attention_dropout`, ...: made with `attention`, `layer_norm` and `residual_dropout`), then this
+    class creates the position-wise feed-forward sub-layer, eq. (2):
+    `FFN(x) = activation(x W_1 + b_1) W_2 + b_2`. The creation order fixes the order of the weights,
+    which optimizer checkpoints rely on; the attribute names are the paths of the weights in a `.keras`
+    file. Each sub-layer runs as `sublayer_input` -> the sub-layer -> `sublayer_output` (the residual
+    connection with its dropout and LayerNorm).
     """
-
-    ATTENTION_SUBLAYERS: tuple[str, ...] = ()
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.1,
                  activation="relu", norm_first: bool = False, layer_norm_epsilon: float = 1e-6,
@@ -64,40 +66,43 @@ class TransformerLayerBase(keras.layers.Layer):
         self.norm_first = bool(norm_first)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.head_dim = check_transformer_dims(self.d_model, self.num_heads)
-        for name in self.ATTENTION_SUBLAYERS:
-            self._add_attention_sublayer(name)
+        self.create_attention_sublayers()
         self.feed_forward_inner = keras.layers.Dense(
             self.d_ff, activation=self.activation, dtype=self.dtype_policy, name="feed_forward_inner")
         self.feed_forward_outer = keras.layers.Dense(
             self.d_model, dtype=self.dtype_policy, name="feed_forward_outer")
-        self.feed_forward_layer_norm = self._layer_norm("feed_forward_layer_norm")
-        self.feed_forward_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.feed_forward_layer_norm = self.layer_norm("feed_forward_layer_norm")
+        self.feed_forward_dropout = self.residual_dropout()
         # The output rows are the input rows: the padding mask of `x` passes through.
         self.supports_masking = True
 
-    def _layer_norm(self, name: str) -> keras.layers.LayerNormalization:
+    def create_attention_sublayers(self) -> None:
+        """Creates the subclass's attention sub-layers, each with its LayerNorm and residual dropout."""
+        raise NotImplementedError
+
+    @property
+    def layer_norms(self) -> tuple[keras.layers.LayerNormalization, ...]:
+        """The sub-layers' LayerNorms in call order (the attention sub-layers', then the feed-forward's)."""
+        raise NotImplementedError
+
+    def attention(self, name: str) -> MultiHeadAttention:
+        return MultiHeadAttention(self.num_heads, self.head_dim, dropout=self.dropout,
+                                  dtype=self.dtype_policy, name=name)
+
+    def layer_norm(self, name: str) -> keras.layers.LayerNormalization:
         return keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon,
                                                dtype=self.dtype_policy, name=name)
 
-    def _add_attention_sublayer(self, name: str) -> None:
-        """Creates `self.<name>` (multi-head attention), `<name>_layer_norm` and `<name>_dropout`."""
-        setattr(self, name, MultiHeadAttention(self.num_heads, self.head_dim, dropout=self.dropout,
-                                               dtype=self.dtype_policy, name=name))
-        setattr(self, f"{name}_layer_norm", self._layer_norm(f"{name}_layer_norm"))
-        setattr(self, f"{name}_dropout", keras.layers.Dropout(self.dropout, dtype=self.dtype_policy))
+    def residual_dropout(self) -> keras.layers.Dropout:
+        return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
-    def residual(self, name: str, x, sublayer, training=None):
-        """Runs `sublayer` on `x` inside the residual + LayerNorm wrapper of sub-layer `name`.
+    def sublayer_input(self, x, layer_norm):
+        """What a sub-layer sees: `LayerNorm(x)` in pre-norm, `x` itself in post-norm."""
+        return sublayer_input(x, layer_norm, self.norm_first)
 
-        `sublayer(h)` returns the new activations, or a tuple whose first item they are (the rest, such as
-        attention weights or a cache, is returned alongside).
-        """
-        layer_norm = getattr(self, f"{name}_layer_norm")
-        out = sublayer(sublayer_input(x, layer_norm, self.norm_first))
-        h, extra = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
-        x = sublayer_output(x, h, layer_norm, getattr(self, f"{name}_dropout"), self.norm_first,
-                            training)
-        return (x, *extra) if extra else x
+    def sublayer_output(self, x, y, layer_norm, dropout, training=None):
+        """The residual connection around a sub-layer whose input was `x` and output `y`."""
+        return sublayer_output(x, y, layer_norm, dropout, self.norm_first, training)
 
     def build_feed_forward(self, x_shape) -> None:
         self.feed_forward_inner.build(x_shape)
@@ -106,10 +111,10 @@ class TransformerLayerBase(keras.layers.Layer):
 
     def feed_forward(self, x, training=None):
         """The position-wise feed-forward sub-layer with its residual connection."""
-        return self.residual(
-            "feed_forward", x,
-            lambda h: self.feed_forward_outer(self.feed_forward_inner(h)),  # (batch, len, d_model)
-            training)
+        h = self.sublayer_input(x, self.feed_forward_layer_norm)
+        y = self.feed_forward_outer(self.feed_forward_inner(h))  # (batch, len, d_model)
+        return self.sublayer_output(x, y, self.feed_forward_layer_norm, self.feed_forward_dropout,
+                                    training)
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -124,14 +124,11 @@ class Transformer(Seq2SeqModel):
         y = self.target_embedding(decoder_input, training=training)  # (batch, tgt_len, d_model)
         attention = []
         for layer in self.decoder_layers:
-            out = layer(y, encoder_outputs=encoder_outputs, decoder_padding_mask=target_mask,
-                        encoder_padding_mask=source_mask, return_attention_scores=return_attention,
-                        training=training)
-            if return_attention:
-                y, weights = out
-                attention.append(weights)  # (batch, heads, tgt_len, src_len)
-            else:
-                y = out
+            decoded = layer(y, encoder_outputs=encoder_outputs, decoder_padding_mask=target_mask,
+                            encoder_padding_mask=source_mask,
+                            return_attention_scores=return_attention, training=training)
+            y = decoded.output
+            attention.append(decoded.scores)  # (batch, heads, tgt_len, src_len), or None
         logits = self._project(y)  # (batch, tgt_len, vocab)
         if return_attention:
             return logits, ops.stack(attention, axis=1)  # (batch, layers, heads, tgt_len, src_len)
@@ -165,7 +162,7 @@ class Transformer(Seq2SeqModel):
         y = self.target_embedding(token_ids[:, None], start_index=index, training=training)  # (b, 1, d)
         new_caches, attention = [], []
         for i, layer in enumerate(self.decoder_layers):
-            y, weights, cache = layer(
+            decoded = layer(
                 y,
                 encoder_padding_mask=state["encoder_padding_mask"],
                 self_attention_cache=state["self_attention_cache"][:, i],
@@ -174,8 +171,9 @@ class Transformer(Seq2SeqModel):
                 return_attention_scores=True,
                 training=training,
             )
-            new_caches.append(cache)
-            attention.append(weights[:, :, 0, :])  # (batch, heads, src_len)
+            y = decoded.output  # (batch, 1, d_model)
+            new_caches.append(decoded.cache)  # (batch, 2, heads, max_length, head_dim)
+            attention.append(decoded.scores[:, :, 0, :])  # (batch, heads, src_len)
         logits = self._project(y)[:, 0, :]  # (batch, vocab)
         updates = {"self_attention_cache": ops.stack(new_caches, axis=1)}
         return logits, updates, ops.stack(attention, axis=1)  # attention: (batch, layers, heads, src_len)
