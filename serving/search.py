@@ -20,7 +20,7 @@ applied to each step's logits before the search chooses, the same for greedy, sa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -188,10 +188,74 @@ def _trim(tokens: np.ndarray, pad_id: int) -> np.ndarray:
     return tokens[:, : (keep[-1] + 1 if keep.size else 0)]
 
 
+@dataclass(frozen=True)
+class StreamStep:
+    """What a search knows after one step: `tokens` `(batch, t)` (beam search: each row's best hypothesis
+    so far), of which the first `final[row]` of each row can no longer change."""
+
+    tokens: np.ndarray
+    final: np.ndarray
+
+
+# A search as a generator: it yields a `StreamStep` after every step and returns the `SearchResult`.
+SearchSteps = Generator[StreamStep, None, SearchResult]
+
+
+def drain(steps: SearchSteps) -> SearchResult:
+    """Runs a search generator to its end; its `SearchResult`."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def new_final_ids(steps: SearchSteps, eos_id: int, pad_id: int
+                  ) -> Generator[list[list[int]], None, SearchResult]:
+    """Turns a search's `StreamStep`s into, per step, the ids each row has just made final (EOS included,
+    nothing after it), with a last yield for what only the result settles; returns the `SearchResult`.
+    The ids a row is given, joined, are its output in `SearchResult.tokens`."""
+    emitted: np.ndarray | None = None
+    done: np.ndarray | None = None
+
+    def fresh(tokens: np.ndarray, final: np.ndarray) -> list[list[int]]:
+        nonlocal emitted, done
+        if emitted is None:
+            emitted, done = np.zeros(len(tokens), np.int64), np.zeros(len(tokens), bool)
+        out = []
+        for row in range(len(tokens)):
+            ids = []
+            if not done[row]:
+                for token in tokens[row, emitted[row]:final[row]].tolist():
+                    if token == pad_id:
+                        continue
+                    ids.append(token)
+                    if token == eos_id:
+                        done[row] = True
+                        break
+                emitted[row] = max(emitted[row], final[row])
+            out.append(ids)
+        return out
+
+    while True:
+        try:
+            progress = next(steps)
+        except StopIteration as stop:
+            result = stop.value
+            rest = fresh(result.tokens, np.full(len(result.tokens), result.tokens.shape[1]))
+            if any(rest):
+                yield rest
+            return result
+        new = fresh(progress.tokens, progress.final)
+        if any(new):
+            yield new
+
+
 def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
          pad_id: int, choose: Callable[[np.ndarray], np.ndarray], return_attention: bool,
-         constraints: Constraints | None) -> SearchResult:
-    """The loop greedy decoding and sampling share: `choose` maps logits to next tokens."""
+         constraints: Constraints | None) -> SearchSteps:
+    """The loop greedy decoding and sampling share: `choose` maps logits to next tokens. Every token is
+    final as soon as it is chosen."""
     constraints = constraints or Constraints()
     state = dict(state)
     token = np.full((batch_size,), bos_id, dtype=np.int32)
@@ -212,6 +276,7 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
         if return_attention and weights is not None:
             attention.append(np.asarray(weights))
         finished |= token == eos_id
+        yield StreamStep(np.stack(columns, axis=1), np.full((batch_size,), index + 1))
         if finished.all():
             break
     tokens = np.stack(columns, axis=1)
@@ -219,18 +284,29 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
                         attention=np.stack(attention, axis=1) if attention else None)
 
 
-def greedy_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
-                  pad_id: int = 0, return_attention: bool = False,
-                  constraints: Constraints | None = None) -> SearchResult:
-    """Takes the most likely token at every step; stops at EOS or `max_length` tokens."""
+def greedy_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
+                 pad_id: int = 0, return_attention: bool = False,
+                 constraints: Constraints | None = None) -> SearchSteps:
+    """`greedy_search` step by step (see `SearchSteps`)."""
     return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id,
                 lambda logits: logits.argmax(axis=-1), return_attention, constraints)
 
 
-def sample_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
-                  pad_id: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  seed: int | Sequence | None = None, return_attention: bool = False,
-                  constraints: Constraints | None = None) -> SearchResult:
+def greedy_search(*args, **kwargs) -> SearchResult:
+    """Takes the most likely token at every step; stops at EOS or `max_length` tokens. Arguments as
+    `greedy_steps`."""
+    return drain(greedy_steps(*args, **kwargs))
+
+
+def sample_search(*args, **kwargs) -> SearchResult:
+    """Sampling (`sample_steps`, whose arguments it takes) to the end."""
+    return drain(sample_steps(*args, **kwargs))
+
+
+def sample_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
+                 pad_id: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | Sequence | None = None, return_attention: bool = False,
+                 constraints: Constraints | None = None) -> SearchSteps:
     """Samples each token from the softmax at `temperature`, restricted to the `top_k` most likely tokens
     (0: no limit) and to the smallest set whose probability reaches `top_p` (nucleus sampling, Holtzman
     et al., 2020). The same `seed` gives the same output.
@@ -268,12 +344,31 @@ def length_penalty_factor(lengths: np.ndarray, alpha: float) -> np.ndarray:
     return ((5.0 + lengths) / 6.0) ** alpha
 
 
-def beam_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
-                pad_id: int = 0, *, beam_size: int, length_penalty: float, num_hypotheses: int = 1,
-                return_attention: bool = False, constraints: Constraints | None = None) -> SearchResult:
+def beam_search(*args, **kwargs) -> SearchResult:
     """Keeps the `beam_size` most likely prefixes per sequence; returns the best finished hypothesis,
     ranked by log-probability divided by the GNMT length penalty (and, with `num_hypotheses` > 1, that
-    many of the final beams in the same order, in `SearchResult.hypotheses`)."""
+    many of the final beams in the same order, in `SearchResult.hypotheses`). Arguments as `beam_steps`."""
+    return drain(beam_steps(*args, **kwargs))
+
+
+def _settled(history: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(tokens, final)` of a beam: per row the first live hypothesis `(batch, t)`, and the length of the
+    prefix all its live hypotheses share, which no later step can change (every hypothesis the search
+    can still return extends one of them). `history` `(batch, k, t)`, `alive` `(batch, k)`."""
+    batch, _, length = history.shape
+    first = alive.argmax(axis=-1)  # a row with none alive (cannot happen after step 0) takes beam 0
+    tokens = history[np.arange(batch), first]
+    same = (history == tokens[:, None, :]) | ~alive[:, :, None]  # (batch, k, t)
+    agreed = same.all(axis=1)  # (batch, t)
+    final = np.where(agreed.all(axis=-1), length, agreed.argmin(axis=-1))
+    return tokens, final
+
+
+def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
+               pad_id: int = 0, *, beam_size: int, length_penalty: float, num_hypotheses: int = 1,
+               return_attention: bool = False, constraints: Constraints | None = None) -> SearchSteps:
+    """`beam_search` step by step: after each step, each row's prefix that all its live hypotheses share
+    is final (`_settled`); the rest comes with the result."""
     k = beam_size
     constraints = (constraints or Constraints()).repeated(k)
     # Hypothesis j of sequence b lives at row b * k + j of every state entry.
@@ -314,6 +409,7 @@ def beam_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos
             step_attention = np.asarray(weights)[source][:, None]
             attention = step_attention if attention is None else np.concatenate(
                 [attention[source], step_attention], axis=1)
+        yield StreamStep(*_settled(history.reshape(batch_size, k, -1), np.isfinite(scores)))
         if finished.all():
             break
     normalised = scores.reshape(-1) / length_penalty_factor(np.maximum(lengths, 1), length_penalty)
@@ -337,3 +433,6 @@ def beam_search(step: StepFn, state: dict, batch_size: int, max_length: int, bos
 SearchFn = Callable[..., SearchResult]
 # The decoding methods by name: the one list the CLIs, the HTTP API and both runtimes read.
 SEARCHES: dict[str, SearchFn] = {"greedy": greedy_search, "beam": beam_search, "sample": sample_search}
+# The same searches as generators of `StreamStep`s, for streaming (`serving.runtime.Runtime.generate_stream`).
+STREAMS: dict[str, Callable[..., SearchSteps]] = {"greedy": greedy_steps, "beam": beam_steps,
+                                                   "sample": sample_steps}

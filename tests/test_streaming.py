@@ -1,0 +1,61 @@
+"""Streaming: the searches as generators (`serving.search.STREAMS`), and the ids they make final step by
+step, which joined must be exactly the non-streamed output, for every method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_decoding_constraints import KWARGS, output
+from test_search import BOS, EOS, PAD, markov_step
+
+from serving.search import SEARCHES, STREAMS, Constraints, _settled, new_final_ids
+
+
+def run_stream(method: str, seed: int, batch: int = 5, max_length: int = 8, constraints=None):
+    step, _ = markov_step(seed=seed)
+    state = {"steps": np.zeros((batch, 1), np.int64)}
+    steps = STREAMS[method](step, state, batch, max_length, BOS, EOS, PAD, constraints=constraints,
+                            **KWARGS[method])
+    chunks, stream = [], new_final_ids(steps, EOS, PAD)
+    while True:
+        try:
+            chunks.append(next(stream))
+        except StopIteration as stop:
+            return chunks, stop.value
+
+
+@pytest.mark.parametrize("method", list(SEARCHES))
+@pytest.mark.parametrize("seed", range(6))
+def test_the_joined_stream_is_the_output(method, seed):
+    rules = Constraints(no_repeat_ngram_size=2, prefix=(np.array([5]),) * 5) if seed % 2 else None
+    chunks, result = run_stream(method, seed, constraints=rules)
+    step, _ = markov_step(seed=seed)
+    plain = SEARCHES[method](step, {"steps": np.zeros((5, 1), np.int64)}, 5, 8, BOS, EOS, PAD,
+                             constraints=rules, **KWARGS[method])
+    assert np.array_equal(result.tokens, plain.tokens)
+    for row in range(5):
+        joined = [token for chunk in chunks for token in chunk[row]]
+        assert joined == output(result.tokens[row])
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample"])
+def test_greedy_and_sampling_stream_a_token_per_step(method):
+    chunks, result = run_stream(method, seed=1, batch=1, max_length=8)
+    assert [len(chunk[0]) for chunk in chunks] == [1] * len(output(result.tokens[0]))
+
+
+def test_beam_search_streams_before_it_ends():
+    counts = []
+    for seed in range(6):
+        chunks, result = run_stream("beam", seed, batch=1)
+        counts.append(sum(len(c[0]) for c in chunks[:-1]))  # made final before the last step
+    assert any(counts)
+
+
+def test_only_the_prefix_all_live_beams_share_is_final():
+    history = np.array([[[4, 5, 1], [4, 5, 3], [4, 1, 1]],
+                        [[1, 3, 0], [1, 3, 0], [9, 9, 9]]])
+    alive = np.array([[True, True, False], [True, True, False]])  # a dead beam does not count
+    tokens, final = _settled(history, alive)
+    assert final.tolist() == [2, 3] and tokens.tolist() == [[4, 5, 1], [1, 3, 0]]
+
