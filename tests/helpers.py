@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+SHARED = ROOT.parent / "shared" / "data"  # shared data sets (Multi30k, chatbot, kor-eng) beside the checkout
 
 
 def run_module(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
@@ -16,6 +17,11 @@ def run_module(*args: str, timeout: float = 600, **kwargs) -> subprocess.Complet
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m keras_nlp_week4 ARGS`: the training CLI, as `run_module` runs it."""
+    return run_module("keras_nlp_week4", *args, timeout=timeout)
 
 
 def copy_export(tiny_export: Path, tmp_path: Path) -> Path:

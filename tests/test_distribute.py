@@ -6,14 +6,12 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from keras_nlp_week4.errors import UserError
 from keras_nlp_week4.training.distribute import cluster_role, make_strategy, read_tf_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tf_config(ports, index):

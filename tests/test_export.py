@@ -19,13 +19,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import ROOT
 
 from export import parity
 from export.config import describe_graphs
 from export.manifest import verify_manifest, write_manifest
 from serving.errors import ExportError
 
-ROOT = Path(__file__).resolve().parents[1]
 # Transformer, RNN seq2seq, attention seq2seq (additive, and multiplicative with keys projected once).
 MODELS = ("transformer", "seq2seq-gru", "bahdanau", "luong-general")
 TEST_EXAMPLES = 300

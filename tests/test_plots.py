@@ -4,14 +4,12 @@ pictures must show the model's own attention, whatever it learned)."""
 import csv
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from helpers import cli
 
 from keras_nlp_week4 import plots
 from keras_nlp_week4.data.pipeline import encode_sources
@@ -20,7 +18,6 @@ from keras_nlp_week4.errors import UserError
 from keras_nlp_week4.models.registry import build_model, model_family
 from keras_nlp_week4.runs import load_run, write_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("나는 사과를 좋아해요.", "I like apples."), ("고양이가 어디 있어요?", "Where is the cat?"),
          ("책을 읽어요.", "I read a book."), ("안녕하세요", "Hello")]
 SOURCE_LENGTH, TARGET_LENGTH = 16, 8
@@ -167,11 +164,8 @@ def test_training_curves_show_the_log(runs, tmp_path):
 
 
 def test_plot_command_draws_both_pictures(runs):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = runs["transformer"]
-    result = subprocess.run([sys.executable, "-m", "keras_nlp_week4", "plot", str(run), "--text",
-                             PAIRS[3][0]], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = cli("plot", str(run), "--text", PAIRS[3][0], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("attention.png", "training_curves.png"):
         assert (run / "plots" / name).read_bytes()[:4] == b"\x89PNG"

@@ -1,12 +1,10 @@
 """The data readers on malformed files, on the real files when ../shared/data has them, and the splits."""
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import SHARED, cli
 
 from keras_nlp_week4.data.readers import (
     DataSources,
@@ -17,8 +15,6 @@ from keras_nlp_week4.data.readers import (
 from keras_nlp_week4.data.splits import grouped_split, load_pair_splits, source_key
 from keras_nlp_week4.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 CHATBOT_CSV = SHARED / "chatbot" / "ChatbotData.csv"
 KOR_TXT = SHARED / "kor-eng" / "kor.txt"
 
@@ -251,12 +247,6 @@ def test_real_translation_file_splits_by_english_sentence():
 
 
 # --------------------------------------------------------------------------- through the command line
-
-
-def cli(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "keras_nlp_week4", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_bad_data_on_the_command_line_is_one_line_and_exit_2(tmp_path):

@@ -7,12 +7,10 @@ a temporary folder, never into the repository.
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import SHARED, cli
 
 from keras_nlp_week4.data.readers import DataSources
 from keras_nlp_week4.data.splits import load_pair_splits, source_key
@@ -20,8 +18,6 @@ from keras_nlp_week4.runs import read_pairs
 from keras_nlp_week4.tasks import CHATBOT_QUESTIONS
 from keras_nlp_week4.training.trainer import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 CHATBOT_CSV = SHARED / "chatbot" / "ChatbotData.csv"
 KOR_TXT = SHARED / "kor-eng" / "kor.txt"
 SLICE_ROWS = 300
@@ -82,12 +78,6 @@ def chatbot_slice(folder: Path) -> Path:
     with open(path, "w", encoding="utf-8", newline="") as f:
         csv.writer(f, lineterminator="\r\n").writerows(rows)  # CRLF, as the real file
     return path
-
-
-def cli(*args, timeout=300):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "keras_nlp_week4", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def has_hangul(text: str) -> bool:

@@ -6,54 +6,48 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, cli
 
 from keras_nlp_week4.errors import UserError
 from keras_nlp_week4.runs import load_run
 from keras_nlp_week4.training.trainer import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--max-train-examples", "640", "--batch-size", "64", "--verbose", "0"]
 
 
-def cli(*args, timeout=300):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "keras_nlp_week4", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def two_epoch_run(tmp_path_factory):
+    """A run trained in process for 2 epochs (the session's `two_epoch_run` is 1 epoch, through the CLI)."""
     out = tmp_path_factory.mktemp("run")
     train(TrainConfig(model="transformer", preset="tiny", epochs=2, max_train_examples=640, out=str(out),
                       verbose=0))
     return out
 
 
-def test_run_directory_is_complete(tiny_run):
+def test_run_directory_is_complete(two_epoch_run):
     for name in ["model.keras", "tokenizer.model", "config.json", "metrics.json", "training_log.csv",
                  "validation.tsv", "test.tsv"]:
-        assert (tiny_run / name).is_file(), name
-    assert (tiny_run / "logs").is_dir()  # TensorBoard
-    assert not (tiny_run / "backup").exists()  # removed once training finished
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
+        assert (two_epoch_run / name).is_file(), name
+    assert (two_epoch_run / "logs").is_dir()  # TensorBoard
+    assert not (two_epoch_run / "backup").exists()  # removed once training finished
+    metrics = json.loads((two_epoch_run / "metrics.json").read_text())
     assert {"val_loss", "exact_match", "test_perplexity", "training_seconds", "valid_outputs"} <= set(metrics)
     assert 0.0 <= metrics["exact_match"] <= metrics["valid_outputs"] <= 1.0  # a right date is a valid one
-    config = json.loads((tiny_run / "config.json").read_text())
+    config = json.loads((two_epoch_run / "config.json").read_text())
     assert config["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
     assert config["model_config"]["d_model"] == 64
-    rows = list(csv.DictReader(open(tiny_run / "training_log.csv")))
+    rows = list(csv.DictReader(open(two_epoch_run / "training_log.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert float(rows[1]["loss"]) < float(rows[0]["loss"])  # it learns
 
 
-def test_generate_command_takes_every_decoding_option(tiny_run, capsys):
+def test_generate_command_takes_every_decoding_option(two_epoch_run, capsys):
     from keras_nlp_week4.cli import main
 
-    argv = ["generate", "--run", str(tiny_run), "9/27/94", "--method", "sample", "--temperature", "0.7",
+    argv = ["generate", "--run", str(two_epoch_run), "9/27/94", "--method", "sample", "--temperature", "0.7",
             "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "6"]
     assert main(argv) == 0
     first = capsys.readouterr().out
@@ -61,16 +55,32 @@ def test_generate_command_takes_every_decoding_option(tiny_run, capsys):
     assert capsys.readouterr().out == first  # seeded
     source, output = first.rstrip("\n").split("\t")
     assert source == "9/27/94" and len(output) <= 6
-    assert main(["generate", "--run", str(tiny_run), "x", "--max-new-tokens", "13"]) == 2
+    assert main(["generate", "--run", str(two_epoch_run), "x", "--max-new-tokens", "13"]) == 2
     assert "--max-new-tokens 13 is above the limit 12" in capsys.readouterr().err
 
 
-def test_loaded_run_generates(tiny_run):
-    run = load_run(tiny_run)
+def test_loaded_run_generates(two_epoch_run):
+    """`decode_texts` (the in-graph greedy loop over the key/value cache) gives what greedy decoding
+    written here the slow way gives: the teacher-forced model over the whole prefix, one token at a time."""
+    from keras_nlp_week4.data.pipeline import encode_sources
     from keras_nlp_week4.evaluation import decode_texts
+    from keras_nlp_week4.runs import RunConfig
 
-    outputs = decode_texts(run, ["september 27, 1994", "9/27/94"])
-    assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
+    run = load_run(two_epoch_run)
+    config = RunConfig.read(two_epoch_run)
+    sources = ["september 27, 1994", "9/27/94", "MONDAY, NOVEMBER 30, 1992"]
+    outputs = decode_texts(run, sources)
+    bos, eos = config.special_ids["bos"], config.special_ids["eos"]
+    encoder_input = encode_sources(sources, run.tokenizer, config.max_source_length)
+    prefix = np.full((len(sources), 1), bos, np.int32)
+    for _ in range(config.max_target_length):
+        logits = np.asarray(run.model((encoder_input, prefix), training=False))
+        prefix = np.concatenate([prefix, logits[:, -1].argmax(-1).astype(np.int32)[:, None]], axis=1)
+    expected = []
+    for row in prefix[:, 1:].tolist():
+        ids = row[: row.index(eos)] if eos in row else row
+        expected.append(run.tokenizer.decode([ids])[0])
+    assert outputs == expected and any(outputs), (outputs, expected)
 
 
 KILL_AFTER_EPOCH = '''
@@ -156,12 +166,12 @@ def test_a_refused_command_changes_nothing_on_disk(tmp_path, overrides, message)
     assert not out.exists()
 
 
-def test_damaged_model_file_is_a_clear_error(tiny_run, tmp_path):
+def test_damaged_model_file_is_a_clear_error(two_epoch_run, tmp_path):
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     for name in ["config.json", "tokenizer.model", "test.tsv", "validation.tsv"]:
-        (damaged / name).write_bytes((tiny_run / name).read_bytes())
-    (damaged / "model.keras").write_bytes((tiny_run / "model.keras").read_bytes()[:1000])
+        (damaged / name).write_bytes((two_epoch_run / name).read_bytes())
+    (damaged / "model.keras").write_bytes((two_epoch_run / "model.keras").read_bytes()[:1000])
     with pytest.raises(UserError, match="model.keras.*damaged"):
         load_run(damaged)
     (damaged / "config.json").write_text("{not json")
