@@ -15,10 +15,10 @@ Each figure is the median of `repeats` calls after one warm-up call; every path 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +71,16 @@ def patch_generate_eos(source: Path, target: Path, eos_id: int, new_eos: int = N
 
 
 def _int8_export(export_dir: Path, work: Path) -> Path:
-    """A copy of the export with dynamic-int8 graphs (the export's own if it was made with --quantize)."""
-    config = json.loads((export_dir / "config.json").read_text())
-    if config.get("quantized"):
+    """A copy of the export with dynamic-int8 graphs (the export's own if it was made with --quantize),
+    its config and manifest written by their one writers (the manifest keeps the export's verdict: the
+    float32 graphs are the validated ones, the int8 graphs are made as `python -m export --quantize`
+    makes them)."""
+    from export.manifest import write_manifest
+    from serving.export_config import ExportConfig
+    from serving.manifest import Manifest
+
+    config = ExportConfig.read(export_dir)
+    if config.quantized:
         return export_dir
     from export.quantize import quantize_graphs
 
@@ -81,8 +88,8 @@ def _int8_export(export_dir: Path, work: Path) -> Path:
     if not (copy / "config.json").is_file():
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(export_dir, copy, ignore=shutil.ignore_patterns("saved_model"))
-        config["quantized"] = quantize_graphs(copy, config["graphs"])
-        (copy / "config.json").write_text(json.dumps(config, indent=2))
+        replace(config, quantized=quantize_graphs(copy, config.graphs)).write(copy)
+        write_manifest(copy, validated=Manifest.read(export_dir).validated)
     return copy
 
 
@@ -139,9 +146,8 @@ def build_paths(run_dir: Path, work: Path, int8: bool = True) -> tuple[dict, dic
     if int8:
         int8_dir = _int8_export(export_dir, work)
         int8_runtime = Runtime(int8_dir, verify=False, int8=True)
-        config = int8_runtime.config
         paths["ort int8 step+cache"] = ort_step(int8_runtime)
-        paths["ort int8 loop"] = ort_loop(int8_dir / config["quantized"]["graphs"]["generate"]["file"])
+        paths["ort int8 loop"] = ort_loop(int8_dir / int8_runtime.config.graph_file("generate", int8=True))
     sources = {}
     for label, text in INPUT_TEXTS.items():
         ids, _ = runtime.tokenizer.encode_sources([text], runtime.max_source_length)

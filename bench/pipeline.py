@@ -60,10 +60,10 @@ def run_pipeline_throughput(folder: Path, steps: int | None = None, warmup: int 
         config = TrainConfig(task="multi30k", model="transformer", data=str(folder), out=scratch, verbose=0)
         settings = resolve_settings(config)
         started = time.perf_counter()
-        data = prepare_data(config, settings, Path(scratch), resuming=False)
+        data = prepare_data(settings, Path(scratch), resuming=False)
         tokenizer_seconds = time.perf_counter() - started
-        batch_size = settings["batch_size"]
-        dataset, _ = make_datasets(data, settings, get_task(config.task), EpochOrder(config.seed))
+        batch_size = settings.batch_size
+        dataset, _ = make_datasets(data, settings, get_task(settings.task), EpochOrder(settings.seed))
 
         # One pass alone: what the input pipeline costs by itself, and every batch's real tokens.
         started = time.perf_counter()
@@ -79,7 +79,7 @@ def run_pipeline_throughput(folder: Path, steps: int | None = None, warmup: int 
         padding = 1.0 - real / positions
         timed = len(real) if steps is None else min(steps, len(real) - warmup)
 
-        model = build_training_model(config, settings, data.tokenizer.vocab_size, tf.distribute.get_strategy())
+        model = build_training_model(settings, data.tokenizer.vocab_size, tf.distribute.get_strategy())
         model.fit(dataset.take(warmup), epochs=1, verbose=0)
         timed_data = dataset.take(timed) if steps is not None else dataset
         started = time.perf_counter()
@@ -109,7 +109,7 @@ def run_pipeline_throughput(folder: Path, steps: int | None = None, warmup: int 
     real_per_s = fit_real / fit_seconds
     probe_per_s = batch * (source_width + target_width) / probe_seconds
     result = {
-        "model": f"transformer {settings['preset']}", "parameters": int(model.count_params()),
+        "model": f"transformer {settings.preset}", "parameters": int(model.count_params()),
         "vocab_size": int(vocab), "batch_size": batch_size, "batches_in_epoch": len(real),
         "timed_batches": timed, "whole_epoch": steps is None, "dropped_partial_buckets": bool(drop),
         "fit_seconds": round(fit_seconds, 1), "real_tokens_per_s": round(real_per_s, 1),

@@ -25,7 +25,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,7 @@ def _stand_in_run(base_run: Path, destination: Path, preset: str, vocab_size: in
     import keras
 
     from keras_nlp_week4.models.registry import build_model
+    from keras_nlp_week4.runs import RunConfig
 
     if (destination / "model.keras").is_file():
         return destination
@@ -71,15 +72,14 @@ def _stand_in_run(base_run: Path, destination: Path, preset: str, vocab_size: in
     for name in ("tokenizer.model", "validation.tsv", "test.tsv"):
         if (base_run / name).is_file():
             shutil.copyfile(base_run / name, destination / name)
-    config = json.loads((base_run / "config.json").read_text())
+    config = RunConfig.read(base_run)
     keras.utils.set_random_seed(0)
     model = build_model("transformer", vocab_size, preset)
     model((np.ones((1, 4), "int32"), np.ones((1, 4), "int32")))
     model.save(destination / "model.keras")
-    config.update(model="transformer", family="transformer", preset=preset, model_class="Transformer",
-                  model_config=str(model.get_config()), num_parameters=int(model.count_params()),
-                  vocab_size=vocab_size, task=f"{config['task']} (random {preset}, benchmark stand-in)")
-    (destination / "config.json").write_text(json.dumps(config, indent=2))
+    replace(config, model="transformer", family="transformer", preset=preset, model_class="Transformer",
+            model_config=model.get_config(), num_parameters=int(model.count_params()),
+            vocab_size=vocab_size, task=f"{config.task} (random {preset}, benchmark stand-in)").write(destination)
     return destination
 
 
@@ -91,8 +91,8 @@ def _ctranslate2_dir(run_dir: Path, destination: Path) -> Path:
     if (destination / "model.bin").is_file():
         return destination
     run = load_run(run_dir, compile=False)
-    return convert_run(run, destination, max_length=max(int(run.config["max_source_length"]),
-                                                        int(run.config["max_target_length"]), 256))
+    return convert_run(run, destination, max_length=max(run.config.max_source_length,
+                                                        run.config.max_target_length, 256))
 
 
 def _exported(run_dir: Path, log: Callable[[str], None]) -> Path:
@@ -116,12 +116,13 @@ def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_R
     """The Multi30k model (trained when `real_run` has an export) and `base` (random), exported to ONNX
     (fp32 + int8) and converted to CTranslate2, cached under `work/`."""
     from keras_nlp_week4.models.transformer import TRANSFORMER_PRESETS
+    from keras_nlp_week4.runs import RunConfig
 
     work = Path(work)
     models = []
     if real_run is not None and (Path(real_run) / "export" / "config.json").is_file():
         run_dir, trained = Path(real_run), True
-        vocab_size = int(json.loads((run_dir / "config.json").read_text())["vocab_size"])
+        vocab_size = RunConfig.read(run_dir).vocab_size
     else:
         run_dir, trained = _stand_in_run(base_run, work / "multi30k-random", **MULTI30K_SHAPE), False
         vocab_size = MULTI30K_SHAPE["vocab_size"]
@@ -131,18 +132,20 @@ def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_R
                       vocab_size))
     for name, run_dir, trained, vocab in sizes:
         export_dir = _exported(run_dir, log)
-        if not json.loads((export_dir / "config.json").read_text()).get("quantized"):
+        from serving.export_config import ExportConfig
+
+        if not ExportConfig.read(export_dir).quantized:
             from bench.inference import _int8_export
 
             export_dir = _int8_export(export_dir, work / f"{name}-int8")
         ct2_dir = _ctranslate2_dir(run_dir, work / f"{name}-ctranslate2")
-        config = json.loads((run_dir / "config.json").read_text())
-        shape = TRANSFORMER_PRESETS[config.get("preset") or "base"]
+        config = RunConfig.read(run_dir)
+        shape = TRANSFORMER_PRESETS[config.preset or "base"]
         description = (f"{'trained' if trained else 'random weights'}, d_model {shape['d_model']}, "
                        f"{shape['num_heads']} heads, {shape['num_encoder_layers']}+{shape['num_decoder_layers']} "
                        f"layers, d_ff {shape['d_ff']}, vocabulary {vocab:,}")
         models.append(RealModel(name, description, run_dir, export_dir, ct2_dir,
-                                int(config["num_parameters"]), vocab, trained))
+                                config.num_parameters, vocab, trained))
     return models
 
 

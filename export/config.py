@@ -6,7 +6,8 @@ ONNX exporter names graph inputs/outputs and dynamic axes from it, the SavedMode
 names, the validator builds feeds from it and the serving runtime reads it from `config.json`.
 
 Only the standard library and `serving` (its `contract` owns the names, dtypes and shapes, its
-`manifest` the one `FORMAT_VERSION` that export and runtime share) are imported: the validator's
+`export_config` the `ExportConfig` schema and the one `FORMAT_VERSION` that export and runtime share) are
+imported: the validator's
 reference-only path and the serving runtime use this module on machines without TensorFlow.
 """
 
@@ -28,7 +29,7 @@ from serving.contract import (
     numpy_dtype,
     updated_name,
 )
-from serving.manifest import FORMAT_VERSION
+from serving.export_config import FORMAT_VERSION, ExportConfig
 
 __all__ = [
     "FORMAT_VERSION",
@@ -118,35 +119,42 @@ def saved_model_signatures(graphs: Mapping[str, dict]) -> dict[str, dict]:
 
 
 def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[str, dict],
-                        opset: int = OPSET) -> dict:
-    """The export's `config.json`: everything a runtime needs without TensorFlow.
+                        reference_cases: int, test_examples: int, quantized: dict | None = None,
+                        opset: int = OPSET) -> ExportConfig:
+    """The export's `config.json` (`serving.export_config.ExportConfig`), complete: everything a runtime
+    needs without TensorFlow.
 
     Args:
-        run_config: the run's `keras_nlp_week4.runs.RunConfig` (`Run.settings`).
+        run_config: the run's `keras_nlp_week4.runs.RunConfig` (`Run.config`).
         state: the decoding-state entries (`StateSpec.to_json()`).
         graphs: `describe_graphs(...)`.
+        reference_cases, test_examples: what `reference.npz` holds (`export.reference.build_reference`).
+        quantized: `export.quantize.quantize_graphs(...)` when int8 graphs were written.
         opset: the ONNX opset the graphs were converted with.
     """
-    return {
-        "format_version": FORMAT_VERSION,
-        "task": run_config.task,
-        "model": run_config.model,
-        "family": run_config.family,
-        "special_ids": dict(run_config.special_ids),
-        "max_source_length": run_config.max_source_length,
-        "max_target_length": run_config.max_target_length,
-        "vocab_size": run_config.vocab_size,
-        "exact_match": run_config.exact_match,
-        "opset": int(opset),
-        "tokenizer": "tokenizer.model",
-        "source_encoding": "sentencepiece ids of the text, cut to max_source_length - 1, then EOS; "
-                           "rows padded with pad to the longest in the batch",
-        "state": [dict(entry) for entry in state],
-        "cache_layout": _cache_layout(state),
-        "graphs": dict(graphs),
-        "saved_model": {"dir": "saved_model", "signatures": saved_model_signatures(graphs)},
-        "reference": "reference.npz",
-    }
+    return ExportConfig(
+        format_version=FORMAT_VERSION,
+        task=run_config.task,
+        model=run_config.model,
+        family=run_config.family,
+        special_ids=dict(run_config.special_ids),
+        max_source_length=run_config.max_source_length,
+        max_target_length=run_config.max_target_length,
+        vocab_size=run_config.vocab_size,
+        exact_match=run_config.exact_match,
+        opset=int(opset),
+        tokenizer="tokenizer.model",
+        source_encoding="sentencepiece ids of the text, cut to max_source_length - 1, then EOS; "
+                        "rows padded with pad to the longest in the batch",
+        state=[dict(entry) for entry in state],
+        cache_layout=_cache_layout(state),
+        graphs=dict(graphs),
+        saved_model={"dir": "saved_model", "signatures": saved_model_signatures(graphs)},
+        reference="reference.npz",
+        reference_cases=int(reference_cases),
+        test_examples=int(test_examples),
+        quantized=quantized,
+    )
 
 
 def _cache_layout(state: Sequence[Mapping]) -> dict[str, str]:

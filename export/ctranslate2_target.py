@@ -218,8 +218,8 @@ def convert_run(run, destination: Path, max_length: int | None = None) -> Path:
     require_ctranslate2()
     from keras_nlp_week4.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
-    pieces = _pieces(Path(run.tokenizer.model_path), int(run.config["vocab_size"]))
-    max_length = max_length or max(int(run.config["max_source_length"]), int(run.config["max_target_length"]))
+    pieces = _pieces(Path(run.tokenizer.model_path), run.config.vocab_size)
+    max_length = max_length or max(run.config.max_source_length, run.config.max_target_length)
     spec = transformer_spec(run.model, pieces, {"unk": pieces[UNK_ID], "bos": pieces[BOS_ID],
                                                 "eos": pieces[EOS_ID]}, max_length)
     spec.validate()
@@ -271,8 +271,10 @@ def validate_ctranslate2(model_dir: Path, export_dir: Path, threads: int = 0, be
     from serving.runtime import Runtime
 
     reference = ReferenceData(Path(export_dir) / "reference.npz")
-    config = json.loads((Path(export_dir) / "config.json").read_text(encoding="utf-8"))
-    max_target = int(config["max_target_length"])
+    from serving.export_config import ExportConfig
+
+    config = ExportConfig.read(Path(export_dir))
+    max_target = config.max_target_length
     pieces = _pieces(Path(model_dir) / "tokenizer.model")
     translator = ctranslate2_translator(model_dir, threads=threads)
     runtime = Runtime(export_dir, intra_op_threads=threads)
@@ -294,7 +296,7 @@ def validate_ctranslate2(model_dir: Path, export_dir: Path, threads: int = 0, be
     def decode(row: np.ndarray) -> str:
         return runtime.tokenizer.decode(strip(row))
 
-    exact = bool(config.get("exact_match", False))
+    exact = config.exact_match
     report = {
         "model_dir": str(model_dir),
         "ctranslate2_version": require_ctranslate2().__version__,
@@ -343,12 +345,12 @@ def _padded(rows: list[list[int]]) -> np.ndarray:
 
 def check_convertible(run_dir: Path) -> None:
     """Fails in one line, before any export work, when the run cannot become a CTranslate2 model."""
-    from keras_nlp_week4.runs import read_config
+    from keras_nlp_week4.runs import RunConfig
 
-    config = read_config(Path(run_dir))
-    if config.get("model_class") != "Transformer":
-        raise UserError(f"CTranslate2 converts Transformer runs only; {run_dir} is a {config.get('model')} "
-                        f"({config.get('model_class')}: RNN encoder-decoders have no CTranslate2 model type); "
+    config = RunConfig.read(Path(run_dir))
+    if config.model_class != "Transformer":
+        raise UserError(f"CTranslate2 converts Transformer runs only; {run_dir} is a {config.model} "
+                        f"({config.model_class}: RNN encoder-decoders have no CTranslate2 model type); "
                         f"use `make export RUN={run_dir}` (ONNX) for it")
     require_ctranslate2()
 

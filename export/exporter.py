@@ -14,7 +14,6 @@ directory that a killed export left behind (and an export made with `--no-valida
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -101,25 +100,24 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
     staging.mkdir()
     try:
         state, graphs = describe_model(run.model)
-        functions = GraphFunctions(run.model, graphs, run.config["special_ids"])
+        functions = GraphFunctions(run.model, graphs, run.config.special_ids)
         shutil.copyfile(run.tokenizer.model_path, staging / "tokenizer.model")
         for name in GRAPH_FILES:
             log(f"converting {name} to ONNX (opset {OPSET})")
             onnx_export.convert_graph(functions, name, staging / graphs[name]["file"])
         log("writing the SavedModel")
-        saved_model.save(functions, run.tokenizer, run.config["max_source_length"],
-                         run.config["max_target_length"], staging / "saved_model")
+        saved_model.save(functions, run.tokenizer, run.config.max_source_length,
+                         run.config.max_target_length, staging / "saved_model")
         log("computing the Keras reference outputs")
         meta = reference.build_reference(run, graphs, state, staging / "reference.npz", max_test_examples)
-        config = build_export_config(run.settings, state, graphs)
-        config["reference_cases"] = len(meta["cases"])
-        config["test_examples"] = meta["test_examples"]
+        quantized = None
         if quantize:
             from export.quantize import quantize_graphs
 
             log("quantizing (dynamic int8)")
-            config["quantized"] = quantize_graphs(staging, graphs)
-        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            quantized = quantize_graphs(staging, graphs)
+        build_export_config(run.config, state, graphs, reference_cases=len(meta["cases"]),
+                            test_examples=meta["test_examples"], quantized=quantized).write(staging)
         write_manifest(staging)
         if validate:
             from export.validate import validate as run_validation

@@ -135,9 +135,9 @@ def build_reference(run: Run, graphs: dict, state: list[dict], path: Path,
     Returns:
         The metadata stored under "meta".
     """
-    model, tokenizer, cfg = run.model, run.tokenizer, run.config
-    special = {k: int(v) for k, v in cfg["special_ids"].items()}
-    max_source, max_target = int(cfg["max_source_length"]), int(cfg["max_target_length"])
+    model, tokenizer = run.model, run.tokenizer
+    special = dict(run.config.special_ids)
+    max_source, max_target = run.config.max_source_length, run.config.max_target_length
     held_out = run.pairs("validation") or run.pairs("test")
     arrays = _Arrays()
     cases = []

@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from serving.manifest import read_export_config
+from serving.export_config import ExportConfig
 
 TARGETS = ("triton", "tfserving")
 
@@ -76,15 +76,16 @@ def _install(staging: Path, final: Path) -> None:
 def write_triton_repository(export_dir: Path, destination: Path) -> Path:
     """Writes a Triton model repository for `export_dir` at `destination` and returns it."""
     export_dir, destination = Path(export_dir), Path(destination)
-    config = read_export_config(export_dir)
+    config = ExportConfig.read(export_dir)
     staging = _atomic_dir(destination)
-    for name, graph in config["graphs"].items():
+    for name in config.graph_names:
+        graph = config.graph(name)
         model_dir = staging / name
         (model_dir / "1").mkdir(parents=True)
-        shutil.copyfile(export_dir / graph["file"], model_dir / "1" / "model.onnx")
+        shutil.copyfile(export_dir / graph.file, model_dir / "1" / "model.onnx")
         (model_dir / "config.pbtxt").write_text(
-            triton_config(name, "onnxruntime_onnx", graph["inputs"], graph["outputs"]))
-    saved_model = config.get("saved_model")
+            triton_config(name, "onnxruntime_onnx", graph.inputs, graph.outputs))
+    saved_model = config.saved_model
     if saved_model:
         signature = saved_model["signatures"]["generate_text"]
         model_dir = staging / SAVED_MODEL_NAME
@@ -93,22 +94,22 @@ def write_triton_repository(export_dir: Path, destination: Path) -> Path:
         (model_dir / "config.pbtxt").write_text(
             triton_config(SAVED_MODEL_NAME, "tensorflow_savedmodel", signature["inputs"],
                           signature["outputs"]))
-    shutil.copyfile(export_dir / config["tokenizer"], staging / "tokenizer.model")
+    shutil.copyfile(export_dir / config.tokenizer, staging / "tokenizer.model")
     _install(staging, destination)
     return destination
 
 
-def tfserving_model_name(config: dict) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", f"{config['task']}_{config['model']}")
+def tfserving_model_name(config: ExportConfig) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{config.task}_{config.model}")
 
 
 def write_tfserving_layout(export_dir: Path, destination: Path, version: int = 1) -> Path:
     """Copies the SavedModel to `destination/<model_name>/<version>/`; returns the model's base path."""
     export_dir, destination = Path(export_dir), Path(destination)
-    config = read_export_config(export_dir)
+    config = ExportConfig.read(export_dir)
     staging = _atomic_dir(destination)
     base = staging / tfserving_model_name(config)
-    shutil.copytree(export_dir / config["saved_model"]["dir"], base / str(version))
+    shutil.copytree(export_dir / config.saved_model_dir, base / str(version))
     _install(staging, destination)
     return destination / tfserving_model_name(config)
 

@@ -32,7 +32,7 @@ from export import parity
 from export.manifest import mark_validated, verify_manifest
 from export.onnx_check import check_onnx
 from serving.errors import ExportError, ServingError, first_line
-from serving.manifest import read_export_config
+from serving.export_config import ExportConfig, Graph
 from serving.tokenizer import SentencePieceTokenizer
 
 __all__ = ["export_dir_of", "main", "validate"]
@@ -48,13 +48,12 @@ def export_dir_of(path: Path) -> Path:
         else path / "export"
 
 
-def _check_files(export_dir: Path, config: dict) -> None:
-    """The manifest's hashes and `onnx.checker` on every graph (`read_export_config` has already checked
+def _check_files(export_dir: Path, config: ExportConfig) -> None:
+    """The manifest's hashes and `onnx.checker` on every graph (`ExportConfig.read` has already checked
     config.json's format version)."""
-    graphs = [g["file"] for g in config["graphs"].values()]
-    graphs += [g["file"] for g in config.get("quantized", {}).get("graphs", {}).values()]
-    verify_manifest(export_dir, required=("config.json", config.get("tokenizer", "tokenizer.model"),
-                                          config.get("reference", "reference.npz"), *graphs))
+    graphs = [config.graph_file(name) for name in config.graph_names]
+    graphs += list(config.int8_graph_files().values())
+    verify_manifest(export_dir, required=("config.json", config.tokenizer, config.reference, *graphs))
     for relative in graphs:
         try:
             check_onnx(export_dir / relative)
@@ -62,7 +61,7 @@ def _check_files(export_dir: Path, config: dict) -> None:
             raise ExportError(str(e)) from None
 
 
-def _onnx_rows(export_dir: Path, config: dict, reference: parity.ReferenceData, providers: list[str],
+def _onnx_rows(export_dir: Path, config: ExportConfig, reference: parity.ReferenceData, providers: list[str],
                threads: int, decode: Callable, log: Callable) -> tuple[list[dict], dict]:
     rows, quality = [], {}
 
@@ -73,9 +72,9 @@ def _onnx_rows(export_dir: Path, config: dict, reference: parity.ReferenceData, 
             raise ExportError(f"cannot load {export_dir / relative} on {provider}: {first_line(e)}") from None
 
     for provider in providers:
-        sessions = {name: session(g["file"], provider) for name, g in config["graphs"].items()}
+        sessions = {name: session(config.graph_file(name), provider) for name in config.graph_names}
         for name, loaded in sessions.items():
-            _check_signature(export_dir, config["graphs"][name], loaded)
+            _check_signature(export_dir, config.graph(name), loaded)
         runners = {name: parity.onnx_runner(s) for name, s in sessions.items()}
         for graph, runner in runners.items():
             log(f"  onnxruntime [{provider}] {graph}")
@@ -88,28 +87,27 @@ def _onnx_rows(export_dir: Path, config: dict, reference: parity.ReferenceData, 
         loop = parity.runtime_generate(export_dir, provider, threads)
         rows.append(parity.check_greedy(reference, "encoder+decoder_step", loop, "onnxruntime", provider,
                                         decode))
-        if provider == "CPUExecutionProvider" and config.get("quantized"):
+        if provider == "CPUExecutionProvider" and config.int8_graph_files():
             log("  int8 quality on the test split")
             quality = _quality(export_dir, config, reference, provider, threads, decode, generate)
     return rows, quality
 
 
-def _check_signature(export_dir: Path, graph: dict, session) -> None:
+def _check_signature(export_dir: Path, graph: Graph, session) -> None:
     """The ONNX file takes and returns what config.json says, by name and order (a mixed-up file fails)."""
     for kind, values in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
         found = [v.name for v in values]
-        described = [e["name"] for e in graph[kind]]
+        described = [e["name"] for e in getattr(graph, kind)]
         if found != described:
-            raise ExportError(f"{export_dir / graph['file']} has {kind} {found}, but config.json describes "
+            raise ExportError(f"{export_dir / graph.file} has {kind} {found}, but config.json describes "
                               f"{described}; the export is mixed up, export the run again")
 
 
 def _quality(export_dir, config, reference, provider, threads, decode, fp32_generate) -> dict:
     """Test-split quality of the int8 graphs next to float32 (Keras and onnxruntime)."""
-    int8 = config["quantized"]["graphs"]
-    max_length = np.array(config["max_target_length"], np.int32)
-    int8_generate = parity.onnx_runner(parity.ort_session(export_dir / int8["generate"]["file"], provider,
-                                                          threads))
+    max_length = np.array(config.max_target_length, np.int32)
+    int8_generate = parity.onnx_runner(parity.ort_session(export_dir / config.graph_file("generate", int8=True),
+                                                          provider, threads))
     keras_tokens, fp32_tokens, int8_tokens = [], [], []
     for encoder_input, tokens in reference.greedy_chunks():
         keras_tokens.append(tokens)
@@ -117,7 +115,7 @@ def _quality(export_dir, config, reference, provider, threads, decode, fp32_gene
         int8_tokens.append(int8_generate({"encoder_input": encoder_input, "max_length": max_length})["tokens"])
     keras_tokens, fp32_tokens, int8_tokens = (np.concatenate(t) for t in (keras_tokens, fp32_tokens,
                                                                            int8_tokens))
-    exact = bool(config.get("exact_match", False))
+    exact = config.exact_match
     figures = {name: parity.quality(reference, tokens, decode, exact)
                for name, tokens in (("keras_fp32", keras_tokens), ("onnxruntime_fp32", fp32_tokens),
                                     ("onnxruntime_int8", int8_tokens))}
@@ -125,10 +123,10 @@ def _quality(export_dir, config, reference, provider, threads, decode, fp32_gene
     same = int((int8_tokens == fp32_tokens).all(axis=1).sum())
     return {"metric": metric, "split": "test", "sequences": len(int8_tokens),
             **{name: f["value"] for name, f in figures.items()},
-            "int8_identical_to_fp32": same, "method": config["quantized"].get("method")}
+            "int8_identical_to_fp32": same, "method": config.quantization_method}
 
 
-def _tensorflow_rows(export_dir: Path, config: dict, reference: parity.ReferenceData, run, decode,
+def _tensorflow_rows(export_dir: Path, config: ExportConfig, reference: parity.ReferenceData, run, decode,
                      log: Callable) -> list[dict]:
     """The SavedModel's signatures (and, when `run` is None, the reloaded Keras model) vs reference."""
     from keras_nlp_week4.quiet import import_tensorflow_quietly
@@ -139,7 +137,7 @@ def _tensorflow_rows(export_dir: Path, config: dict, reference: parity.Reference
 
     device = "TensorFlow GPU" if tf.config.list_logical_devices("GPU") else "TensorFlow CPU"
     rows = []
-    special = config["special_ids"]
+    special = config.special_ids
     if run is None:
         from export.reference import keras_outputs
         from keras_nlp_week4.runs import load_run
@@ -147,16 +145,16 @@ def _tensorflow_rows(export_dir: Path, config: dict, reference: parity.Reference
         run_dir = export_dir.parent
         log(f"  keras {run_dir / 'model.keras'} (reloaded)")
         run = load_run(run_dir, compile=False)
-        for graph in config["graphs"]:
+        for graph in config.graph_names:
             rows += parity.check_cases(
-                reference, graph, lambda x, g=graph: keras_outputs(run.model, g, x, config["graphs"], special),
+                reference, graph, lambda x, g=graph: keras_outputs(run.model, g, x, config.graphs, special),
                 "keras", device)
         rows.append(parity.check_greedy(
             reference, "generate", lambda x, n: keras_outputs(
                 run.model, "generate", {"encoder_input": x, "max_length": np.array(n, np.int32)},
-                config["graphs"], special)["tokens"], "keras", device, decode))
+                config.graphs, special)["tokens"], "keras", device, decode))
 
-    directory = export_dir / config.get("saved_model", {}).get("dir", "saved_model")
+    directory = export_dir / config.saved_model_dir
     try:
         loaded = tf.saved_model.load(str(directory))
     except Exception as e:  # a damaged SavedModel fails deep inside TensorFlow
@@ -218,11 +216,10 @@ def validate(path: Path, providers: list[str] | None = None, reference_only: boo
             print(message, flush=True)
 
     export_dir = export_dir_of(path)
-    config = read_export_config(export_dir)
+    config = ExportConfig.read(export_dir)
     _check_files(export_dir, config)
-    reference = parity.ReferenceData(export_dir / config.get("reference", "reference.npz"))
-    tokenizer = SentencePieceTokenizer(export_dir / config.get("tokenizer", "tokenizer.model"),
-                                       config["special_ids"])
+    reference = parity.ReferenceData(export_dir / config.reference)
+    tokenizer = SentencePieceTokenizer(export_dir / config.tokenizer, config.special_ids)
 
     def decode(row: np.ndarray) -> str:
         return tokenizer.decode(tokenizer.output_ids(row))

@@ -47,7 +47,7 @@ def _plot(args: argparse.Namespace) -> None:
         text = run.pairs("test")[0][0]
         print(f"No --text given; using the first test source: {text!r}")
     if not run.model.has_attention:
-        print(f"note: model {run.config.get('model')!r} has no attention; only the training curves "
+        print(f"note: model {run.config.model!r} has no attention; only the training curves "
               "were drawn")
         return
     print(f"Attention: {plot_attention(run, text, out / 'attention.png')}")
@@ -87,7 +87,7 @@ def _generate(args: argparse.Namespace) -> None:
     options = DecodingOptions.from_args(args)
     options.validate()  # before loading a model: a bad option costs no time
     run = load_run(Path(args.run) if args.run else latest_run(), compile=False)
-    options.validate(max_new_tokens_limit=run.config["max_target_length"])
+    options.validate(max_new_tokens_limit=run.config.max_target_length)
     outputs = decode_texts(run, texts, options.method, max_new_tokens=options.max_new_tokens,
                            **options.search_kwargs())
     for text, output in zip(texts, outputs, strict=True):

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from keras_nlp_week4.errors import UserError
-from keras_nlp_week4.runs import RunConfig
+from keras_nlp_week4.runs import RunConfig, RunMetrics, TrainSettings
 
 __all__ = ["DEFAULT_MODELS", "compare", "format_markdown"]
 
@@ -60,22 +60,22 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _finished_with(run_dir: Path, settings: dict) -> bool:
+def _finished_with(run_dir: Path, settings: TrainSettings) -> bool:
     """True when `run_dir` holds a finished, evaluated run trained with exactly `settings`."""
     from keras_nlp_week4.training.trainer import same_training
 
     try:
         config = RunConfig.read(run_dir)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (UserError, OSError, json.JSONDecodeError):
+        metrics = RunMetrics.read(run_dir)
+    except (UserError, OSError):
         return False
-    return (same_training(config.train, settings) and "training_seconds" in metrics
+    return (same_training(config.train, settings) and metrics.training_seconds is not None
             and (run_dir / "model.keras").is_file() and not (run_dir / "backup").exists())
 
 
 def _row(run_dir: Path) -> dict:
     config = RunConfig.read(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = RunMetrics.read(run_dir)
     with open(run_dir / "training_log.csv", encoding="utf-8", newline="") as f:
         epochs = len(list(csv.DictReader(f)))
     return {
@@ -84,16 +84,16 @@ def _row(run_dir: Path) -> dict:
         "preset": config.preset,
         "parameters": config.num_parameters,
         "epochs": epochs,
-        "test_perplexity": metrics.get("test_perplexity"),
-        "test_token_accuracy": metrics.get("test_token_accuracy"),
-        "bleu_lowercase_greedy": metrics.get("test_bleu_lowercase_greedy"),
-        "bleu_lowercase_beam": metrics.get("test_bleu_lowercase_beam"),
-        "bleu_greedy": metrics.get("test_bleu_greedy"),
-        "bleu_beam": metrics.get("test_bleu_beam"),
-        "chrf_greedy": metrics.get("test_chrf_greedy"),
-        "chrf_beam": metrics.get("test_chrf_beam"),
-        "training_minutes": (metrics["training_seconds"] / 60.0
-                             if metrics.get("training_seconds") is not None else None),
+        "test_perplexity": metrics.test_perplexity,
+        "test_token_accuracy": metrics.test_token_accuracy,
+        "bleu_lowercase_greedy": metrics.test_bleu_lowercase_greedy,
+        "bleu_lowercase_beam": metrics.test_bleu_lowercase_beam,
+        "bleu_greedy": metrics.test_bleu_greedy,
+        "bleu_beam": metrics.test_bleu_beam,
+        "chrf_greedy": metrics.test_chrf_greedy,
+        "chrf_beam": metrics.test_chrf_beam,
+        "training_minutes": (metrics.training_seconds / 60.0
+                             if metrics.training_seconds is not None else None),
         "run": str(run_dir),
     }
 
@@ -187,21 +187,21 @@ def compare(base, models=None, out_dir: str | Path | None = None,
         raise UserError(f"the runs in {out_dir} were evaluated on different test splits; delete the "
                         "directory and compare again")
     first = Path(rows[0]["run"])
-    metrics = json.loads((first / "metrics.json").read_text())
+    metrics = RunMetrics.read(first)
     run_config = RunConfig.read(first)
 
     train_settings = run_config.train
-    data = (train_settings.get("data") or (f"{train_settings['src']} -> {train_settings.get('tgt')}"
-                                            if train_settings.get("src") else get_task(base.task).default_data))
+    data = (train_settings.data or (f"{train_settings.src} -> {train_settings.tgt}"
+                                    if train_settings.src else get_task(base.task).default_data))
     result = {
         "task": base.task,
-        "data": data + (" (reversed)" if train_settings.get("reverse") else ""),
+        "data": data + (" (reversed)" if train_settings.reverse else ""),
         "splits": run_config.splits,
         "test_sha256": test_hashes.pop(),
-        "beam_size": metrics.get("beam_size", 0),
-        "bleu_signature": metrics.get("bleu_signature"),
-        "bleu_lowercase_signature": metrics.get("bleu_lowercase_signature"),
-        "chrf_signature": metrics.get("chrf_signature"),
+        "beam_size": metrics.beam_size or 0,
+        "bleu_signature": metrics.bleu_signature,
+        "bleu_lowercase_signature": metrics.bleu_lowercase_signature,
+        "chrf_signature": metrics.chrf_signature,
         "rows": rows,
         "anchors": {row["model"]: anchors[row["model"]] for row in rows if row["model"] in anchors},
     }

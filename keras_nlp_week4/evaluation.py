@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from keras_nlp_week4.data.pipeline import encode_sources, make_dataset
 from keras_nlp_week4.decoding import generate
 from keras_nlp_week4.errors import UserError
-from keras_nlp_week4.runs import Run, load_run
+from keras_nlp_week4.runs import Run, RunConfig, RunMetrics, load_run
 from keras_nlp_week4.training.losses import MaskedSparseCrossEntropy
 
 
@@ -29,9 +30,9 @@ def decode_texts(run: Run, sources: list[str], method: str = "greedy", batch_siz
                  max_new_tokens: int | None = None, **options) -> list[str]:
     """Generates output text for every source with the Keras model (batched); `method` and `options` as
     `serving.options.DecodingOptions`, `max_new_tokens` None for the model's `max_target_length`."""
-    cfg = run.config
-    return generate_texts(run.model, run.tokenizer, sources, cfg["max_source_length"],
-                          max_new_tokens or cfg["max_target_length"], cfg["special_ids"], method,
+    config = run.config
+    return generate_texts(run.model, run.tokenizer, sources, config.max_source_length,
+                          max_new_tokens or config.max_target_length, config.special_ids, method,
                           batch_size, **options)
 
 
@@ -53,17 +54,17 @@ def _token_figures(run: Run, pairs, batch_size: int, label_smoothing: float | No
     With `label_smoothing`, the same pass also gives ``smoothed_loss``: the mean over batches of the
     smoothed loss, as Keras reports ``val_loss`` during training.
     """
-    cfg = run.config
-    dataset = make_dataset(pairs, run.tokenizer, batch_size, cfg["max_source_length"],
-                           cfg["max_target_length"])
-    loss_fn = MaskedSparseCrossEntropy(label_smoothing=0.0, pad_id=cfg["special_ids"]["pad"])
+    config = run.config
+    dataset = make_dataset(pairs, run.tokenizer, batch_size, config.max_source_length,
+                           config.max_target_length)
+    loss_fn = MaskedSparseCrossEntropy(label_smoothing=0.0, pad_id=config.special_ids["pad"])
     smoothed_fn = (None if label_smoothing is None
                    else MaskedSparseCrossEntropy(label_smoothing=label_smoothing))
     nll_sum = correct = count = 0.0
     smoothed_losses = []
     for (source, target_in), target in dataset:
         logits = run.model((source, target_in), training=False)
-        mask = np.asarray(target) != cfg["special_ids"]["pad"]
+        mask = np.asarray(target) != config.special_ids["pad"]
         tokens = float(mask.sum())
         nll_sum += float(loss_fn(target, logits)) * tokens
         correct += float(((np.argmax(logits, -1) == np.asarray(target)) & mask).sum())
@@ -125,10 +126,10 @@ def corpus_scores(hypotheses: list[str], references: list[list[str]]) -> dict:
             "chrf_signature": str(chrf.get_signature())}
 
 
-def _task_setting(config: dict, name: str, default):
+def _task_setting(config: RunConfig, name: str, default):
     from keras_nlp_week4.tasks import TASKS
 
-    task = TASKS.get(config.get("task"))
+    task = TASKS.get(config.task)
     return getattr(task, name) if task is not None else default
 
 
@@ -171,8 +172,9 @@ def write_samples(run: Run, inputs: list[str] | None = None, verbose: bool = Tru
 
 
 def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_size: int = 256,
-                 beam_size: int | None = None, verbose: bool = True, samples: bool = True) -> dict:
-    """Evaluates the best model of a run and writes `metrics.json` (keeping earlier training figures).
+                 beam_size: int | None = None, verbose: bool = True, samples: bool = True) -> RunMetrics:
+    """Evaluates the best model of a run and writes `metrics.json` (`RunMetrics`, keeping earlier
+    training figures).
 
     Args:
         run_dir: the run directory.
@@ -184,22 +186,22 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
         samples: also write `samples.json` (see `write_samples`).
 
     Returns:
-        The metrics dict.
+        The metrics written.
     """
     run = load_run(run_dir)
     if beam_size is None:
         beam_size = _task_setting(run.config, "evaluation_beam_size", 0)
     if beam_size < 0:
         raise UserError(f"beam size must be >= 0, got {beam_size}")
-    metrics_path = Path(run_dir) / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    previous = RunMetrics.read_or_empty(run_dir)
+    metrics = {}  # the figures measured now, by `RunMetrics` field
     if training_seconds is not None:
         metrics["training_seconds"] = round(training_seconds, 1)
     validation, test = run.pairs("validation"), run.pairs("test")
 
     # val_loss as Keras reports it during training: with the run's label smoothing.
     val = _token_figures(run, validation, batch_size,
-                         label_smoothing=run.settings.train.get("label_smoothing", 0.0))
+                         label_smoothing=run.config.train.label_smoothing)
     metrics["val_loss"] = val["smoothed_loss"]
     metrics["val_perplexity"] = val["perplexity"]
     test_figures = _token_figures(run, test, batch_size)
@@ -222,7 +224,7 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
         metrics[f"test_chrf_{method}"] = scores["chrf"]
         for key in ("bleu_signature", "bleu_lowercase_signature", "chrf_signature"):
             metrics[key] = scores[key]
-        if run.settings.exact_match:
+        if run.config.exact_match:
             # Per test pair, as a source may have several references.
             by_source = dict(zip(sources, predictions, strict=True))
             key = "exact_match" if method == "greedy" else "exact_match_beam"
@@ -230,12 +232,13 @@ def evaluate_run(run_dir: Path, training_seconds: float | None = None, batch_siz
     valid_output = _task_setting(run.config, "valid_output", None)
     if valid_output is not None:
         metrics["valid_outputs"] = float(np.mean([valid_output(text) for text in outputs["greedy"]]))
-    metrics["num_parameters"] = run.settings.num_parameters
+    metrics["num_parameters"] = run.config.num_parameters
     metrics["test_examples"] = len(test)
     metrics["test_sources"] = len(sources)
-    metrics_path.write_text(json.dumps(metrics, indent=2))
+    metrics = replace(previous, **metrics)
+    metrics.write(run_dir)
     if verbose:
-        print(json.dumps({"run": str(run_dir), **metrics}, indent=2))
+        print(json.dumps({"run": str(run_dir), **metrics.to_json()}, indent=2))
     if samples:
         write_samples(run, verbose=verbose)
     return metrics

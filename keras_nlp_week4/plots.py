@@ -142,12 +142,11 @@ def attention_map(run, text: str) -> dict:
     if not text or not text.strip():
         raise UserError("give a non-empty input text (TEXT=...)")
     if not run.model.has_attention:
-        raise UserError(f"model {run.config.get('model')!r} has no attention to plot (the plain seq2seq "
+        raise UserError(f"model {run.config.model!r} has no attention to plot (the plain seq2seq "
                         "squeezes the source into one vector); plot a bahdanau, luong-* or transformer run")
-    cfg = run.config
-    ids = cfg["special_ids"]
-    encoder_input = encode_sources([text], run.tokenizer, cfg["max_source_length"])
-    result = generate(run.model, encoder_input, cfg["max_target_length"], ids["bos"], ids["eos"],
+    ids = run.config.special_ids
+    encoder_input = encode_sources([text], run.tokenizer, run.config.max_source_length)
+    result = generate(run.model, encoder_input, run.config.max_target_length, ids["bos"], ids["eos"],
                       ids["pad"], method="greedy", return_attention=True)
     tokens = [int(t) for t in result.tokens[0]]
     if ids["eos"] in tokens:
@@ -228,7 +227,7 @@ def plot_attention(run_or_dir, text: str, out_path: str | Path | None = None) ->
     from keras_nlp_week4.runs import Run, load_run
 
     run = run_or_dir if isinstance(run_or_dir, Run) else load_run(Path(run_or_dir), compile=False)
-    fig = attention_figure(attention_map(run, text), text, run.config.get("model", "model"))
+    fig = attention_figure(attention_map(run, text), text, run.config.model)
     out_path = Path(out_path) if out_path else Path(run.path) / "plots" / "attention.png"
     return _save(fig, out_path)
 

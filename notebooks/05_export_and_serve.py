@@ -82,6 +82,7 @@ import numpy as np
 from export.exporter import export_run
 from export.parity import format_table
 from keras_nlp_week4.training.trainer import TrainConfig, train
+from serving.manifest import Manifest
 
 workdir = Path(tempfile.mkdtemp(prefix="export-notebook-"))
 
@@ -107,7 +108,7 @@ print(sorted(str(p.relative_to(export_dir)) for p in export_dir.rglob("*") if p.
 parity = json.loads((export_dir / "parity.json").read_text())
 print(format_table(parity["checks"]))
 assert parity["passed"], "parity failed"
-assert json.loads((export_dir / "manifest.json").read_text())["validated"] is True
+assert Manifest.read(export_dir).validated is True
 
 # %% [markdown]
 # ## 3. Serve with onnxruntime alone
@@ -149,7 +150,7 @@ import tensorflow as tf
 from keras_nlp_week4.data.pipeline import encode_sources
 
 model, bos, eos = run.model, 2, 3
-source = encode_sources(texts[:1], run.tokenizer, run.config["max_source_length"])
+source = encode_sources(texts[:1], run.tokenizer, run.config.max_source_length)
 # Long enough for the re-run's quadratic cost to show over the per-call overhead of so small a model.
 TOKENS = 32 if SMALL else 128
 

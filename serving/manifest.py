@@ -1,23 +1,26 @@
-"""Reading and verifying an export directory with the standard library alone.
+"""`manifest.json`, typed, and verifying an export directory with the standard library alone.
 
-The exporter writes `manifest.json` = {"files": {relative path: sha256}} for every file it produced, so a
-runtime can refuse a directory that was copied halfway or edited after export before it loads anything.
+The exporter writes `manifest.json` = {"files": {relative path: sha256}, "validated": bool} for every file
+it produced (`Manifest.of_directory(...).write`, through `export.manifest`), so a runtime can refuse a
+directory that was copied halfway or edited after export before it loads anything; validation flips
+`validated` (`export.manifest.mark_validated`). `Manifest.read` is the one reader.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.errors import ExportError
 
-__all__ = ["FORMAT_VERSION", "graph_file", "read_export_config", "served_files", "sha256_file",
-           "verify_manifest"]
+__all__ = ["MANIFEST", "UNLISTED", "Manifest", "read_json_object", "sha256_file", "verify_manifest"]
 
-FORMAT_VERSION = 1
-_REQUIRED_KEYS = ("special_ids", "max_source_length", "max_target_length", "vocab_size", "state", "graphs")
-_SERVED_GRAPHS = ("encoder", "decoder_step")
+MANIFEST = "manifest.json"
+# Written after the manifest (parity.json by validation), so never listed in it.
+UNLISTED = (MANIFEST, "parity.json")
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -28,16 +31,61 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json_object(path: Path, what: str, missing: str | None = None, again: str = "export the run again",
+                     error: type[Exception] = ExportError) -> dict:
+    """The JSON object in `path` (`what` names it), with one-line errors of type `error`: `missing` when
+    there is no file, else "...; `again`" (the run side passes its `UserError` and its own advice)."""
     if not path.is_file():
-        raise ExportError(f"{path} is missing; {path.parent} is not a complete export (export the run again)")
+        raise error(missing or f"{path} is missing; {path.parent} is not a complete export (export the run again)")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path} is not valid JSON ({e}); export the run again") from None
+        raise error(f"{path} is not valid JSON ({e}); {again}") from None
     if not isinstance(value, dict):
-        raise ExportError(f"{path} must hold a JSON object ({what}); export the run again")
+        raise error(f"{path} must hold a JSON object ({what}); {again}")
     return value
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The sha256 of every exported file, and whether parity validation passed on them."""
+
+    files: dict[str, str]
+    validated: bool = False
+
+    @classmethod
+    def of_directory(cls, export_dir: Path, validated: bool = False) -> Manifest:
+        """Hashes every file under `export_dir` except `UNLISTED`, sorted by relative posix path."""
+        export_dir = Path(export_dir)
+        files = {}
+        for path in sorted(export_dir.rglob("*")):
+            relative = path.relative_to(export_dir).as_posix()
+            if path.is_file() and relative not in UNLISTED:
+                files[relative] = sha256_file(path)
+        return cls(files, validated)
+
+    @classmethod
+    def read(cls, export_dir: Path) -> Manifest:
+        """The one reader of `manifest.json`."""
+        path = Path(export_dir) / MANIFEST
+        values = read_json_object(path, "the export manifest")
+        files = values.get("files")
+        if not isinstance(files, dict) or not files:
+            raise ExportError(f"{path} has no 'files' table; export the run again")
+        unknown = sorted(set(values) - {"files", "validated"})
+        if unknown:
+            raise ExportError(f"{path} has unknown keys {', '.join(unknown)}; export the run again")
+        # An export made before manifests recorded validation has no "validated": it counts as not validated.
+        return cls({str(k): str(v) for k, v in files.items()}, values.get("validated") is True)
+
+    def write(self, export_dir: Path) -> Path:
+        """The one writer of `manifest.json`: atomic, never a half-written manifest."""
+        export_dir = Path(export_dir)
+        temporary = export_dir / f".{MANIFEST}.tmp"
+        temporary.write_text(json.dumps({"files": self.files, "validated": bool(self.validated)}, indent=2)
+                             + "\n", encoding="utf-8")
+        os.replace(temporary, export_dir / MANIFEST)
+        return export_dir / MANIFEST
 
 
 def _resolve(export_dir: Path, relative: str) -> Path:
@@ -67,11 +115,9 @@ def verify_manifest(export_dir: Path, required: tuple[str, ...] = (), only_requi
         ExportError: naming the first missing, unlisted or modified file.
     """
     export_dir = Path(export_dir)
-    manifest = _read_json(export_dir / "manifest.json", "the export manifest")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ExportError(f"{export_dir / 'manifest.json'} has no 'files' table; export the run again")
-    if require_validated and manifest.get("validated") is not True:
+    manifest = Manifest.read(export_dir)
+    files = manifest.files
+    if require_validated and not manifest.validated:
         raise ExportError(f"{export_dir} has not passed parity validation (an interrupted or --no-validate "
                           "export, or one made before exports recorded it); validate it with python -m "
                           "export.validate RUN_DIR, or export the run again")
@@ -89,41 +135,3 @@ def verify_manifest(export_dir: Path, required: tuple[str, ...] = (), only_requi
             raise ExportError(f"{export_dir / relative} does not match its sha256 in manifest.json "
                               "(modified or truncated); export the run again")
     return files
-
-
-def read_export_config(export_dir: Path) -> dict:
-    """Reads `config.json` of an export and checks the keys the runtime relies on."""
-    export_dir = Path(export_dir)
-    if not export_dir.is_dir():
-        raise ExportError(f"export directory {export_dir} does not exist; export a trained run first "
-                          "(python -m export RUN_DIR)")
-    path = export_dir / "config.json"
-    config = _read_json(path, "the export config")
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ExportError(f"{path} has format_version {version!r}; this runtime reads version "
-                          f"{FORMAT_VERSION} (export the run again with this project's exporter)")
-    missing = [key for key in _REQUIRED_KEYS if key not in config]
-    if missing:
-        raise ExportError(f"{path} lacks {', '.join(missing)}; export the run again")
-    for name in _SERVED_GRAPHS:
-        graph = config["graphs"].get(name)
-        if not isinstance(graph, dict) or "file" not in graph:
-            raise ExportError(f"{path} does not describe the {name!r} graph; export the run again")
-    return config
-
-
-def graph_file(config: dict, name: str, int8: bool = False) -> str:
-    """The relative path of graph `name`, or of its dynamic-int8 version (`python -m export --quantize`)."""
-    if not int8:
-        return config["graphs"][name]["file"]
-    quantized = (config.get("quantized") or {}).get("graphs", {})
-    if name not in quantized:
-        raise ExportError(f"this export has no int8 {name} graph; export the run with --quantize")
-    return quantized[name]["file"]
-
-
-def served_files(config: dict, int8: bool = False) -> tuple[str, ...]:
-    """The relative paths the runtime loads: config, tokenizer and the served graphs."""
-    graphs = tuple(graph_file(config, name, int8) for name in _SERVED_GRAPHS)
-    return ("config.json", config.get("tokenizer", "tokenizer.model"), *graphs)

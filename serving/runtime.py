@@ -33,7 +33,8 @@ from serving.contract import (
     zero_state,
 )
 from serving.errors import ExportError, RequestError, first_line
-from serving.manifest import graph_file, read_export_config, served_files, verify_manifest
+from serving.export_config import ExportConfig
+from serving.manifest import verify_manifest
 from serving.options import METHODS, DecodingOptions
 from serving.search import SearchResult
 from serving.tokenizer import SentencePieceTokenizer
@@ -140,21 +141,20 @@ class Runtime:
                  verify: bool = True, int8: bool = False,
                  provider_options: Mapping[str, dict] | None = None) -> None:
         self.export_dir = Path(export_dir)
-        self.config = read_export_config(self.export_dir)
+        self.config = ExportConfig.read(self.export_dir)
         self.int8 = int8
-        self.graph_files = {name: graph_file(self.config, name, int8) for name in ("encoder", "decoder_step")}
+        self.graph_files = {name: self.config.graph_file(name, int8) for name in ("encoder", "decoder_step")}
         if verify:
             # The files this runtime loads: an export shipped without its SavedModel still serves.
-            verify_manifest(self.export_dir, required=served_files(self.config, int8), only_required=True,
+            verify_manifest(self.export_dir, required=self.config.served_files(int8), only_required=True,
                             require_validated=True)
-        cfg = self.config
-        self.special_ids = {k: int(v) for k, v in cfg["special_ids"].items()}
+        config = self.config
+        self.special_ids = dict(config.special_ids)
         self.bos_id, self.eos_id, self.pad_id = (self.special_ids[k] for k in ("bos", "eos", "pad"))
-        self.max_source_length = int(cfg["max_source_length"])
-        self.max_target_length = int(cfg["max_target_length"])
-        self.tokenizer = SentencePieceTokenizer(self.export_dir / cfg.get("tokenizer", "tokenizer.model"),
-                                                cfg["special_ids"])
-        self.state_specs = list(cfg["state"])
+        self.max_source_length = int(config.max_source_length)
+        self.max_target_length = int(config.max_target_length)
+        self.tokenizer = SentencePieceTokenizer(self.export_dir / config.tokenizer, config.special_ids)
+        self.state_specs = list(config.state)
         for spec in self.state_specs:
             try:
                 numpy_dtype(spec["dtype"])
@@ -329,9 +329,9 @@ class Runtime:
         self.generate(["0"], replace(DecodingOptions(), max_new_tokens=2))
 
     def describe(self) -> dict:
-        cfg = self.config
-        return {"export_dir": str(self.export_dir), "task": cfg.get("task"), "model": cfg.get("model"),
-                "family": cfg.get("family"), "providers": self.providers, "int8": self.int8,
+        config = self.config
+        return {"export_dir": str(self.export_dir), "task": config.task, "model": config.model,
+                "family": config.family, "providers": self.providers, "int8": self.int8,
                 "max_source_length": self.max_source_length, "max_target_length": self.max_target_length,
-                "vocab_size": int(cfg["vocab_size"]), "has_attention": self.has_attention,
+                "vocab_size": int(config.vocab_size), "has_attention": self.has_attention,
                 "pid": os.getpid()}

@@ -436,7 +436,7 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None) -> Fast
     """The FastAPI application around a loaded runtime (the batcher starts with the app's lifespan)."""
     settings = settings or ServerSettings()
     metrics = Metrics()
-    model_name = runtime.config.get("model")
+    model_name = runtime.config.model
     batcher = _batcher(runtime, settings, metrics)
     app = FastAPI(title="keras-nlp-week4 serving", version="1", lifespan=_lifespan(runtime, batcher, metrics),
                   description="Sequence-to-sequence generation with onnxruntime (no TensorFlow).")
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{runtime.max_target_length}", file=sys.stderr)
         return 2
     app = create_app(runtime, settings)
-    print(f"serving {runtime.export_dir} ({runtime.config.get('model')}, {', '.join(runtime.providers)}) "
+    print(f"serving {runtime.export_dir} ({runtime.config.model}, {', '.join(runtime.providers)}) "
           f"on http://{args.host}:{args.port} (batching {'on' if settings.batching else 'off'}); "
           f"docs at /docs", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,

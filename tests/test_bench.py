@@ -15,6 +15,7 @@ from bench.report import render_markdown, write_report
 from bench.rerun import GenerationModule
 from bench.training import run_training
 from keras_nlp_week4.models.transformer import Transformer
+from keras_nlp_week4.runs import RunConfig
 
 # Two families and the RNN pair keep the test quick; the keras-hub peer is optional.
 TEST_MODELS = ("ours transformer", "keras MHA transformer", "ours rnn (lstm, no attention)",
@@ -113,7 +114,7 @@ def test_real_size_generation_against_ctranslate2_and_its_report(tiny_run, tmp_p
 
     ct2_dir = _ctranslate2_dir(tiny_run, tmp_path / "ct2")
     model = RealModel("multi30k", "tiny stand-in", tiny_run, tiny_run / "export", ct2_dir, 1,
-                      json.loads((tiny_run / "config.json").read_text())["vocab_size"], True)
+                      RunConfig.read(tiny_run).vocab_size, True)
     real = run_generation([model], tmp_path, tokens=3, batches=(1, 2), beams=(1, 2), threads=(1,), rounds=2,
                           with_savedmodel=False, log=lambda _: None)
     assert len(real["rows"]) == 4

@@ -90,8 +90,12 @@ def test_exported_run_passes_validation(tiny_run, tmp_path):
     assert vocabulary[:4] == ["<pad>", "<unk>", "<s>", "</s>"]
 
 
-def test_rnn_runs_get_a_one_line_error(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model": "bahdanau", "model_class": "RNNSeq2Seq"}))
+def test_rnn_runs_get_a_one_line_error(tiny_run, tmp_path):
+    from dataclasses import replace
+
+    from keras_nlp_week4.runs import RunConfig
+
+    replace(RunConfig.read(tiny_run), model="bahdanau", model_class="RNNSeq2Seq").write(tmp_path)
     with pytest.raises(UserError, match="Transformer runs only.*bahdanau") as error:
         check_convertible(tmp_path)
     assert "\n" not in str(error.value)

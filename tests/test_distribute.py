@@ -11,6 +11,7 @@ import pytest
 from helpers import ROOT
 
 from keras_nlp_week4.errors import UserError
+from keras_nlp_week4.runs import RunConfig
 from keras_nlp_week4.training.distribute import cluster_role, make_strategy, read_tf_config
 
 
@@ -77,8 +78,8 @@ def test_two_workers_train_on_loopback(tmp_path):
         assert proc.returncode == 0, output[-3000:]
     rows = list(csv.DictReader(open(out / "training_log.csv")))
     assert len(rows) == 2 and float(rows[-1]["loss"]) < float(rows[0]["loss"])
-    config = json.loads((out / "config.json").read_text())
-    assert config["train"]["strategy"] == "multi-worker" and config["train"]["num_replicas"] == 2
+    config = RunConfig.read(out)
+    assert config.train.strategy == "multi-worker" and config.train.num_replicas == 2
     # Only the chief wrote the run directory; the other worker's scratch folder beside it is gone.
     assert not (out.parent / f".{out.name}-worker-1").exists()
     assert not any("worker" in p.name for p in out.iterdir())

@@ -25,6 +25,8 @@ from export import parity
 from export.config import describe_graphs
 from export.manifest import verify_manifest, write_manifest
 from serving.errors import ExportError
+from serving.export_config import ExportConfig
+from serving.manifest import Manifest
 
 # Transformer, RNN seq2seq, attention seq2seq (additive, and multiplicative with keys projected once).
 MODELS = ("transformer", "seq2seq-gru", "bahdanau", "luong-general")
@@ -65,8 +67,8 @@ def keras_run():
     return load
 
 
-def _config(run_dir: Path) -> dict:
-    return json.loads((run_dir / "export" / "config.json").read_text())
+def _config(run_dir: Path) -> ExportConfig:
+    return ExportConfig.read(run_dir / "export")
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -88,16 +90,16 @@ def test_export_layout_config_and_manifest(export_of, keras_run, model):
     export = run_dir / "export"
     run = keras_run(run_dir)
     config = _config(run_dir)
-    assert config["format_version"] == 1 and config["opset"] <= 18
-    assert config["model"] == model and config["family"] == run.config["family"]
-    assert config["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert config.format_version == 1 and config.opset <= 18
+    assert config.model == model and config.family == run.config.family
+    assert config.special_ids == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
     for key in ("max_source_length", "max_target_length", "vocab_size"):
-        assert config[key] == run.config[key]
-    assert config["state"] == [spec.to_json() for spec in run.model.state_specs()]
-    assert set(config["cache_layout"]) >= {entry["name"] for entry in config["state"]}
+        assert getattr(config, key) == getattr(run.config, key)
+    assert config.state == [spec.to_json() for spec in run.model.state_specs()]
+    assert set(config.cache_layout) >= {entry["name"] for entry in config.state}
 
-    state = config["state"]
-    graphs = config["graphs"]
+    state = config.state
+    graphs = config.graphs
     assert [i["name"] for i in graphs["encoder"]["inputs"]] == ["encoder_input"]
     assert [o["name"] for o in graphs["encoder"]["outputs"]] == [s["name"] for s in state
                                                                  if s["source"] == "encode"]
@@ -106,11 +108,11 @@ def test_export_layout_config_and_manifest(export_of, keras_run, model):
     expected_outputs = ["logits", *(["attention"] if run.model.has_attention else []),
                         *(f"{s['name']}_out" for s in state if s["updated"])]
     assert [o["name"] for o in graphs["decoder_step"]["outputs"]] == expected_outputs
-    assert graphs["decoder_step"]["outputs"][0]["shape"] == ["batch", run.config["vocab_size"]]
+    assert graphs["decoder_step"]["outputs"][0]["shape"] == ["batch", run.config.vocab_size]
     assert graphs["decoder_step"]["inputs"][1] == {"name": "index", "dtype": "int32", "shape": []}
     assert graphs["generate"]["outputs"] == [{"name": "tokens", "dtype": "int32",
                                               "shape": ["batch", "max_length"]}]
-    assert set(config["saved_model"]["signatures"]) == {"generate_text", "encode", "decode_step", "generate"}
+    assert set(config.saved_model["signatures"]) == {"generate_text", "encode", "decode_step", "generate"}
 
     assert (export / "tokenizer.model").read_bytes() == (run_dir / "tokenizer.model").read_bytes()
     files = verify_manifest(export)
@@ -125,12 +127,13 @@ def test_export_layout_config_and_manifest(export_of, keras_run, model):
 def test_onnx_graphs_are_checked_dynamic_and_named_as_described(export_of, model):
     run_dir = export_of(model)
     config = _config(run_dir)
-    for name, graph in config["graphs"].items():
-        path = run_dir / "export" / graph["file"]
+    for name in config.graph_names:
+        graph = config.graph(name)
+        path = run_dir / "export" / graph.file
         onnx.checker.check_model(str(path), full_check=True)
         proto = onnx.load(str(path))
         assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) <= 18
-        for values, described in ((proto.graph.input, graph["inputs"]), (proto.graph.output, graph["outputs"])):
+        for values, described in ((proto.graph.input, graph.inputs), (proto.graph.output, graph.outputs)):
             assert [v.name for v in values] == [d["name"] for d in described]
             for value, entry in zip(values, described, strict=True):
                 dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
@@ -141,7 +144,7 @@ def test_onnx_graphs_are_checked_dynamic_and_named_as_described(export_of, model
         if name != "encoder":
             assert ("Loop" in top_level_ops) == (name == "generate")
         else:
-            assert ("Loop" in top_level_ops) == (config["family"] == "rnn")
+            assert ("Loop" in top_level_ops) == (config.family == "rnn")
 
 
 # ---------------------------------------------------------------------------------------------- parity
@@ -180,12 +183,11 @@ def test_onnx_graphs_match_keras_on_unseen_batches(export_of, keras_run, model):
 
     run_dir = export_of(model)
     run = keras_run(run_dir)
-    cfg = run.config
     export = run_dir / "export"
     config = _config(run_dir)
     texts = [source for source, _ in run.pairs("test")[-5:]]
-    encoder_input = encode_sources(texts, run.tokenizer, cfg["max_source_length"])  # (5, longest)
-    max_length = cfg["max_target_length"] + 2
+    encoder_input = encode_sources(texts, run.tokenizer, run.config.max_source_length)  # (5, longest)
+    max_length = run.config.max_target_length + 2
 
     encoder = _session(export / "onnx" / "encoder.onnx")
     step = _session(export / "onnx" / "decoder_step.onnx")
@@ -195,7 +197,7 @@ def test_onnx_graphs_match_keras_on_unseen_batches(export_of, keras_run, model):
     for name, value in got.items():
         np.testing.assert_allclose(value, expected[name], atol=1e-5, rtol=1e-5, err_msg=name)
     state = dict(expected)
-    state_names = [s["name"] for s in config["state"]]
+    state_names = [s["name"] for s in config.state]
     output_names = [o.name for o in step.get_outputs()]
     token = np.full((5,), 2, np.int32)
     for index in range(4):
@@ -209,10 +211,10 @@ def test_onnx_graphs_match_keras_on_unseen_batches(export_of, keras_run, model):
         token = np.asarray(logits).argmax(-1).astype(np.int32)
 
     texts = [source for source, _ in run.pairs("test")[-7:]]
-    encoder_input = encode_sources(texts, run.tokenizer, cfg["max_source_length"])
+    encoder_input = encode_sources(texts, run.tokenizer, run.config.max_source_length)
     tokens = _session(export / "onnx" / "generate.onnx").run(
         None, {"encoder_input": encoder_input, "max_length": np.array(max_length, np.int32)})[0]
-    ids = cfg["special_ids"]
+    ids = run.config.special_ids
     keras_tokens = generate(run.model, encoder_input, max_length, ids["bos"], ids["eos"], ids["pad"]).tokens
     np.testing.assert_array_equal(tokens, keras_tokens)
 
@@ -230,7 +232,7 @@ def test_saved_model_signatures_text_and_ids(export_of, keras_run, model):
     assert {"serving_default", "generate_text", "encode", "decode_step", "generate"} <= set(loaded.signatures)
     config = _config(run_dir)
     _, kwargs = loaded.signatures["decode_step"].structured_input_signature
-    assert set(kwargs) == {i["name"] for i in config["graphs"]["decoder_step"]["inputs"]}
+    assert set(kwargs) == {i["name"] for i in config.graph("decoder_step").inputs}
     texts = ["september 27, 1994", "9/27/94", run.pairs("test")[0][0]]
     got = loaded.signatures["serving_default"](text=tf.constant(texts))["text"].numpy()
     assert [t.decode() for t in got] == decode_texts(run, texts)
@@ -341,11 +343,11 @@ def test_reexport_overwrites_and_quantizes(export_of):
     export = run_dir / "export"
     files = verify_manifest(export)
     config = _config(run_dir)
-    int8 = config["quantized"]["graphs"]
+    int8 = config.quantized["graphs"]
     assert set(int8) == {"encoder", "decoder_step", "generate"}
     assert all(entry["file"] in files and entry["quantized_ops"].get("MatMulInteger", 0) > 0
                for entry in int8.values())
-    assert set(files) - set(before) == {entry["file"] for entry in int8.values()}
+    assert set(files) - set(before) == set(config.int8_graph_files().values())
     quality = json.loads((export / "parity.json").read_text())["quantization"]
     assert quality["metric"] == "exact_match" and quality["sequences"] == TEST_EXAMPLES
     assert quality["keras_fp32"] == quality["onnxruntime_fp32"]
@@ -397,7 +399,7 @@ def test_export_failing_validation_is_not_installed_nor_loadable(export_of, monk
     shutil.rmtree(run_dir / "export.failed")
     # Validation that passes makes it loadable (and the installed export always was).
     assert export.validate.main([str(left_behind), "--reference-only", "--threads", "1"]) == 0
-    assert json.loads((left_behind / "manifest.json").read_text())["validated"] is True
+    assert Manifest.read(left_behind).validated is True
     assert Runtime(left_behind).generate(["9/27/94"])[0].text == \
         Runtime(run_dir / "export").generate(["9/27/94"])[0].text
 
@@ -521,15 +523,15 @@ def test_triton_repository_matches_the_onnx_graphs(export_of, model):
 
     run_dir = export_of(model)
     repository = write_target("triton", run_dir)
-    graphs = json.loads((run_dir / "export" / "config.json").read_text())["graphs"]
+    graphs = _config(run_dir).graph_names
     assert {p.name for p in repository.iterdir() if p.is_dir()} == set(graphs) | {SAVED_MODEL_NAME}
     for name in graphs:
-        config = parse_pbtxt((repository / name / "config.pbtxt").read_text())
+        pbtxt = parse_pbtxt((repository / name / "config.pbtxt").read_text())
         graph = onnx.load(repository / name / "1" / "model.onnx").graph
-        assert config["name"] == name and config["platform"] == "onnxruntime_onnx"
+        assert pbtxt["name"] == name and pbtxt["platform"] == "onnxruntime_onnx"
         # Names, order, dtypes and dims (-1 for dynamic axes) are the graph's own.
-        assert config["input"] == onnx_signature(graph.input)
-        assert config["output"] == onnx_signature(graph.output)
+        assert pbtxt["input"] == onnx_signature(graph.input)
+        assert pbtxt["output"] == onnx_signature(graph.output)
     saved = parse_pbtxt((repository / SAVED_MODEL_NAME / "config.pbtxt").read_text())
     assert saved["platform"] == "tensorflow_savedmodel"
     assert saved["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [-1]}]

@@ -19,6 +19,7 @@ from keras_nlp_week4.data.readers import DataSources
 from keras_nlp_week4.data.tokenizer import Tokenizer, check_tokenizer_parity
 from keras_nlp_week4.errors import UserError
 from keras_nlp_week4.evaluation import corpus_scores, generate_texts
+from keras_nlp_week4.runs import RunMetrics
 from keras_nlp_week4.tasks import MULTI30K_ANCHORS, get_task, multi30k_sources
 from keras_nlp_week4.training.progress import TimeBudget, ValidationBLEU, logged_minutes
 from keras_nlp_week4.training.trainer import TrainConfig
@@ -128,9 +129,9 @@ def test_validation_bleu_logs_the_greedy_score_of_the_current_weights(tiny_run):
 
     run = load_run(tiny_run, compile=False)
     pairs = run.pairs("validation")[:30]
-    lengths = dict(max_source_length=run.config["max_source_length"],
-                   max_target_length=run.config["max_target_length"])
-    callback = ValidationBLEU(pairs, run.tokenizer, special_ids=run.config["special_ids"], max_examples=20,
+    lengths = dict(max_source_length=run.config.max_source_length,
+                   max_target_length=run.config.max_target_length)
+    callback = ValidationBLEU(pairs, run.tokenizer, special_ids=run.config.special_ids, max_examples=20,
                               **lengths)
     callback.set_model(run.model)
     sources = [source for source, _ in pairs[:20]]
@@ -138,7 +139,7 @@ def test_validation_bleu_logs_the_greedy_score_of_the_current_weights(tiny_run):
 
     def greedy():
         return generate_texts(run.model, run.tokenizer, sources, lengths["max_source_length"],
-                              lengths["max_target_length"], run.config["special_ids"])
+                              lengths["max_target_length"], run.config.special_ids)
 
     logs = {}
     callback.on_epoch_end(0, logs)
@@ -181,8 +182,7 @@ def test_recipe_compare_export_and_serve_on_a_slice(tmp_path):
     table = json.loads((out / "comparison.json").read_text())
     assert [row["model"] for row in table["rows"]] == models
     for row in table["rows"]:
-        metrics = json.loads((Path(row["run"]) / "metrics.json").read_text())
-        assert row["bleu_lowercase_beam"] == metrics["test_bleu_lowercase_beam"]
+        assert row["bleu_lowercase_beam"] == RunMetrics.read(Path(row["run"])).test_bleu_lowercase_beam
         assert row["anchor_bleu"] == MULTI30K_ANCHORS[row["model"]]["bleu"]
         header = (Path(row["run"]) / "training_log.csv").read_text().splitlines()[0].split(",")
         assert {"val_bleu", "minutes"} <= set(header)

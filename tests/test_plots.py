@@ -2,8 +2,8 @@
 pictures must show the model's own attention, whatever it learned)."""
 
 import csv
-import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,7 +16,8 @@ from keras_nlp_week4.data.pipeline import encode_sources
 from keras_nlp_week4.data.tokenizer import BOS_ID, Tokenizer, train_sentencepiece
 from keras_nlp_week4.errors import UserError
 from keras_nlp_week4.models.registry import build_model, model_family
-from keras_nlp_week4.runs import load_run, write_pairs
+from keras_nlp_week4.runs import RunConfig, load_run, write_pairs
+from keras_nlp_week4.training.trainer import TrainConfig, resolve_settings
 
 PAIRS = [("나는 사과를 좋아해요.", "I like apples."), ("고양이가 어디 있어요?", "Where is the cat?"),
          ("책을 읽어요.", "I read a book."), ("안녕하세요", "Hello")]
@@ -32,10 +33,13 @@ def make_run(folder: Path, model_name: str) -> Path:
     model = build_model(model_name, tokenizer.vocab_size, preset="tiny", max_source_length=SOURCE_LENGTH)
     model.build()
     model.save(folder / "model.keras")
-    config = {"task": "translate", "model": model_name, "family": model_family(model_name),
-              "tokenizer": "tokenizer.model", "special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3},
-              "max_source_length": SOURCE_LENGTH, "max_target_length": TARGET_LENGTH}
-    (folder / "config.json").write_text(json.dumps(config))
+    settings = resolve_settings(TrainConfig(task="translate", model=model_name, out=str(folder),
+                                            max_source_length=SOURCE_LENGTH, max_target_length=TARGET_LENGTH))
+    RunConfig(task="translate", model=model_name, family=model_family(model_name), preset="tiny",
+              model_class=type(model).__name__, num_parameters=int(model.count_params()),
+              vocab_size=tokenizer.vocab_size, special_ids={"pad": 0, "unk": 1, "bos": 2, "eos": 3},
+              max_source_length=SOURCE_LENGTH, max_target_length=TARGET_LENGTH,
+              train=replace(settings, num_replicas=1)).write(folder)
     write_pairs(folder / "test.tsv", PAIRS)
     write_pairs(folder / "validation.tsv", PAIRS)
     with open(folder / "training_log.csv", "w", newline="") as f:
@@ -76,7 +80,7 @@ def test_attention_map_is_the_models_cross_attention(runs, name, layers, heads):
                                atol=1e-5)
     # One row per generated token, and generation stops at the first EOS: it can only be the last row.
     assert "</s>" not in found["target_tokens"][:-1]
-    assert 1 <= len(found["target_tokens"]) <= run.config["max_target_length"]
+    assert 1 <= len(found["target_tokens"]) <= run.config.max_target_length
 
 
 def test_transformer_figure_has_one_heatmap_per_layer_and_head(runs):

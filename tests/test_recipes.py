@@ -14,7 +14,7 @@ from helpers import SHARED, cli
 
 from keras_nlp_week4.data.readers import DataSources
 from keras_nlp_week4.data.splits import load_pair_splits, source_key
-from keras_nlp_week4.runs import read_pairs
+from keras_nlp_week4.runs import RunConfig, RunMetrics, read_pairs
 from keras_nlp_week4.tasks import CHATBOT_QUESTIONS
 from keras_nlp_week4.training.trainer import TrainConfig, train
 
@@ -84,17 +84,17 @@ def has_hangul(text: str) -> bool:
     return any("\uac00" <= char <= "\ud7a3" for char in text)
 
 
-def check_finished_run(run: Path) -> dict:
+def check_finished_run(run: Path) -> RunMetrics:
     for name in ["model.keras", "tokenizer.model", "config.json", "metrics.json", "samples.json",
                  "training_log.csv", "validation.tsv", "test.tsv", "plots/training_curves.png"]:
         assert (run / name).is_file(), name
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert math.isfinite(metrics["test_perplexity"]) and metrics["test_perplexity"] > 1.0
-    assert 0.0 <= metrics["test_token_accuracy"] <= 1.0
+    metrics = RunMetrics.read(run)
+    assert math.isfinite(metrics.test_perplexity) and metrics.test_perplexity > 1.0
+    assert 0.0 <= metrics.test_token_accuracy <= 1.0
     for key in ["test_bleu_greedy", "test_chrf_greedy", "test_bleu_beam", "test_chrf_beam"]:
-        assert 0.0 <= metrics[key] <= 100.0, key
-    assert metrics["beam_size"] == 4
-    assert "tok:13a" in metrics["bleu_signature"]
+        assert 0.0 <= getattr(metrics, key) <= 100.0, key
+    assert metrics.beam_size == 4
+    assert "tok:13a" in metrics.bleu_signature
     with open(run / "training_log.csv", newline="") as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     assert len(losses) == 2 and losses[1] < losses[0]  # it learns
@@ -108,8 +108,8 @@ def test_chatbot_recipe_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tokenize" not in result.stderr  # tensorflow-text and sentencepiece agree on every text
     check_finished_run(run)
-    config = json.loads((run / "config.json").read_text())
-    assert config["tokenizer_type"] == "bpe" and config["task"] == "chatbot"
+    config = RunConfig.read(run)
+    assert config.tokenizer_type == "bpe" and config.task == "chatbot"
     samples = json.loads((run / "samples.json").read_text())
     assert [s["input"] for s in samples["samples"]] == list(CHATBOT_QUESTIONS)
     assert all(isinstance(s["greedy"], str) and isinstance(s["sampled"], str) for s in samples["samples"])
@@ -163,9 +163,9 @@ def test_translation_from_line_aligned_files_with_given_held_out_files(tmp_path)
     assert read_pairs(out / "test.tsv") == [tuple(p) for p in parts["test"]]
     test_keys = {source_key(s) for s, _ in parts["test"]}
     held_out = test_keys | {source_key(s) for s, _ in parts["validation"]}
-    config = json.loads((out / "config.json").read_text())
+    config = RunConfig.read(out)
     # Pairs whose source is also in a later split were dropped: test wins over validation over train.
-    assert config["splits"] == {
+    assert config.splits == {
         "train": sum(source_key(s) not in held_out for s, _ in parts["train"]),
         "validation": sum(source_key(s) not in test_keys for s, _ in parts["validation"]),
         "test": len(parts["test"])}

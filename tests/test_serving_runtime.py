@@ -36,10 +36,10 @@ def _keras_generate(keras_run, texts, method="greedy", **options):
     from keras_nlp_week4.data.pipeline import encode_sources
     from keras_nlp_week4.decoding import generate
 
-    cfg = keras_run.config
-    ids = cfg["special_ids"]
-    encoder_input = encode_sources(texts, keras_run.tokenizer, cfg["max_source_length"])
-    return generate(keras_run.model, encoder_input, cfg["max_target_length"], ids["bos"], ids["eos"],
+    config = keras_run.config
+    ids = config.special_ids
+    encoder_input = encode_sources(texts, keras_run.tokenizer, config.max_source_length)
+    return generate(keras_run.model, encoder_input, config.max_target_length, ids["bos"], ids["eos"],
                     ids["pad"], method=method, **options)
 
 

@@ -1,7 +1,6 @@
 """Training end to end: the run directory, resuming a killed run, and one-line errors for bad input."""
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 from helpers import ROOT, cli
 
 from keras_nlp_week4.errors import UserError
-from keras_nlp_week4.runs import load_run
+from keras_nlp_week4.runs import RunConfig, RunMetrics, load_run
 from keras_nlp_week4.training.trainer import TrainConfig, train
 
 TINY = ["--preset", "tiny", "--max-train-examples", "640", "--batch-size", "64", "--verbose", "0"]
@@ -33,12 +32,13 @@ def test_run_directory_is_complete(two_epoch_run):
         assert (two_epoch_run / name).is_file(), name
     assert (two_epoch_run / "logs").is_dir()  # TensorBoard
     assert not (two_epoch_run / "backup").exists()  # removed once training finished
-    metrics = json.loads((two_epoch_run / "metrics.json").read_text())
-    assert {"val_loss", "exact_match", "test_perplexity", "training_seconds", "valid_outputs"} <= set(metrics)
-    assert 0.0 <= metrics["exact_match"] <= metrics["valid_outputs"] <= 1.0  # a right date is a valid one
-    config = json.loads((two_epoch_run / "config.json").read_text())
-    assert config["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
-    assert config["model_config"]["d_model"] == 64
+    metrics = RunMetrics.read(two_epoch_run)
+    assert None not in (metrics.val_loss, metrics.test_perplexity, metrics.training_seconds)
+    assert 0.0 <= metrics.exact_match <= metrics.valid_outputs <= 1.0  # a right date is a valid one
+    config = RunConfig.read(two_epoch_run)
+    assert config.special_ids == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert config.model_config["d_model"] == 64
+    assert config.train.num_replicas == 1 and config.train.epochs == 2
     rows = list(csv.DictReader(open(two_epoch_run / "training_log.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert float(rows[1]["loss"]) < float(rows[0]["loss"])  # it learns
@@ -185,10 +185,10 @@ def test_dates_defaults_train_the_transformer_on_more_dates_and_keep_the_rnns_on
     from keras_nlp_week4.training.trainer import resolve_settings
 
     transformer = resolve_settings(TrainConfig(task="dates", model="transformer"))
-    assert (transformer["max_train_examples"], transformer["batch_size"], transformer["epochs"],
-            transformer["dropout"]) == (None, 128, 8, 0.0)
+    assert (transformer.max_train_examples, transformer.batch_size, transformer.epochs,
+            transformer.dropout) == (None, 128, 8, 0.0)
     rnn = resolve_settings(TrainConfig(task="dates", model="bahdanau"))
-    assert rnn["max_train_examples"] == 20000 and rnn["dropout"] is None and rnn["batch_size"] == 128
+    assert rnn.max_train_examples == 20000 and rnn.dropout is None and rnn.batch_size == 128
     # The RNNs' 20,000 are the first 20,000 of the larger split; test and validation do not move.
     small, large = date_splits(num_train=2000, seed=5), date_splits(num_train=DATES_TRAIN_EXAMPLES // 20, seed=5)
     assert large.train[:2000] == small.train

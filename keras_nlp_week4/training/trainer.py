@@ -15,12 +15,11 @@ A run directory (default `artifacts/<task>-<model>/`) holds:
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
@@ -46,6 +45,7 @@ from keras_nlp_week4.errors import UserError
 from keras_nlp_week4.evaluation import evaluate_run
 from keras_nlp_week4.models.registry import build_model, model_family
 from keras_nlp_week4.plots import plot_training_curves
+from keras_nlp_week4.run_files import RunConfig, TrainSettings
 from keras_nlp_week4.runs import write_pairs
 from keras_nlp_week4.tasks import get_task
 from keras_nlp_week4.training.distribute import (
@@ -97,11 +97,11 @@ def default_run_dir(task: str, model: str) -> Path:
     return Path("artifacts") / f"{task}-{model}"
 
 
-def resolve_settings(config: TrainConfig) -> dict:
-    """Fills every `None` with the task's default; returns the effective settings."""
+def resolve_settings(config: TrainConfig) -> TrainSettings:
+    """Fills every `None` with the task's default; returns the effective settings (checked)."""
     task = get_task(config.task)
     family = model_family(config.model)
-    settings = asdict(config)
+    values = asdict(config)
     task_defaults = {"preset": task.transformer_preset if family == "transformer" else task.rnn_preset,
                      **vars(task), **task.family_defaults.get(family, {}),
                      **task.family_defaults.get(config.model, {})}
@@ -112,12 +112,12 @@ def resolve_settings(config: TrainConfig) -> dict:
                                                "max_train_examples", "dropout", "time_budget_minutes")},
     }
     for key, value in defaults.items():
-        if settings[key] is None:
-            settings[key] = value
-    if settings["time_budget_minutes"] == 0:
-        settings["time_budget_minutes"] = None
-    settings["family"] = family
-    settings["out"] = str(Path(config.out) if config.out else default_run_dir(config.task, config.model))
+        if values[key] is None:
+            values[key] = value
+    if values["time_budget_minutes"] == 0:
+        values["time_budget_minutes"] = None
+    values["out"] = str(Path(config.out) if config.out else default_run_dir(config.task, config.model))
+    settings = TrainSettings(**values, family=family)
     check_settings(settings)
     return settings
 
@@ -136,13 +136,13 @@ _SETTING_RANGES = (
 )
 
 
-def check_settings(settings: dict) -> None:
+def check_settings(settings: TrainSettings) -> None:
     """Raises `UserError` naming the first setting out of its range, before anything is written."""
-    rate = settings["learning_rate"]
+    rate = settings.learning_rate
     if not (isinstance(rate, int | float) and np.isfinite(rate) and rate > 0):
         raise UserError(f"learning_rate must be a number > 0, got {rate}")
     for name, low, high, high_excluded in _SETTING_RANGES:
-        value = settings.get(name)
+        value = getattr(settings, name)
         if value is None:
             continue  # the task's or the model's default
         too_high = high is not None and (value >= high if high_excluded else value > high)
@@ -151,41 +151,41 @@ def check_settings(settings: dict) -> None:
             raise UserError(f"{name} must be {bound}, got {value}")
 
 
-# Recorded in config.json["train"] but not what defines the training: verbosity changes what is
+# Recorded in config.json's `train` but not what defines the training: verbosity changes what is
 # printed, the replica count is added by `train` from the strategy, it is not a setting, and the output
 # folder is where the run went (a finished run moved into a comparison's folder is the same run).
 _NOT_TRAINING_SETTINGS = ("verbose", "num_replicas", "out")
 
 
-def same_training(recorded: dict, settings: dict) -> bool:
-    """True when a run's recorded config.json["train"] trains what `settings` (`resolve_settings`) do."""
+def same_training(recorded: TrainSettings, settings: TrainSettings) -> bool:
+    """True when a run's recorded settings (`RunConfig.train`) train what `settings` (`resolve_settings`)
+    do."""
 
-    def comparable(values: dict) -> dict:
-        return {k: v for k, v in json.loads(json.dumps(values, default=str)).items()
-                if k not in _NOT_TRAINING_SETTINGS}
+    def comparable(values: TrainSettings) -> dict:
+        return {k: v for k, v in values.to_json().items() if k not in _NOT_TRAINING_SETTINGS}
 
     return comparable(recorded) == comparable(settings)
 
 
-def _optimizer(settings: dict, model) -> keras.optimizers.Optimizer:
+def _optimizer(settings: TrainSettings, model) -> keras.optimizers.Optimizer:
     width = getattr(model, "d_model", None) or model.decoder_units
-    warmup = max(1, settings["warmup_steps"])
+    warmup = max(1, settings.warmup_steps)
     # Scale the paper's curve so its peak (at step == warmup) is the requested learning rate.
-    scale = settings["learning_rate"] * (width * warmup) ** 0.5
+    scale = settings.learning_rate * (width * warmup) ** 0.5
     schedule = TransformerSchedule(d_model=width, warmup_steps=warmup, scale=scale)
-    if settings["family"] == "transformer":
+    if settings.family == "transformer":
         return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
     # RNNs: the same warm-up/decay, plus gradient clipping against exploding gradients through time.
     return keras.optimizers.Adam(schedule, clipnorm=1.0)
 
 
-def compile_model(model, settings: dict) -> None:
+def compile_model(model, settings: TrainSettings) -> None:
     # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer itself.
     model.compile(
         optimizer=_optimizer(settings, model),
-        loss=MaskedSparseCrossEntropy(label_smoothing=settings["label_smoothing"], pad_id=PAD_ID),
+        loss=MaskedSparseCrossEntropy(label_smoothing=settings.label_smoothing, pad_id=PAD_ID),
         metrics=[MaskedAccuracy(pad_id=PAD_ID)],
-        jit_compile=True if settings.get("jit") else "auto",
+        jit_compile=True if settings.jit else "auto",
     )
 
 
@@ -200,19 +200,19 @@ class PreparedData:
     lengths: tuple  # `pipeline.token_lengths` of the training pairs, measured once
 
 
-def prepare_data(config: TrainConfig, settings: dict, run_dir: Path, resuming: bool) -> PreparedData:
+def prepare_data(settings: TrainSettings, run_dir: Path, resuming: bool) -> PreparedData:
     """Step 1: the task's splits and the tokenizer (learned from the training split, or the resumed run's).
 
     Raises `UserError` for missing or unusable data; writes nothing to `run_dir`."""
-    task = get_task(config.task)
-    splits = task.load_splits(DataSources.of(config), config.seed)
+    task = get_task(settings.task)
+    splits = task.load_splits(DataSources.of(settings), settings.seed)
     train_pairs = list(splits.train)
-    if settings["max_train_examples"]:
-        train_pairs = train_pairs[: settings["max_train_examples"]]
+    if settings.max_train_examples:
+        train_pairs = train_pairs[: settings.max_train_examples]
     for name, pairs in (("training", train_pairs), ("validation", splits.validation),
                         ("test", splits.test)):
         if not pairs:
-            raise UserError(f"the {name} split of task {config.task!r} is empty; give more data")
+            raise UserError(f"the {name} split of task {settings.task!r} is empty; give more data")
 
     scratch = tempfile.TemporaryDirectory(prefix="tokenizer-")
     tokenizer_path = run_dir / "tokenizer.model"
@@ -220,7 +220,7 @@ def prepare_data(config: TrainConfig, settings: dict, run_dir: Path, resuming: b
         # The vocabulary is learned from the training split only, so held-out text stays unseen.
         texts = [s for pair in train_pairs for s in pair]
         tokenizer_path = train_sentencepiece(texts, Path(scratch.name) / "tokenizer.model",
-                                             vocab_size=settings["vocab_size"], model_type=task.tokenizer_type)
+                                             vocab_size=settings.vocab_size, model_type=task.tokenizer_type)
     tokenizer = Tokenizer(tokenizer_path)
     if task.tokenizer_type != "char":
         # Training tokenizes in tf.data (tensorflow-text), evaluation in Python (sentencepiece): they must agree.
@@ -234,7 +234,7 @@ def prepare_data(config: TrainConfig, settings: dict, run_dir: Path, resuming: b
     return PreparedData(splits, train_pairs, tokenizer, scratch, lengths)
 
 
-def make_datasets(data: PreparedData, settings: dict, task, order: EpochOrder) -> tuple:
+def make_datasets(data: PreparedData, settings: TrainSettings, task, order: EpochOrder) -> tuple:
     """Step 1b: the training and validation `tf.data` datasets of the recipe, `(train, validation)`.
 
     With length bucketing (`task.bucket_by_length`), bucketing flushes every bucket's partial batch at the
@@ -243,9 +243,9 @@ def make_datasets(data: PreparedData, settings: dict, task, order: EpochOrder) -
     next. Training drops them (a different few examples each epoch, since the order changes) unless that
     would leave out more than `MAX_DROPPED_SHARE` of the split (small data); validation keeps every
     example."""
-    lengths = dict(max_source_length=settings["max_source_length"],
-                   max_target_length=settings["max_target_length"])
-    batch_size = settings["batch_size"]
+    lengths = dict(max_source_length=settings.max_source_length,
+                   max_target_length=settings.max_target_length)
+    batch_size = settings.batch_size
     buckets = length_buckets(data.lengths, **lengths) if task.bucket_by_length else None
     drop_partial = buckets is not None and remainder_share(
         data.lengths, buckets, batch_size, **lengths) <= MAX_DROPPED_SHARE
@@ -256,37 +256,36 @@ def make_datasets(data: PreparedData, settings: dict, task, order: EpochOrder) -
     return train, validation
 
 
-def _warn_if_cut(lengths: tuple, settings: dict) -> None:
+def _warn_if_cut(lengths: tuple, settings: TrainSettings) -> None:
     """Warns when training pairs (`pipeline.token_lengths`) are longer than the maximum lengths (the
     pipeline cuts them), so a recipe on new data says which flag to raise."""
     for side_lengths, side, name in zip(lengths, ("source", "target"), ("max_source_length", "max_target_length"),
                                         strict=True):
-        cut = int((side_lengths > settings[name]).sum())
+        cut = int((side_lengths > getattr(settings, name)).sum())
         if cut:
             log.warning("warning: %d of %d training %ss are longer than %s=%d tokens (the longest: %d) and "
                         "are cut; raise %s to keep them whole", cut, len(side_lengths), side, name,
-                        settings[name], int(side_lengths.max()), flag_name(name))
+                        getattr(settings, name), int(side_lengths.max()), flag_name(name))
 
 
-def build_training_model(config: TrainConfig, settings: dict, vocab_size: int, strategy):
+def build_training_model(settings: TrainSettings, vocab_size: int, strategy):
     """Step 2: the model, built and compiled under the strategy."""
     overrides = {}
-    if settings["dropout"] is not None:
-        overrides["dropout"] = settings["dropout"]
-    if settings["family"] == "rnn":
-        overrides.update(teacher_forcing_ratio=config.teacher_forcing_ratio, seed=config.seed)
+    if settings.dropout is not None:
+        overrides["dropout"] = settings.dropout
+    if settings.family == "rnn":
+        overrides.update(teacher_forcing_ratio=settings.teacher_forcing_ratio, seed=settings.seed)
     with strategy.scope():
-        model = build_model(config.model, vocab_size, preset=settings["preset"],
-                            max_source_length=settings["max_source_length"], **overrides)
+        model = build_model(settings.model, vocab_size, preset=settings.preset,
+                            max_source_length=settings.max_source_length, **overrides)
         compile_model(model, settings)
         model.build()
     return model
 
 
-def write_run(run_dir: Path, config: TrainConfig, settings: dict, data: PreparedData, model) -> None:
-    """Step 3, the first write: the held-out splits, the tokenizer and `config.json` (read back by
-    `runs.RunConfig`)."""
-    task = get_task(config.task)
+def write_run(run_dir: Path, settings: TrainSettings, data: PreparedData, model) -> None:
+    """Step 3, the first write: the held-out splits, the tokenizer and `config.json` (`RunConfig`)."""
+    task = get_task(settings.task)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_pairs(run_dir / "validation.tsv", data.splits.validation)
     write_pairs(run_dir / "test.tsv", data.splits.test)
@@ -294,42 +293,41 @@ def write_run(run_dir: Path, config: TrainConfig, settings: dict, data: Prepared
         shutil.copyfile(data.tokenizer.model_path, run_dir / "tokenizer.model")
         data.tokenizer = Tokenizer(run_dir / "tokenizer.model")
     data.scratch.cleanup()
-    run_config = {
-        "task": config.task,
-        "model": config.model,
-        "family": settings["family"],
-        "preset": settings["preset"],
-        "model_class": type(model).__name__,
-        "model_config": model.get_config(),
-        "num_parameters": int(model.count_params()),
-        "tokenizer": "tokenizer.model",
-        "tokenizer_type": task.tokenizer_type,
-        "vocab_size": data.tokenizer.vocab_size,
-        "special_ids": SPECIAL_IDS,
-        "max_source_length": settings["max_source_length"],
-        "max_target_length": settings["max_target_length"],
-        "exact_match": task.exact_match,
-        "splits": {"train": len(data.train_pairs), "validation": len(data.splits.validation),
-                   "test": len(data.splits.test)},
-        "train": settings,
-        "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "numpy": np.__version__},
-    }
-    (run_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
+    RunConfig(
+        task=settings.task,
+        model=settings.model,
+        family=settings.family,
+        preset=settings.preset,
+        model_class=type(model).__name__,
+        model_config=model.get_config(),
+        num_parameters=int(model.count_params()),
+        tokenizer="tokenizer.model",
+        tokenizer_type=task.tokenizer_type,
+        vocab_size=data.tokenizer.vocab_size,
+        special_ids=dict(SPECIAL_IDS),
+        max_source_length=settings.max_source_length,
+        max_target_length=settings.max_target_length,
+        exact_match=task.exact_match,
+        splits={"train": len(data.train_pairs), "validation": len(data.splits.validation),
+                "test": len(data.splits.test)},
+        train=settings,
+        versions={"keras": keras.__version__, "tensorflow": _tf_version(), "numpy": np.__version__},
+    ).write(run_dir)
 
 
-def make_callbacks(run_dir: Path, settings: dict, order: EpochOrder, resuming: bool,
+def make_callbacks(run_dir: Path, settings: TrainSettings, order: EpochOrder, resuming: bool,
                    validation_bleu: ValidationBLEU | None = None) -> list:
     """Step 4: the clock and the time budget, validation BLEU (when given: it then picks the kept model
     and stops training), best checkpoint, early stopping, logs, and the backup a killed run resumes from."""
     monitor = dict(monitor="val_bleu", mode="max") if validation_bleu else dict(monitor="val_loss", mode="min")
     checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), save_best_only=True, **monitor)
-    early_stopping = keras.callbacks.EarlyStopping(patience=settings["patience"], restore_best_weights=True,
+    early_stopping = keras.callbacks.EarlyStopping(patience=settings.patience, restore_best_weights=True,
                                                    **monitor)
     start_minutes = logged_minutes(run_dir / "training_log.csv") if resuming else 0.0
     return [
         EpochRandomness(order),
         *([validation_bleu] if validation_bleu else []),  # before the checkpoint and the logger: they read it
-        TimeBudget(settings.get("time_budget_minutes"), start_minutes),  # its minutes include the BLEU's
+        TimeBudget(settings.time_budget_minutes, start_minutes, early_stopping),  # its minutes include the BLEU's
         checkpoint,
         early_stopping,
         keras.callbacks.TensorBoard(str(run_dir / "logs"), profile_batch=0),
@@ -348,13 +346,12 @@ def train(config: TrainConfig) -> Path:
     before the first write. Re-running the same command after the process was killed resumes from the
     last finished epoch, to the same weights.
     """
-    settings = resolve_settings(config)
     task = get_task(config.task)
     role = cluster_role() if config.strategy == "multi-worker" else cluster_role({})
     set_precision(config.precision)
     strategy = make_strategy(config.strategy)
-    settings["num_replicas"] = strategy.num_replicas_in_sync
-    chief_dir = Path(settings["out"])
+    settings = replace(resolve_settings(config), num_replicas=strategy.num_replicas_in_sync)
+    chief_dir = Path(settings.out)
     # Every worker runs the same fit; only the chief writes the run directory. The others keep their
     # (identical) checkpoints in a scratch folder beside it, which resuming needs and success removes.
     run_dir = chief_dir if role.is_chief else chief_dir.parent / f".{chief_dir.name}-worker-{role.task_index}"
@@ -362,25 +359,25 @@ def train(config: TrainConfig) -> Path:
     resuming = backup_dir.exists() and any(backup_dir.iterdir())
     keras.utils.set_random_seed(config.seed)
 
-    data = prepare_data(config, settings, run_dir, resuming)
+    data = prepare_data(settings, run_dir, resuming)
     order = EpochOrder(config.seed)
     train_ds, val_ds = (shard_by_data(ds) for ds in make_datasets(data, settings, task, order))
-    model = build_training_model(config, settings, data.tokenizer.vocab_size, strategy)
-    write_run(run_dir, config, settings, data, model)
+    model = build_training_model(settings, data.tokenizer.vocab_size, strategy)
+    write_run(run_dir, settings, data, model)
 
     validation_bleu = None
     if task.validation_bleu_examples:
         validation_bleu = ValidationBLEU(data.splits.validation, data.tokenizer,
                                          special_ids=SPECIAL_IDS,
                                          max_examples=task.validation_bleu_examples,
-                                         max_source_length=settings["max_source_length"],
-                                         max_target_length=settings["max_target_length"])
+                                         max_source_length=settings.max_source_length,
+                                         max_target_length=settings.max_target_length)
     callbacks = make_callbacks(run_dir, settings, order, resuming, validation_bleu)
     if resuming:
         print(f"Resuming the interrupted run in {run_dir} after its last finished epoch "
               f"({finished_epochs(backup_dir)}).")
     started = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], callbacks=callbacks,
+    model.fit(train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks,
               shuffle=False, verbose=config.verbose)  # the order is the dataset's own (EpochOrder)
     training_seconds = time.perf_counter() - started
     if not role.is_chief:
