@@ -4,7 +4,14 @@ tf.function), masks, its return type, and the harness (serialization, symbolic/e
 import numpy as np
 import pytest
 import tensorflow as tf
-from layer_testing import feed_forward, layer_norm, rand, run_layer_test, to_numpy
+from layer_testing import (
+    feed_forward,
+    layer_norm,
+    rand,
+    randomize_layer_norms,
+    run_layer_test,
+    to_numpy,
+)
 
 from keras_nlp_week4.layers.multi_head_attention import AttentionOutput
 from keras_nlp_week4.layers.token_and_position_embedding import TokenAndPositionEmbedding
@@ -35,8 +42,7 @@ def reference_decoder(layer, x, memory, memory_padding):
 def make_layer(norm_first=False, dropout=0.0):
     layer = TransformerDecoderLayer(D_MODEL, HEADS, D_FF, dropout=dropout, norm_first=norm_first)
     layer(rand(1, 2, D_MODEL), rand(1, 3, D_MODEL))
-    for norm in layer.layer_norms:
-        norm.set_weights([rand(D_MODEL) + 1.0, rand(D_MODEL)])
+    randomize_layer_norms(layer)
     return layer
 
 

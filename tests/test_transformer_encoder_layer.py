@@ -3,7 +3,14 @@ the harness (serialization, symbolic/eager, fit, mixed_float16)."""
 
 import numpy as np
 import pytest
-from layer_testing import feed_forward, layer_norm, rand, run_layer_test, to_numpy
+from layer_testing import (
+    feed_forward,
+    layer_norm,
+    rand,
+    randomize_layer_norms,
+    run_layer_test,
+    to_numpy,
+)
 
 from keras_nlp_week4.layers.token_and_position_embedding import TokenAndPositionEmbedding
 from keras_nlp_week4.layers.transformer_encoder_layer import TransformerEncoderLayer
@@ -26,18 +33,12 @@ def reference_encoder(layer, x, padding_mask):
     return layer_norm(x + feed_forward(x, layer), ffn_norm)
 
 
-def randomize_norms(layer):
-    # Non-trivial gamma/beta so the reference checks where each LayerNorm sits.
-    for norm in layer.layer_norms:
-        norm.set_weights([rand(D_MODEL) + 1.0, rand(D_MODEL)])
-
-
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_matches_reference_wiring(norm_first):
     layer = TransformerEncoderLayer(D_MODEL, HEADS, D_FF, dropout=0.0, norm_first=norm_first)
     x = rand(2, 5, D_MODEL)
     layer(x)
-    randomize_norms(layer)
+    randomize_layer_norms(layer)
     out, weights = layer(x, padding_mask=PADDING, return_attention_scores=True)
     np.testing.assert_allclose(to_numpy(out), reference_encoder(layer, x, PADDING), atol=1e-5)
     assert weights.shape == (2, HEADS, 5, 5)
