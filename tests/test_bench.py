@@ -121,8 +121,15 @@ def test_real_size_generation_against_ctranslate2_and_its_report(tiny_run, tmp_p
     for row in real["rows"]:
         assert set(row["engines"]) == {"ours fp32", "ours int8", "ct2 fp32", "ct2 int8"}
         assert all(len(e["runs_ms"]) == 2 and e["tokens_per_s"] > 0 for e in row["engines"].values())
-        ratio = row["ratios"]["ours fp32 / ct2 fp32"]
-        assert ratio["range"][0] <= ratio["median"] <= ratio["range"][1]
+        assert set(row["ratios"]) == {"ours fp32 / ct2 fp32", "ours int8 / ct2 int8", "ours int8 / ours fp32",
+                                      "ct2 int8 / ct2 fp32"}  # no SavedModel here
+        for pair, ratio in row["ratios"].items():
+            # The report's ratio is the peer's time over ours, round by round: recomputed here from the
+            # times it lists (rounded to 0.01 ms, hence the tolerance), so a swapped or unpaired ratio fails.
+            mine, peer = pair.split(" / ")
+            per_round = np.array(row["engines"][peer]["runs_ms"]) / np.array(row["engines"][mine]["runs_ms"])
+            assert ratio["median"] == pytest.approx(np.median(per_round), rel=0.05)
+            assert ratio["range"] == pytest.approx([per_round.min(), per_round.max()], rel=0.05)
     # The batch-1 greedy target is judged from its row; beam 4 / base rows were not measured here.
     verdicts = real_size_targets(real)
     assert [(v["method"], v["batch"]) for v in verdicts] == [("greedy", 1)]
