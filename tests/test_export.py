@@ -30,6 +30,30 @@ from serving.manifest import Manifest
 
 # Transformer, RNN seq2seq, attention seq2seq (additive, and multiplicative with keys projected once).
 MODELS = ("transformer", "seq2seq-gru", "bahdanau", "luong-general")
+# Their decoding state at the tiny preset, written out by hand from each design (not taken from
+# `state_specs()`, which config.json is built from): (name, shape, dtype, source, updated).
+_MASK = ("encoder_padding_mask", ["batch", "source_length"], "bool", "encode", False)
+EXPECTED_STATE = {
+    # 2 decoder layers, key/value, 4 heads of 64 / 4 = 16
+    "transformer": [_MASK,
+                    ("cross_attention_cache", ["batch", 2, 2, 4, "source_length", 16], "float32", "encode", False),
+                    ("self_attention_cache", ["batch", 2, 2, 4, "max_length", 16], "float32", "cache", True)],
+    # one GRU layer of 64, h only; Cho et al.'s context fed to every step
+    "seq2seq-gru": [("decoder_state", ["batch", 1, 1, 64], "float32", "encode", True),
+                    ("context", ["batch", 64], "float32", "encode", False)],
+    # a bidirectional GRU encoder: a decoder of 2 x 64, additive keys as wide
+    "bahdanau": [("decoder_state", ["batch", 1, 1, 128], "float32", "encode", True),
+                 ("encoder_outputs", ["batch", "source_length", 128], "float32", "encode", False), _MASK,
+                 ("attention_keys", ["batch", "source_length", 128], "float32", "encode", False)],
+    # one LSTM layer of 64, h and c; "general" maps the keys to the query's width
+    "luong-general": [("decoder_state", ["batch", 1, 2, 64], "float32", "encode", True),
+                      ("encoder_outputs", ["batch", "source_length", 64], "float32", "encode", False), _MASK,
+                      ("attention_keys", ["batch", "source_length", 64], "float32", "encode", False)],
+}
+
+
+def _layout(entry: dict) -> tuple:
+    return entry["name"], entry["shape"], entry["dtype"], entry["source"], entry["updated"]
 TEST_EXAMPLES = 300
 _RUNS: dict[str, Path] = {}
 
@@ -95,7 +119,8 @@ def test_export_layout_config_and_manifest(export_of, keras_run, model):
     assert config.special_ids == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
     for key in ("max_source_length", "max_target_length", "vocab_size"):
         assert getattr(config, key) == getattr(run.config, key)
-    assert config.state == [spec.to_json() for spec in run.model.state_specs()]
+    assert [_layout(entry) for entry in config.state] == EXPECTED_STATE[model]
+    assert all(entry["description"] for entry in config.state)
     assert set(config.cache_layout) >= {entry["name"] for entry in config.state}
 
     state = config.state
