@@ -19,7 +19,7 @@ TINY = ["--preset", "tiny", "--max-train-examples", "640", "--batch-size", "64",
 
 @pytest.fixture(scope="module")
 def two_epoch_run(tmp_path_factory):
-    """A run trained in process for 2 epochs (the session's `two_epoch_run` is 1 epoch, through the CLI)."""
+    """A run trained in process for 2 epochs (the session's `tiny_run` is 1 epoch, through the CLI)."""
     out = tmp_path_factory.mktemp("run")
     train(TrainConfig(model="transformer", preset="tiny", epochs=2, max_train_examples=640, out=str(out),
                       verbose=0))
