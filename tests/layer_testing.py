@@ -11,7 +11,8 @@ expected output shapes it checks
    made from the symbolic call computes what the eager call does, also after a `.keras` save and load;
 3. one `fit` step of a tiny model around the layer: the loss is finite and the weights move;
 4. a `mixed_float16` pass: the layer and every sub-layer carry the policy, variables stay float32,
-   outputs are float16 and finite and, with the float32 layer's weights, close to its outputs.
+   outputs are float16 and finite and, with the float32 layer's weights, close to its outputs; and
+   one `fit` step with loss scaling.
 
 Below the harness: the numpy references several layer tests compare with (`layer_norm`,
 `masked_softmax`, the sinusoidal encoding, ...) and the small helpers (`rand`, `to_numpy`), once.
@@ -69,7 +70,7 @@ def run_layer_test(
             outputs the call leaves None.
         call_kwargs: the call's other arguments (flags, python ints), passed as they are.
         expected_num_trainable_weights: checked when given.
-        run_training_check: run the `fit` step.
+        run_training_check: run the `fit` steps (float32 and mixed_float16).
         run_mixed_precision_check: run the `mixed_float16` pass.
         mixed_precision_atol: how far the float16 outputs may be from the float32 ones (absolute and
             relative), given the same weights.
@@ -87,7 +88,8 @@ def run_layer_test(
     if run_training_check:
         check_fit_step(layer_cls(**init_kwargs), input_data, call_kwargs)
     if run_mixed_precision_check:
-        check_mixed_precision(layer, layer_cls, init_kwargs, input_data, call_kwargs, mixed_precision_atol)
+        check_mixed_precision(layer, layer_cls, init_kwargs, input_data, call_kwargs, mixed_precision_atol,
+                              run_training_check)
     return layer
 
 
@@ -190,8 +192,8 @@ class FitModel(keras.Model):
     """The layer alone as a model; the loss is the squared distance of its float outputs to fixed
     random targets (an output without a batch axis, such as a positional encoding, is allowed)."""
 
-    def __init__(self, layer, call_kwargs: dict, targets: list[np.ndarray]):
-        super().__init__()
+    def __init__(self, layer, call_kwargs: dict, targets: list[np.ndarray], **kwargs):
+        super().__init__(**kwargs)
         self.layer = layer
         self.call_kwargs = call_kwargs
         self.targets = targets
@@ -207,12 +209,13 @@ class FitModel(keras.Model):
 
 def check_fit_step(layer, input_data: dict, call_kwargs: dict) -> None:
     """One `fit` step of a model around `layer`: finite loss, and its weights change (a layer without
-    trainable weights runs the compiled forward pass instead)."""
+    trainable weights runs the compiled forward pass instead). The model takes the layer's dtype policy,
+    so under `mixed_float16` Keras trains with a `LossScaleOptimizer`, as the trainer does."""
     arrays = {name: x for name, x in input_data.items() if isinstance(x, np.ndarray)}
     fixed = {name: x for name, x in input_data.items() if not isinstance(x, np.ndarray)}
     kwargs = {**fixed, **call_kwargs}
     targets = [rand(*t.shape) for t in _float_outputs(_call(layer, input_data, call_kwargs))]
-    model = FitModel(layer, kwargs, targets)
+    model = FitModel(layer, kwargs, targets, dtype=layer.dtype_policy)
     model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
     batch = len(next(iter(arrays.values())))
     if not layer.trainable_weights:
@@ -232,9 +235,10 @@ def check_fit_step(layer, input_data: dict, call_kwargs: dict) -> None:
 
 
 def check_mixed_precision(float32_layer, layer_cls, init_kwargs: dict, input_data: dict,
-                          call_kwargs: dict, atol: float) -> None:
+                          call_kwargs: dict, atol: float, run_training_check: bool = False) -> None:
     """Under `mixed_float16`: every sub-layer computes in float16 with float32 variables, the outputs
-    are float16 and finite, and (with the float32 layer's weights) close to the float32 outputs."""
+    are float16 and finite, and (with the float32 layer's weights) close to the float32 outputs; with
+    `run_training_check`, one loss-scaled `fit` step too."""
     layer = layer_cls(**init_kwargs, dtype=MIXED_PRECISION)
     outputs = keras.tree.flatten(_call(layer, input_data, call_kwargs))
     for sublayer in layer._flatten_layers():  # the layer itself and every sub-layer, as keras-hub checks
@@ -251,6 +255,8 @@ def check_mixed_precision(float32_layer, layer_cls, init_kwargs: dict, input_dat
     expected = keras.tree.flatten(_call(float32_layer, input_data, call_kwargs))
     for got, want in zip(keras.tree.flatten(_call(layer, input_data, call_kwargs)), expected, strict=True):
         np.testing.assert_allclose(to_numpy(got).astype("float32"), to_numpy(want), atol=atol, rtol=atol)
+    if run_training_check:
+        check_fit_step(layer_cls(**init_kwargs, dtype=MIXED_PRECISION), input_data, call_kwargs)
 
 
 # ------------------------------------------------------------------------------ numpy references
@@ -282,7 +288,8 @@ def masked_softmax(scores, mask=True) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     mask = np.broadcast_to(mask, scores.shape)
     row_max = np.max(np.where(mask, scores, -1e300), axis=-1, keepdims=True)
-    exp = np.where(mask, np.exp(np.where(mask, scores, 0.0) - row_max), 0.0)
+    # exp(-inf) = 0 at masked positions, also in a fully masked row (whose row_max is -1e300).
+    exp = np.where(mask, np.exp(np.where(mask, scores, -np.inf) - row_max), 0.0)
     total = exp.sum(axis=-1, keepdims=True)
     return np.divide(exp, total, out=np.zeros_like(exp), where=total > 0)
 
