@@ -89,7 +89,7 @@ def _generate(args: argparse.Namespace) -> None:
     run = load_run(Path(args.run) if args.run else latest_run(), compile=False)
     options.validate(max_new_tokens_limit=run.config.max_target_length)
     outputs = decode_texts(run, texts, options.method, max_new_tokens=options.max_new_tokens,
-                           **options.search_kwargs())
+                           **options.search_kwargs(), **options.rule_kwargs())
     for text, output in zip(texts, outputs, strict=True):
         print(f"{text}\t{output}")
 

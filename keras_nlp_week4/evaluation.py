@@ -43,7 +43,8 @@ def generate_texts(model, tokenizer, sources: list[str], max_source_length: int,
     for start in range(0, len(sources), batch_size):
         batch = encode_sources(sources[start:start + batch_size], tokenizer, max_source_length)
         result = generate(model, batch, max_new_tokens, special_ids["bos"], special_ids["eos"],
-                          special_ids["pad"], method=method, **options)
+                          special_ids["pad"], method=method, encode=lambda text: tokenizer.encode([text])[0],
+                          **options)
         outputs.extend(tokenizer.decode(result.tokens))
     return outputs
 

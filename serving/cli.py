@@ -2,6 +2,8 @@
 
 Texts come from the arguments, or one per line from stdin. Each output is printed on its own line, in
 input order; `--json` prints one JSON object per input instead (with `--tokens` / `--attention` extras).
+`--stream` prints each output as the search makes it final (one input at a time), with `--json` one
+object per new piece of text (`"delta"`) and a last one per input with `"done": true` and the whole output.
 Errors (a missing or damaged export, bad options, empty input) are one line on stderr and exit status 2.
 """
 
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     DecodingOptions.add_arguments(parser)
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="texts per model call")
     parser.add_argument("--json", action="store_true", help="one JSON object per input")
+    parser.add_argument("--stream", action="store_true",
+                        help="print text as it is generated (greedy, sampling: every token; beam: the "
+                             "part all hypotheses share)")
     parser.add_argument("--tokens", action="store_true", help="with --json: the pieces and ids")
     parser.add_argument("--attention", action="store_true",
                         help="with --json: cross-attention (last layer, mean over heads), tokens x source")
@@ -77,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         runtime = Runtime(args.export_dir, provider=args.provider, intra_op_threads=args.threads,
                           verify=args.verify, int8=args.int8)
         runtime.check_texts(texts)
+        if args.stream:
+            for index, text in enumerate(texts):
+                _print_stream(runtime.generate_stream([text], options, return_attention=args.attention,
+                                                      seeds=_seeds(options, index)), text, args)
+            return 0
         generations = runtime.generate(texts, options, return_attention=args.attention,
                                        batch_size=args.batch_size)
     except ServingError as e:
@@ -89,3 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(generation.text)
     return 0
+
+
+def _seeds(options: DecodingOptions, index: int) -> list | None:
+    # The sample text `index` gets without --stream (see `Runtime.generate`).
+    return [(options.seed, index)] if options.method == "sample" and options.seed is not None else None
+
+
+def _print_stream(events, text: str, args: argparse.Namespace) -> None:
+    for event in events:
+        if args.json:
+            record = {"input": text, "delta": event.text}
+            if event.done:
+                record.update(done=True, **event.generation.to_json(tokens=args.tokens, attention=args.attention))
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        else:
+            print(event.text, end="\n" if event.done else "", flush=True)

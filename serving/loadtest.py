@@ -2,7 +2,8 @@
 
 `--concurrency` clients, each on its own keep-alive connection, send `POST /v1/generate` with one text
 until `--requests` requests are done or `--max-seconds` have passed; the report gives errors, latency
-percentiles and requests/s. The target must be a loopback address (127.0.0.1, ::1, localhost): this tool
+percentiles and requests/s. With `--stream` they send `POST /v1/generate_stream` and the report adds the
+time to the first token (`ttft_p50_ms`, `ttft_p99_ms`) beside the time to the end of the stream. The target must be a loopback address (127.0.0.1, ::1, localhost): this tool
 never sends anything elsewhere.
 
     # against a running server
@@ -62,6 +63,32 @@ async def _send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host
     return status, await reader.readexactly(length)
 
 
+async def _send_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str,
+                       body: bytes) -> tuple[int, float | None]:
+    """Sends one streaming request and reads its chunked event stream to the end: (status, seconds to the
+    first `token` event, None if there was none)."""
+    started = time.perf_counter()
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+    status = int(head.split()[1])
+    if "transfer-encoding: chunked" not in head:  # a refusal: a JSON body with its length
+        length = int(head.split("content-length:", 1)[1].split("\r\n", 1)[0])
+        await reader.readexactly(length)
+        return status, None
+    first_token = None
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        chunk = await reader.readexactly(size + 2)
+        if first_token is None and b"event: token" in chunk:
+            first_token = time.perf_counter() - started
+        if size == 0:
+            return status, first_token
+        if b"event: error" in chunk:
+            status = 0  # the stream began but failed (a timeout, a shutdown)
+
+
 async def _client(host: str, port: int, path: str, bodies: list[bytes], counter: list[int], total: int,
                   deadline: float, records: list) -> None:
     reader = writer = None
@@ -72,34 +99,39 @@ async def _client(host: str, port: int, path: str, bodies: list[bytes], counter:
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection(host, port)
-            status, _ = await asyncio.wait_for(_send(reader, writer, host, path, bodies[i % len(bodies)]),
-                                               max(deadline - started, 0.001) + 30)
+            send = _send_stream if path.endswith("_stream") else _send
+            status, first = await asyncio.wait_for(send(reader, writer, host, path, bodies[i % len(bodies)]),
+                                                   max(deadline - started, 0.001) + 30)
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, ValueError):
-            status = 0  # a transport error: reconnect for the next request
+            status, first = 0, None  # a transport error: reconnect for the next request
             if writer is not None:
                 writer.close()
             reader = writer = None
-        records.append((status, time.perf_counter() - started))
+        records.append((status, time.perf_counter() - started, first if path.endswith("_stream") else None))
     if writer is not None:
         writer.close()
 
 
 async def _load(host: str, port: int, bodies: list[bytes], concurrency: int, total: int,
-                max_seconds: float) -> tuple[list, float]:
+                max_seconds: float, path: str = "/v1/generate") -> tuple[list, float]:
     records: list = []
     counter = [0]
     started = time.perf_counter()
     deadline = started + max_seconds
-    await asyncio.gather(*(_client(host, port, "/v1/generate", bodies, counter, total, deadline, records)
+    await asyncio.gather(*(_client(host, port, path, bodies, counter, total, deadline, records)
                            for _ in range(concurrency)))
     return records, time.perf_counter() - started
 
 
 def summarize(records: list, seconds: float) -> dict:
-    statuses = np.array([s for s, _ in records])
-    latencies = np.array([t for _, t in records]) * 1000
+    """Errors, statuses, rate and latency percentiles of `(status, seconds, seconds to first token or
+    None)` records; the time-to-first-token percentiles where the records have them (streaming)."""
+    statuses = np.array([record[0] for record in records])
+    latencies = np.array([record[1] for record in records]) * 1000
     ok = latencies[statuses == 200]
-    return {
+    first = np.array([r[2] for r in records if r[0] == 200 and len(r) > 2 and r[2] is not None]) * 1000
+    ttft = {f"ttft_p{q}_ms": round(float(np.percentile(first, q)), 1) for q in (50, 99)} if first.size else {}
+    return {**ttft,
         "requests": len(records), "errors": int((statuses != 200).sum()),
         "statuses": {str(k): int(v) for k, v in zip(*np.unique(statuses, return_counts=True), strict=True)},
         "seconds": round(seconds, 2), "requests_per_s": round(len(records) / seconds, 1) if seconds else 0.0,
@@ -111,15 +143,18 @@ def summarize(records: list, seconds: float) -> dict:
 
 
 def run_load(url: str, texts: list[str], concurrency: int = 32, requests: int = 2000,
-             max_seconds: float = 300.0, warmup: int = 64, options: dict | None = None) -> dict:
-    """Runs the load (after `warmup` unmeasured requests) and returns `summarize`'s figures."""
+             max_seconds: float = 300.0, warmup: int = 64, options: dict | None = None,
+             stream: bool = False) -> dict:
+    """Runs the load (after `warmup` unmeasured requests) and returns `summarize`'s figures; `stream`:
+    against `/v1/generate_stream`, with the time to the first token."""
     host, port = check_loopback(url)
     bodies = [json.dumps({"inputs": t, **(options or {})}).encode() for t in texts]
+    path = "/v1/generate_stream" if stream else "/v1/generate"
     if warmup:
-        asyncio.run(_load(host, port, bodies, min(concurrency, warmup), warmup, max_seconds))
-    records, seconds = asyncio.run(_load(host, port, bodies, concurrency, requests, max_seconds))
+        asyncio.run(_load(host, port, bodies, min(concurrency, warmup), warmup, max_seconds, path))
+    records, seconds = asyncio.run(_load(host, port, bodies, concurrency, requests, max_seconds, path))
     result = summarize(records, seconds)
-    result.update(concurrency=concurrency, url=url)
+    result.update(concurrency=concurrency, url=url, endpoint=path)
     return result
 
 
@@ -190,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=64, help="unmeasured requests first")
     parser.add_argument("--texts", type=Path, help="TSV/text file, first column (default: the run's test.tsv)")
     parser.add_argument("--method", default="greedy")
+    parser.add_argument("--stream", action="store_true",
+                        help="POST /v1/generate_stream: also report the time to the first token")
     parser.add_argument("--json-out", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.requests < 1 or args.max_seconds <= 0:
@@ -213,9 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.warmup:
                 run_load(url, texts, min(args.concurrency, args.warmup), args.warmup, args.max_seconds, 0,
-                         options)
+                         options, args.stream)
             calls, batched = batch_counters(url)
-            result = run_load(url, texts, args.concurrency, args.requests, args.max_seconds, 0, options)
+            result = run_load(url, texts, args.concurrency, args.requests, args.max_seconds, 0, options,
+                              args.stream)
             calls_after, batched_after = batch_counters(url)
             calls = calls_after - calls
             result.update(mode=label, model_calls=int(calls),
@@ -227,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result), flush=True)
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{'mode':<14}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}")
+    print(f"{'mode':<14}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}"
+          + (f"{'ttft p50':>10}{'ttft p99':>10}" if args.stream else ""))
     for r in results:
         print(f"{r['mode']:<14}{r['requests']:>9}{r['errors']:>7}{r['requests_per_s']:>8}{r['p50_ms']!s:>8}"
-              f"{r['p99_ms']!s:>8}{r['mean_batch_texts']!s:>7}")
+              f"{r['p99_ms']!s:>8}{r['mean_batch_texts']!s:>7}"
+              + (f"{r.get('ttft_p50_ms')!s:>10}{r.get('ttft_p99_ms')!s:>10}" if args.stream else ""))
     return 0 if all(r["errors"] == 0 for r in results) else 1
 
 

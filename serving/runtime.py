@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from serving.errors import ExportError, RequestError, first_line
 from serving.export_config import ExportConfig
 from serving.manifest import verify_manifest
 from serving.options import METHODS, DecodingOptions
-from serving.search import SearchResult
+from serving.search import STREAMS, SearchResult, SearchSteps, drain, new_final_ids
 from serving.tokenizer import SentencePieceTokenizer
 
 __all__ = ["METHODS", "DecodingOptions", "Generation", "Runtime", "resolve_providers"]
@@ -80,21 +80,45 @@ class Generation:
     tokens: list[str] = field(default_factory=list)
     source_tokens: list[str] = field(default_factory=list)
     attention: np.ndarray | None = None
+    # Beam search with num_hypotheses > 1: (text, score) of each, best first (the first is this output).
+    hypotheses: list[tuple[str, float]] = field(default_factory=list)
 
     def alignment(self) -> np.ndarray | None:
         """The last layer's cross-attention averaged over heads: `(len(tokens), len(source_tokens))`."""
         return None if self.attention is None else self.attention[:, -1].mean(axis=1)
 
-    def to_json(self, tokens: bool = False, attention: bool = False) -> dict:
+    def to_json(self, tokens: bool = False, attention: bool = False, attention_heads: bool = False) -> dict:
+        """The output as JSON: text and score; `tokens` adds the pieces and ids; `attention` the last
+        layer's cross-attention averaged over heads (tokens x source); `attention_heads` every layer's and
+        head's weights too, as `attention_heads[layer][head]` (tokens x source)."""
         out: dict = {"text": self.text}
         if self.score is not None:
             out["score"] = round(float(self.score), 6)
+        attention = attention or attention_heads
         if tokens or attention:
             out.update(tokens=self.tokens, token_ids=self.token_ids, source_tokens=self.source_tokens)
         if attention:
             weights = self.alignment()
             out["attention"] = None if weights is None else np.round(weights.astype(np.float64), 5).tolist()
+        if attention_heads:
+            heads = None if self.attention is None else self.attention.transpose(1, 2, 0, 3)
+            out["attention_heads"] = None if heads is None else np.round(heads.astype(np.float64), 5).tolist()
+        if self.hypotheses:
+            out["hypotheses"] = [{"text": text, "score": round(float(score), 6)} for text, score in self.hypotheses]
         return out
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event of `Runtime.generate_stream`: `text` is the new piece of input `index`'s output (joined,
+    the pieces are the whole text), `token_ids` the ids it came from; the input's last event is `done`
+    and carries the whole `generation`."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    done: bool = False
+    generation: Generation | None = None
 
 
 def session_options(intra_op_threads: int = 1, inter_op_threads: int = 1,
@@ -240,14 +264,20 @@ class Runtime:
 
     def _search(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
                 seeds: Sequence | None) -> SearchResult:
+        return drain(self._search_steps(encoder_input, options, return_attention, seeds))
+
+    def _search_steps(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
+                      seeds: Sequence | None) -> SearchSteps:
         max_length = options.max_new_tokens or self.max_target_length
         state = self.initial_state(encoder_input, max_length)
         kwargs = options.search_kwargs()
         if options.method == "sample" and seeds is not None:
             kwargs["seed"] = list(seeds)
-        return options.search()(self.step, state, encoder_input.shape[0], max_length, self.bos_id,
-                                self.eos_id, self.pad_id, return_attention=return_attention and self.has_attention,
-                                **kwargs)
+        constraints = options.constraints(encoder_input.shape[0], max_length,
+                                          encode=lambda text: self.tokenizer.encode([text])[0])
+        return STREAMS[options.method](
+            self.step, state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
+            return_attention=return_attention and self.has_attention, constraints=constraints, **kwargs)
 
     # Text --------------------------------------------------------------------------------------------
 
@@ -287,10 +317,7 @@ class Runtime:
         if isinstance(texts, str):
             raise TypeError("generate expects a list of strings, not a single string")
         self._validate(options)
-        if seeds is None and options.method == "sample" and options.seed is not None:
-            seeds = [(options.seed, i) for i in range(len(texts))]
-        if seeds is not None and len(seeds) != len(texts):
-            raise ValueError(f"got {len(seeds)} seeds for {len(texts)} texts")
+        seeds = self._row_seeds(options, len(texts), seeds)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[Generation | None] = [None] * len(texts)
         for start in range(0, len(order), batch_size):
@@ -302,10 +329,64 @@ class Runtime:
                 results[i] = generation
         return results  # type: ignore[return-value]
 
+    @staticmethod
+    def _row_seeds(options: DecodingOptions, count: int, seeds: Sequence | None) -> Sequence | None:
+        # Text i samples from (seed, i): its sample depends on the seed and its position only.
+        if seeds is None and options.method == "sample" and options.seed is not None:
+            seeds = [(options.seed, i) for i in range(count)]
+        if seeds is not None and len(seeds) != count:
+            raise ValueError(f"got {len(seeds)} seeds for {count} texts")
+        return seeds
+
+    def generate_stream(self, texts: Sequence[str], options: DecodingOptions = DecodingOptions(),
+                        return_attention: bool = False, seeds: Sequence | None = None) -> Iterator[StreamEvent]:
+        """Generates like `generate`, yielding text as soon as the search makes it final: greedy and
+        sampling every token as it is chosen; beam search the prefix that all its live hypotheses share
+        (what no later step can change), and the rest when it ends. All `texts` go through one model call.
+
+        Each input's last event has `done` set and carries its `Generation` (score, n-best, attention);
+        an input's `text` pieces, joined, are that generation's text, the one `generate` returns. Closing
+        the generator (a client that went away) stops the search after the step under way."""
+        if isinstance(texts, str):
+            raise TypeError("generate_stream expects a list of strings, not a single string")
+        texts = list(texts)
+        self._validate(options)
+        seeds = self._row_seeds(options, len(texts), seeds)
+        encoder_input, lengths = self.tokenizer.encode_sources(texts, self.max_source_length)
+        stream = new_final_ids(self._search_steps(encoder_input, options, return_attention, seeds),
+                               self.eos_id, self.pad_id)
+        ids: list[list[int]] = [[] for _ in texts]
+        pending: list[list[int]] = [[] for _ in texts]
+        shown = [""] * len(texts)
+        while True:
+            try:
+                chunk = next(stream)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            for row, new in enumerate(chunk):
+                if not new:
+                    continue
+                ids[row] += new
+                pending[row] += new
+                text = self.tokenizer.decode(self.tokenizer.output_ids(np.asarray(ids[row])))
+                # A piece that decodes to nothing yet (a lone "▁", half a character) waits for the next.
+                if len(text) > len(shown[row]) and text.startswith(shown[row]):
+                    yield StreamEvent(row, text[len(shown[row]):], pending[row])
+                    shown[row], pending[row] = text, []
+        for row, generation in enumerate(self._generations(result, encoder_input, lengths)):
+            yield StreamEvent(row, generation.text[len(shown[row]):], pending[row], done=True,
+                              generation=generation)
+
     def _generate_batch(self, texts: list[str], options: DecodingOptions, return_attention: bool,
                         seeds: Sequence | None) -> list[Generation]:
         encoder_input, lengths = self.tokenizer.encode_sources(texts, self.max_source_length)
         result = self._search(encoder_input, options, return_attention, seeds)  # validated by `generate`
+        return self._generations(result, encoder_input, lengths)
+
+    def _generations(self, result: SearchResult, encoder_input: np.ndarray,
+                     lengths: np.ndarray) -> list[Generation]:
+        """One `Generation` per row of a search's result (text, score, pieces, attention, n-best)."""
         generations = []
         for b, row in enumerate(result.tokens):
             ids = self.tokenizer.output_ids(row)
@@ -317,11 +398,13 @@ class Runtime:
             attention = None
             if result.attention is not None:
                 attention = result.attention[b, :produced, ..., : lengths[b]].astype(np.float32)
+            hypotheses = [(self.tokenizer.decode(self.tokenizer.output_ids(h)), score)
+                          for h, score in (result.hypotheses[b] if result.hypotheses else [])]
             generations.append(Generation(
                 text=self.tokenizer.decode(ids), token_ids=ids,
                 score=None if result.scores is None else float(result.scores[b]),
                 tokens=self.tokenizer.pieces(produced_ids), source_tokens=self.tokenizer.pieces(source),
-                attention=attention))
+                attention=attention, hypotheses=hypotheses))
         return generations
 
     def warmup(self) -> None:

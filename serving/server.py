@@ -1,8 +1,9 @@
 """The HTTP service: `python -m serving.server EXPORT_DIR` (`make serve`), FastAPI on uvicorn.
 
-Endpoints: `POST /v1/generate` (one or many inputs, decoding options), `GET /healthz` (the process is
+Endpoints: `POST /v1/generate` (one or many inputs, decoding options), `POST /v1/generate_stream` (the
+same request, answered as server-sent events while the output is generated), `GET /healthz` (the process is
 alive), `GET /readyz` (the model is loaded and warmed up), `GET /metrics` (Prometheus), `GET /docs` and
-`GET /openapi.json`. Concurrent requests are batched together (`serving.batching`). Every bad request gets
+`GET /openapi.json`, and a page to try the model at `GET /`. Concurrent requests are batched together (`serving.batching`). Every bad request gets
 a 4xx with `{"error": "one line"}`: 400 bad JSON or UTF-8 (or HTTP that does not parse, or headers over
 16 KiB), 413 a body,
 input count or input too large, 415 a body not sent as `application/json`, 422 wrong types or values,
@@ -21,11 +22,13 @@ import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -122,6 +125,8 @@ GenerateRequest = create_model(
     return_attention=(bool, Field(False, description="add the cross-attention (last layer, mean over "
                                                      "heads), one row per output token, one column per "
                                                      "source token")),
+    return_attention_heads=(bool, Field(False, description="add every layer's and head's cross-attention "
+                                                           "as attention_heads[layer][head] (tokens x source)")),
 )
 
 
@@ -132,6 +137,8 @@ class Output(BaseModel):
     token_ids: list[int] | None = None
     source_tokens: list[str] | None = None
     attention: list[list[float]] | None = None
+    attention_heads: list[list[list[list[float]]]] | None = None
+    hypotheses: list[dict] | None = None
 
 
 class GenerateResponse(BaseModel):
@@ -147,7 +154,7 @@ class ErrorResponse(BaseModel):
 class Metrics:
     """The Prometheus series, in a registry of their own (one per app)."""
 
-    ENDPOINTS = ("/v1/generate", "/healthz", "/readyz", "/metrics")
+    ENDPOINTS = ("/v1/generate", "/v1/generate_stream", "/healthz", "/readyz", "/metrics")
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -358,9 +365,12 @@ def _batcher(runtime: Runtime, settings: ServerSettings, metrics: Metrics) -> Mi
         return runtime.generate(texts, options, return_attention=return_attention,
                                 batch_size=settings.max_batch_size, seeds=seeds)
 
+    def run_stream(texts: list[str], options: DecodingOptions, return_attention: bool, seeds: list | None):
+        return runtime.generate_stream(texts, options, return_attention=return_attention, seeds=seeds)
+
     batcher = MicroBatcher(run, batching=settings.batching, max_batch_size=settings.max_batch_size,
                            max_wait_s=settings.max_wait_ms / 1000, max_queued_texts=settings.max_queued_texts,
-                           workers=settings.workers, on_batch=metrics.on_batch)
+                           workers=settings.workers, on_batch=metrics.on_batch, run_stream=run_stream)
     metrics.queued.set_function(lambda: batcher.queued_texts)
     return batcher
 
@@ -391,15 +401,28 @@ _GENERATE_ERRORS = {code: {"model": ErrorResponse, "description": what} for code
     (503, "not ready or queue full"))}
 
 
+def _wants_attention(req: GenerateRequest) -> bool:
+    return req.return_attention or req.return_attention_heads
+
+
+def _output(generation, req: GenerateRequest) -> dict:
+    """One output object of a response, with the extras the request asked for."""
+    return generation.to_json(tokens=req.return_tokens, attention=req.return_attention,
+                              attention_heads=req.return_attention_heads)
+
+
+def _request_body_schema() -> dict:
+    # The body is read by hand (size limit, timeout, one-line errors), so the schema is given to OpenAPI.
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": GenerateRequest.model_json_schema()}}}}
+
+
 def _add_generate_route(app: FastAPI, runtime: Runtime, batcher: MicroBatcher, settings: ServerSettings,
                         model_name: str | None) -> None:
     limits = RequestLimits.of(settings, runtime)
-    # The body is read by hand (size limit, timeout, one-line errors), so the schema is given to OpenAPI.
-    body_schema = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": GenerateRequest.model_json_schema()}}}}
 
     @app.post("/v1/generate", response_model=GenerateResponse, summary="Generate outputs for inputs",
-              openapi_extra=body_schema, responses=_GENERATE_ERRORS)
+              openapi_extra=_request_body_schema(), responses=_GENERATE_ERRORS)
     async def generate(request: Request):
         deadline = time.perf_counter() + settings.request_timeout_s
         req = await parse_generate_request(request, settings.max_body_bytes, settings.request_timeout_s)
@@ -408,11 +431,65 @@ def _add_generate_route(app: FastAPI, runtime: Runtime, batcher: MicroBatcher, s
             raise RequestError("the model is not ready yet", status=503)
         # The timeout covers the whole request: what reading the body took is not given again.
         remaining = max(deadline - time.perf_counter(), 0.001)
-        generations = await batcher.submit(texts, options, req.return_attention, timeout=remaining)
+        generations = await batcher.submit(texts, options, _wants_attention(req), timeout=remaining)
         return JSONResponse({
-            "outputs": [g.to_json(tokens=req.return_tokens, attention=req.return_attention)
-                        for g in generations],
+            "outputs": [_output(g, req) for g in generations],
             "method": req.method, "model": model_name})
+
+
+def _sse(event: str, data: dict) -> bytes:
+    """One server-sent event (`text/event-stream`): its name and one line of JSON."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _stream_events(events, texts: list[str], req: GenerateRequest, model_name: str | None):
+    """The body of `POST /v1/generate_stream`: a `token` event per new piece of an input's text, a `done`
+    event per input with its whole output (`/v1/generate`'s output object, `index` added), `end` when all
+    are done, or an `error` event (`{"error", "status"}`, the messages of `/v1/generate`'s 4xx) for what
+    fails after the stream has begun."""
+    try:
+        async for event in events:
+            if event.text:
+                yield _sse("token", {"index": event.index, "text": event.text, "token_ids": event.token_ids})
+            if event.done:
+                yield _sse("done", {"index": event.index, **_output(event.generation, req)})
+        yield _sse("end", {"inputs": len(texts), "method": req.method, "model": model_name})
+    except ServingError as e:
+        status = e.status if isinstance(e, RequestError) else 422
+        yield _sse("error", {"error": " ".join(str(e).split()), "status": status})
+    finally:
+        await events.aclose()  # a client that went away: the batcher drops the request
+
+
+def _add_stream_route(app: FastAPI, runtime: Runtime, batcher: MicroBatcher, settings: ServerSettings,
+                      model_name: str | None) -> None:
+    limits = RequestLimits.of(settings, runtime)
+
+    @app.post("/v1/generate_stream", summary="Generate outputs as server-sent events",
+              openapi_extra=_request_body_schema(), responses=_GENERATE_ERRORS, response_class=StreamingResponse)
+    async def generate_stream(request: Request):
+        # Everything that can refuse the request does so before the stream begins, with its 4xx.
+        deadline = time.perf_counter() + settings.request_timeout_s
+        req = await parse_generate_request(request, settings.max_body_bytes, settings.request_timeout_s)
+        texts, options = limits.check(req, runtime)
+        if not app.state.ready:
+            raise RequestError("the model is not ready yet", status=503)
+        events = batcher.stream(texts, options, _wants_attention(req),
+                                timeout=max(deadline - time.perf_counter(), 0.001))
+        return StreamingResponse(_stream_events(events, texts, req, model_name), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+PAGE_DIR = Path(__file__).resolve().parent / "static"
+
+
+def _add_page(app: FastAPI) -> None:
+    """The try-it page at `/` (`static/index.html`, `page.js`, `page.css`): plain files, no build step."""
+    app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(PAGE_DIR / "index.html", media_type="text/html")
 
 
 def _add_status_routes(app: FastAPI, runtime: Runtime, settings: ServerSettings, metrics: Metrics) -> None:
@@ -448,7 +525,9 @@ def create_app(runtime: Runtime, settings: ServerSettings | None = None) -> Fast
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     _add_error_handlers(app)
     _add_generate_route(app, runtime, batcher, settings, model_name)
+    _add_stream_route(app, runtime, batcher, settings, model_name)
     _add_status_routes(app, runtime, settings, metrics)
+    _add_page(app)
     return app
 
 

@@ -3,11 +3,14 @@ step, which joined must be exactly the non-streamed output, for every method."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from test_decoding_constraints import KWARGS, output
 from test_search import BOS, EOS, PAD, markov_step
 
+from serving.options import DecodingOptions, OptionError
 from serving.search import SEARCHES, STREAMS, Constraints, _settled, new_final_ids
 
 
@@ -59,3 +62,69 @@ def test_only_the_prefix_all_live_beams_share_is_final():
     tokens, final = _settled(history, alive)
     assert final.tolist() == [2, 3] and tokens.tolist() == [[4, 5, 1], [1, 3, 0]]
 
+
+
+# ------------------------------------------------------------------------------------- the runtime
+
+TEXTS = ["9/27/94", "Tuesday, September 27, 1994", "5.9.1994", "the 3rd of march 2001"]
+METHOD_OPTIONS = [DecodingOptions(), DecodingOptions(method="beam", beam_size=4),
+                  DecodingOptions(method="sample", seed=5, temperature=1.3),
+                  DecodingOptions(method="beam", beam_size=3, num_hypotheses=2, target_prefix="19")]
+
+
+@pytest.mark.parametrize("options", METHOD_OPTIONS, ids=["greedy", "beam", "sample", "beam-nbest-prefix"])
+def test_the_joined_stream_is_what_generate_returns(runtime, options):
+    events = list(runtime.generate_stream(TEXTS, options))
+    expected = runtime.generate(TEXTS, options)
+    for index, generation in enumerate(expected):
+        mine = [e for e in events if e.index == index]
+        assert [e.done for e in mine] == [False] * (len(mine) - 1) + [True]
+        assert "".join(e.text for e in mine) == generation.text == mine[-1].generation.text
+        assert mine[-1].generation.score == pytest.approx(generation.score)
+        assert mine[-1].generation.hypotheses == generation.hypotheses
+        streamed_ids = np.array([t for e in mine for t in e.token_ids], np.int64)
+        assert runtime.tokenizer.output_ids(streamed_ids) == generation.token_ids
+
+
+def test_greedy_streams_before_the_end(runtime):
+    events = list(runtime.generate_stream(TEXTS[:1]))
+    assert len(events) > 2 and all(e.text for e in events[:-1])
+
+
+def test_closing_the_stream_stops_the_search(runtime):
+    calls = []
+    real_step = runtime.step
+
+    def counting_step(*args):
+        calls.append(1)
+        return real_step(*args)
+
+    runtime.step = counting_step
+    try:
+        stream = runtime.generate_stream(TEXTS[:1])
+        next(stream)
+        stream.close()
+        after_close = len(calls)
+        assert after_close < runtime.max_target_length
+        list(runtime.generate_stream(TEXTS[:1]))
+        assert len(calls) > after_close
+    finally:
+        del runtime.step
+
+
+def test_bad_options_fail_before_the_first_event(runtime):
+    with pytest.raises(OptionError):
+        next(runtime.generate_stream(TEXTS[:1], DecodingOptions(beam_size=0)))
+
+
+def test_the_cli_streams(tiny_export, capsys):
+    from serving.cli import main
+
+    assert main([str(tiny_export), *TEXTS[:2], "--stream"]) == 0
+    streamed = capsys.readouterr().out
+    assert main([str(tiny_export), *TEXTS[:2]]) == 0
+    assert streamed == capsys.readouterr().out
+    assert main([str(tiny_export), TEXTS[0], "--stream", "--json", "--method", "beam"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[-1]["done"] is True and "score" in records[-1]
+    assert "".join(r["delta"] for r in records) == records[-1]["text"]
