@@ -137,7 +137,7 @@ def _epsilon(model) -> float:
 def _layer_norms(model) -> list:
     norms = []
     for layer in [*model.encoder_layers, *model.decoder_layers]:
-        norms += layer.layer_norms
+        norms += layer.layer_norms()
     return norms + [n for n in (model.encoder_norm, model.decoder_norm) if n is not None]
 
 

@@ -21,13 +21,16 @@ Below the harness: the numpy references several layer tests compare with (`layer
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import math
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 
@@ -259,6 +262,23 @@ def check_mixed_precision(float32_layer, layer_cls, init_kwargs: dict, input_dat
         check_fit_step(layer_cls(**init_kwargs, dtype=MIXED_PRECISION), input_data, call_kwargs)
 
 
+def saved_variable_groups(layer, *inputs: keras.KerasTensor) -> list[str]:
+    """Where a `.keras` file stores the variables of `layer` (called on `inputs` in a functional model):
+    the h5 groups below the layer's own, e.g. `self_attention/query_dense`. These are attribute names;
+    renaming one moves weights, and files saved before the rename no longer load them."""
+    outputs = keras.tree.flatten(layer(*inputs))
+    model = keras.Model(list(inputs), outputs)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "layer.keras"
+        model.save(path)
+        with zipfile.ZipFile(path) as archive:
+            weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+            names: list[str] = []
+            weights.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+    # "layers/<the layer>/<sub-layer path>/vars/<i>": the model holds no other layer with variables.
+    return sorted({name.split("/", 2)[2].rsplit("/vars/", 1)[0] for name in names})
+
+
 # ------------------------------------------------------------------------------ numpy references
 def layer_norm(x: np.ndarray, norm: keras.layers.LayerNormalization) -> np.ndarray:
     """`(x - mean) / sqrt(var + eps) * gamma + beta` over the last axis (Ba et al. 2016), with the
@@ -271,7 +291,7 @@ def layer_norm(x: np.ndarray, norm: keras.layers.LayerNormalization) -> np.ndarr
 def randomize_layer_norms(layer) -> None:
     """Gives a Transformer layer's LayerNorms non-trivial gamma/beta, so a numpy reference of the wiring
     checks where each one sits (gamma = 1, beta = 0 would hide a misplaced or missing norm)."""
-    for norm in layer.layer_norms:
+    for norm in layer.layer_norms():
         d_model = norm.gamma.shape[-1]
         norm.set_weights([rand(d_model) + 1.0, rand(d_model)])
 

@@ -1,6 +1,7 @@
 """TransformerDecoderLayer: the numpy wiring of section 3.1, causality, both caches (eager and in a
 tf.function), masks, its return type, and the harness (serialization, symbolic/eager, fit, mixed_float16)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +11,7 @@ from layer_testing import (
     rand,
     randomize_layer_norms,
     run_layer_test,
+    saved_variable_groups,
     to_numpy,
 )
 
@@ -31,7 +33,7 @@ def reference_decoder(layer, x, memory, memory_padding):
         return to_numpy(layer.cross_attention(h, memory, key_padding_mask=memory_padding).output)
 
     sublayers = [self_attention, cross_attention, lambda h: feed_forward(h, layer)]
-    for sublayer, norm in zip(sublayers, layer.layer_norms, strict=True):
+    for sublayer, norm in zip(sublayers, layer.layer_norms(), strict=True):
         if layer.norm_first:
             x = x + sublayer(layer_norm(x, norm))
         else:
@@ -165,6 +167,17 @@ def test_layer_harness(init_kwargs):
                     "encoder_padding_mask": SRC_PADDING},
                    AttentionOutput((2, 5, D_MODEL), (2, HEADS, 5, 6)),
                    call_kwargs=dict(return_attention_scores=True), expected_num_trainable_weights=26)
+
+
+def test_saved_weights_keep_their_layout():
+    # The places in a .keras file where models saved before the sub-layers became plain attributes
+    # keep their weights (`layer_norms()` is a method so that saving does not store the norms under it).
+    x, memory = keras.Input((None, D_MODEL)), keras.Input((None, D_MODEL))
+    attention = ["key_dense", "output_dense", "query_dense", "value_dense"]
+    assert saved_variable_groups(TransformerDecoderLayer(D_MODEL, HEADS, D_FF), x, memory) == sorted(
+        [f"{sublayer}/{dense}" for sublayer in ("self_attention", "cross_attention") for dense in attention]
+        + ["self_attention_layer_norm", "cross_attention_layer_norm", "feed_forward_inner",
+           "feed_forward_outer", "feed_forward_layer_norm"])
 
 
 def test_layer_harness_cached_step():

@@ -87,7 +87,6 @@ class TransformerDecoderLayer(TransformerLayerBase):
         self.cross_attention_layer_norm = self.layer_norm("cross_attention_layer_norm")
         self.cross_attention_dropout = self.residual_dropout()
 
-    @property
     def layer_norms(self) -> tuple[keras.layers.LayerNormalization, ...]:
         return (self.self_attention_layer_norm, self.cross_attention_layer_norm,
                 self.feed_forward_layer_norm)

@@ -56,7 +56,6 @@ class TransformerEncoderLayer(TransformerLayerBase):
         self.self_attention_layer_norm = self.layer_norm("self_attention_layer_norm")
         self.self_attention_dropout = self.residual_dropout()
 
-    @property
     def layer_norms(self) -> tuple[keras.layers.LayerNormalization, ...]:
         return (self.self_attention_layer_norm, self.feed_forward_layer_norm)
 

@@ -80,9 +80,12 @@ class TransformerLayerBase(keras.layers.Layer):
         """Creates the subclass's attention sub-layers, each with its LayerNorm and residual dropout."""
         raise NotImplementedError
 
-    @property
     def layer_norms(self) -> tuple[keras.layers.LayerNormalization, ...]:
-        """The sub-layers' LayerNorms in call order (the attention sub-layers', then the feed-forward's)."""
+        """The sub-layers' LayerNorms in call order (the attention sub-layers', then the feed-forward's).
+
+        A method, not a property: Keras' saving walks a layer's attributes, properties included, and would
+        store the norms under `layer_norms/` (a new place in the .keras file) instead of their own names.
+        """
         raise NotImplementedError
 
     def attention(self, name: str) -> MultiHeadAttention:
