@@ -39,9 +39,9 @@ def read_tf_config(environ=os.environ) -> dict | None:
     if not raw:
         return None
     try:
-        config = json.loads(raw)
-        task = config["task"]
-        cluster = config["cluster"]
+        spec = json.loads(raw)
+        task = spec["task"]
+        cluster = spec["cluster"]
         str(task["type"]), int(task["index"])
         if not isinstance(cluster, dict) or not cluster:
             raise ValueError("empty cluster")
@@ -49,16 +49,16 @@ def read_tf_config(environ=os.environ) -> dict | None:
         raise UserError(f"TF_CONFIG is not valid ({e}); it must be JSON like "
                         '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
                         '"task": {"type": "worker", "index": 0}}') from None
-    return config
+    return spec
 
 
 def cluster_role(environ=os.environ) -> ClusterRole:
-    config = read_tf_config(environ)
-    if config is None:
+    spec = read_tf_config(environ)
+    if spec is None:
         return ClusterRole()
-    workers = sum(len(v) for k, v in config["cluster"].items() if k in ("chief", "worker"))
-    return ClusterRole(str(config["task"]["type"]), int(config["task"]["index"]), workers,
-                       has_chief_task=bool(config["cluster"].get("chief")))
+    workers = sum(len(v) for k, v in spec["cluster"].items() if k in ("chief", "worker"))
+    return ClusterRole(str(spec["task"]["type"]), int(spec["task"]["index"]), workers,
+                       has_chief_task=bool(spec["cluster"].get("chief")))
 
 
 def make_strategy(name: str):
