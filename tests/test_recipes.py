@@ -132,7 +132,7 @@ def test_translation_recipe_reversed_with_disjoint_deterministic_splits(tmp_path
     metrics = check_finished_run(run)
     test = read_pairs(run / "test.tsv")
     assert all(has_hangul(source) for source, _ in test)  # --reverse: Korean -> English
-    assert metrics["test_sources"] <= metrics["test_examples"] == len(test)
+    assert metrics.test_sources <= metrics.test_examples == len(test)
     # The run's splits are the reader's, and no source is in two of them.
     splits = load_pair_splits(DataSources(data=str(data), reverse=True), 0, "tsv", 0.05, 0.1)
     assert splits.test == test and splits.validation == read_pairs(run / "validation.tsv")
