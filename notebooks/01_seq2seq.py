@@ -66,9 +66,9 @@ import os
 
 # The test suite sets NOTEBOOK_SMALL=1: less data and fewer epochs, same code path.
 SMALL = os.environ.get("NOTEBOOK_SMALL") == "1"
-NUM_TRAIN = 3000 if SMALL else 20000
+NUM_TRAIN = 1000 if SMALL else 20000
 EPOCHS = 2 if SMALL else 8
-COPY_EXAMPLES = 2500 if SMALL else 20500  # the digit-copying task of the last section
+COPY_EXAMPLES = 1000 if SMALL else 20500  # the digit-copying task of the last section
 COPY_EPOCHS = 1 if SMALL else 6
 SEED = 0
 

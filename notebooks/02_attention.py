@@ -66,7 +66,7 @@ if importlib.util.find_spec("keras_nlp_week4") is None:
 import os
 
 SMALL = os.environ.get("NOTEBOOK_SMALL") == "1"
-TRAIN_EXAMPLES = 3000 if SMALL else 20000
+TRAIN_EXAMPLES = 1000 if SMALL else 20000
 EPOCHS = 2 if SMALL else 6
 
 # %%

@@ -63,9 +63,9 @@ if importlib.util.find_spec("keras_nlp_week4") is None:
 import os
 
 SMALL = os.environ.get("NOTEBOOK_SMALL") == "1"
-TRAIN_EXAMPLES = 3000 if SMALL else None  # None: the whole default task, as `make train`
+TRAIN_EXAMPLES = 1000 if SMALL else None  # None: the whole default task, as `make train`
 EPOCHS = 2 if SMALL else None  # None: the task's default
-TEST_EXAMPLES = 100 if SMALL else None  # test sequences the export is validated on (None: all 1,000)
+TEST_EXAMPLES = 30 if SMALL else None  # test sequences the export is validated on (None: all 1,000)
 
 # %%
 import json
