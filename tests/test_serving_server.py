@@ -357,7 +357,9 @@ def test_slow_clients_are_dropped_and_connections_limited(server):
     # Connections past the limit are refused at once; the rest are dropped after the header timeout.
     assert statuses.count(503) >= 6 and set(statuses) == {408, 503}, statuses
     assert any("did not arrive within 1 s" in e["error"] for status, e in answers if status == 408)
-    assert waited < HEADER_TIMEOUT_S + 4
+    # The server drops them (its 1 s header timeout), not the client's own 10 s socket timeout; the
+    # margin is for a loaded machine, not a measurement.
+    assert waited < HEADER_TIMEOUT_S + 8
     request = urllib.request.Request(url + "/v1/generate", data=json.dumps({"inputs": TEXTS[0]}).encode(),
                                      headers={"Content-Type": "application/json"})
     assert urllib.request.urlopen(request, timeout=10).status == 200
