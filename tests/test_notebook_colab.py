@@ -15,8 +15,8 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 VARIABLE = "KERAS_NLP_WEEK4_SOURCE"
 
