@@ -47,7 +47,7 @@ TRAIN_ARGS := --task $(TASK) --model $(MODEL) \
 	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(PRECISION),--precision $(PRECISION)) \
 	$(if $(filter 1 yes true,$(JIT)),--jit)
 
-.PHONY: install train evaluate compare plot test lint clean infer serve export bench notebooks
+.PHONY: install train evaluate compare plot test test-large lint clean infer serve export bench notebooks
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -100,8 +100,14 @@ notebooks: $(STAMP)
 	$(PY) notebooks/execute.py --check
 	$(PY) notebooks/execute.py $(if $(filter 1 yes true,$(SMALL)),--small)
 
+# `make test`: the suite without the large tier (under 10 minutes on 2 cores); `make test-large`: the
+# large tier alone (whole notebooks, two-worker training, kill/resume, the recipes end to end, every
+# family's export; `.ci/run` runs both).
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-large: $(STAMP)
+	$(PY) -m pytest -q --run-large -m large
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

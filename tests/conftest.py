@@ -10,6 +10,26 @@ import pytest  # noqa: E402
 from helpers import run_module  # noqa: E402
 
 
+# The large tier, as keras-hub's `large` tests: whole notebooks, two-worker training, kill/resume, the
+# Multi30k slice, the other recipes end to end, exports of every family. `make test` skips them to stay
+# within 10 minutes on a 2-core machine; `make test-large` (and `.ci/run`, after `make test`) runs them.
+def pytest_addoption(parser):
+    parser.addoption("--run-large", action="store_true", help="also run the tests marked large")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "large: a slow end-to-end test (run with --run-large; make test-large)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-large"):
+        return
+    skip = pytest.mark.skip(reason="large: run with make test-large (CI runs it)")
+    for item in items:
+        if "large" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A tiny trained Transformer run with its export (int8 graphs included) in `RUN/export`, made once

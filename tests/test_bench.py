@@ -22,6 +22,7 @@ TEST_MODELS = ("ours transformer", "keras MHA transformer", "ours rnn (lstm, no 
                "ours rnn (lstm, luong attention)")
 
 
+@pytest.mark.large
 def test_training_bench_reports_every_model_and_the_ratios():
     results = run_training([("t", "tiny", 2, 6, 5)], rounds=2, steps=1, warmup=1, vocab_size=16,
                            log=lambda _: None, only=TEST_MODELS)

@@ -53,6 +53,7 @@ def free_ports(n):
     return ports
 
 
+@pytest.mark.large
 def test_two_workers_train_on_loopback(tmp_path):
     """Both workers finish, the loss drops, and the chief's checkpoint loads and generates."""
     ports = free_ports(2)

@@ -30,6 +30,9 @@ from serving.manifest import Manifest
 
 # Transformer, RNN seq2seq, attention seq2seq (additive, and multiplicative with keys projected once).
 MODELS = ("transformer", "seq2seq-gru", "bahdanau", "luong-general")
+# A Transformer and an RNN with attention are exported in every `make test` (test_state_specs checks every
+# model's state layout without exporting); the other two families in the large tier.
+MODEL_PARAMS = [pytest.param(m, marks=() if m in ("transformer", "bahdanau") else pytest.mark.large) for m in MODELS]
 # Their decoding state at the tiny preset, written out by hand from each design (not taken from
 # `state_specs()`, which config.json is built from): (name, shape, dtype, source, updated).
 _MASK = ("encoder_padding_mask", ["batch", "source_length"], "bool", "encode", False)
@@ -108,7 +111,7 @@ def _copy_export(run_dir: Path, tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ files and config
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_PARAMS)
 def test_export_layout_config_and_manifest(export_of, keras_run, model):
     run_dir = export_of(model)
     export = run_dir / "export"
@@ -148,7 +151,7 @@ def test_export_layout_config_and_manifest(export_of, keras_run, model):
     assert not list(run_dir.glob(".export-*")), "staging directories left behind"
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_PARAMS)
 def test_onnx_graphs_are_checked_dynamic_and_named_as_described(export_of, model):
     run_dir = export_of(model)
     config = _config(run_dir)
@@ -173,7 +176,7 @@ def test_onnx_graphs_are_checked_dynamic_and_named_as_described(export_of, model
 
 
 # ---------------------------------------------------------------------------------------------- parity
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_PARAMS)
 def test_parity_report_passes_for_every_graph_and_runtime(export_of, model):
     report = json.loads((export_of(model) / "export" / "parity.json").read_text())
     assert report["passed"] is True
@@ -200,7 +203,7 @@ def _keras_state(model, encoder_input, max_length):
     return state
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_PARAMS)
 def test_onnx_graphs_match_keras_on_unseen_batches(export_of, keras_run, model):
     """Direct check, outside the validator: batch sizes and cache lengths the reference does not hold."""
     from keras_nlp_week4.data.pipeline import encode_sources
@@ -244,7 +247,7 @@ def test_onnx_graphs_match_keras_on_unseen_batches(export_of, keras_run, model):
     np.testing.assert_array_equal(tokens, keras_tokens)
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_PARAMS)
 def test_saved_model_signatures_text_and_ids(export_of, keras_run, model):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401

@@ -155,14 +155,14 @@ def test_validation_bleu_logs_the_greedy_score_of_the_current_weights(tiny_run):
 
 def test_training_warns_when_pairs_would_be_cut(caplog):
     from keras_nlp_week4.data.pipeline import token_lengths
-    from keras_nlp_week4.training.trainer import _warn_if_cut
+    from keras_nlp_week4.training.trainer import TrainConfig, _warn_if_cut, resolve_settings
 
     class OnePiecePerWord:
         def encode(self, texts):
             return [text.split() for text in texts]
 
-    _warn_if_cut(token_lengths([("a b c d", "x"), ("a", "y")], OnePiecePerWord()),
-                 {"max_source_length": 3, "max_target_length": 5})
+    settings = resolve_settings(TrainConfig(max_source_length=3, max_target_length=5))
+    _warn_if_cut(token_lengths([("a b c d", "x"), ("a", "y")], OnePiecePerWord()), settings)
     assert ("1 of 2 training sources are longer than max_source_length=3 tokens (the longest: 5) and are cut; "
             "raise --max-source-length") in caplog.text and "targets" not in caplog.text
 
@@ -170,6 +170,7 @@ def test_training_warns_when_pairs_would_be_cut(caplog):
 # ----------------------------------------------------------------------------- recipe end to end
 
 
+@pytest.mark.large
 def test_recipe_compare_export_and_serve_on_a_slice(tmp_path):
     folder = multi30k_slice(tmp_path / "m30k")
     out = tmp_path / "compare"

@@ -112,6 +112,7 @@ def train_in_process(capfd, *args: str) -> tuple[str, str]:
     return out, err
 
 
+@pytest.mark.large
 def test_chatbot_recipe_end_to_end(tmp_path, capfd, caplog):
     data = chatbot_slice(tmp_path)
     run = tmp_path / "chatbot"
@@ -135,6 +136,7 @@ def test_chatbot_recipe_end_to_end(tmp_path, capfd, caplog):
     assert not {source_key(q) for q, _ in test} & {source_key(q) for q, _ in validation}
 
 
+@pytest.mark.large
 def test_translation_recipe_reversed_with_disjoint_deterministic_splits(tmp_path, capfd):
     data = translation_slice(tmp_path)
     run = tmp_path / "ko-en"

@@ -104,6 +104,7 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
+@pytest.mark.large
 def test_killed_run_resumes_to_the_same_model_as_an_uninterrupted_one(two_epoch_run, tmp_path, capsys):
     """Killed (kill -9, in its own process) after its first of 2 epochs, resumed (in process, as
     `python -m keras_nlp_week4` runs it), it ends where the never-killed `two_epoch_run` did."""
