@@ -108,6 +108,7 @@ def test_inference_bench_and_report_structure(tmp_path):
     assert markdown == render_markdown(written) + "\n"
 
 
+@pytest.mark.large
 def test_real_size_generation_against_ctranslate2_and_its_report(tiny_run, tmp_path):
     pytest.importorskip("ctranslate2")
     from bench.real_size import RealModel, _ctranslate2_dir, run_generation
