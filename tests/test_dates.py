@@ -19,7 +19,7 @@ from keras_nlp_week4.data.dates import (
 from keras_nlp_week4.errors import UserError
 
 # An independent parser: one strptime pattern per format, applied after removing the decorations
-# strptime cannot read (ordinal suffixes, abbreviation dots, "sept.").
+# strptime cannot read (ordinal suffixes, abbreviation dots, "sept", "tues", "thurs").
 PATTERNS = {
     "{month} {day}, {yyyy}": "%B %d, %Y",
     "{month} {day} {yyyy}": "%B %d %Y",
@@ -44,6 +44,21 @@ PATTERNS = {
     "the {dth} of {month} {yyyy}": "the %d of %B %Y",
     "{month} {dth}, {yyyy}": "%B %d, %Y",
     "{dth} {month} {yyyy}": "%d %B %Y",
+    "{month} {dd}, {yyyy}": "%B %d, %Y",
+    "{mon} {dd} {yyyy}": "%b %d %Y",
+    "{mon_p} {day}, {yyyy}": "%b %d, %Y",
+    "{sept} {day} {yyyy}": "%b %d %Y",
+    "{mon} {day} '{yy}": "%b %d '%y",
+    "{day} {month}, {yyyy}": "%d %B, %Y",
+    "{dd} {mon_p} {yyyy}": "%d %b %Y",
+    "{weekday}, {day} {month} {yyyy}": "%A, %d %B %Y",
+    "{weekday} the {dth} of {month} {yyyy}": "%A the %d of %B %Y",
+    "the {dth} of {month}, {yyyy}": "the %d of %B, %Y",
+    "{dth} of {month} {yyyy}": "%d of %B %Y",
+    "{wkd}, {dd} {mon} {yyyy}": "%a, %d %b %Y",
+    "{wkd_long}. {mon_p} {day}, {yyyy}": "%a %b %d, %Y",
+    "{dd}.{mm}.{yy}": "%d.%m.%y",
+    "{day}-{mon}-{yy}": "%d-%b-%y",
 }
 
 # What each format gives for 1994-09-27 (a Tuesday), written out by hand.
@@ -71,6 +86,21 @@ EXPECTED_1994_09_27 = {
     "the {dth} of {month} {yyyy}": "the 27th of september 1994",
     "{month} {dth}, {yyyy}": "september 27th, 1994",
     "{dth} {month} {yyyy}": "27th september 1994",
+    "{month} {dd}, {yyyy}": "september 27, 1994",
+    "{mon} {dd} {yyyy}": "sep 27 1994",
+    "{mon_p} {day}, {yyyy}": "sep. 27, 1994",
+    "{sept} {day} {yyyy}": "sept 27 1994",
+    "{mon} {day} '{yy}": "sep 27 '94",
+    "{day} {month}, {yyyy}": "27 september, 1994",
+    "{dd} {mon_p} {yyyy}": "27 sep. 1994",
+    "{weekday}, {day} {month} {yyyy}": "tuesday, 27 september 1994",
+    "{weekday} the {dth} of {month} {yyyy}": "tuesday the 27th of september 1994",
+    "the {dth} of {month}, {yyyy}": "the 27th of september, 1994",
+    "{dth} of {month} {yyyy}": "27th of september 1994",
+    "{wkd}, {dd} {mon} {yyyy}": "tue, 27 sep 1994",
+    "{wkd_long}. {mon_p} {day}, {yyyy}": "tues. sep. 27, 1994",
+    "{dd}.{mm}.{yy}": "27.09.94",
+    "{day}-{mon}-{yy}": "27-sep-94",
 }
 
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
@@ -84,8 +114,9 @@ def _suffix(day: int) -> str:
 
 def parse(text: str, pattern: str) -> datetime.date | None:
     """Reads `text` with one strptime pattern; None if it does not match or is inconsistent."""
-    text = text.lower().replace("sept.", "sep")
-    text = re.sub(r"(?<=[a-z])\.", "", text)
+    text = re.sub(r"(?<=[a-z])\.", "", text.lower())
+    for longer, short in (("sept", "sep"), ("tues", "tue"), ("thurs", "thu")):
+        text = re.sub(rf"\b{longer}\b", short, text)
     for number, suffix in re.findall(r"\b(\d{1,2})(st|nd|rd|th)\b", text):
         if suffix != _suffix(int(number)):
             return None

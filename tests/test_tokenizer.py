@@ -211,3 +211,21 @@ def test_detokenize_matches_sentencepiece_on_any_ids(model_paths, model_type):
     dense = np.array([r + [PAD_ID] * (width - len(r)) for r in rows], np.int32)
     in_graph = [s.decode() for s in tokenizer.detokenize(dense).numpy()]
     assert in_graph == tokenizer.decode(rows)
+
+
+def test_squeezed_whitespace_is_part_of_the_model(texts, tmp_path):
+    """`squeeze_whitespace` (the dates task's): spaces before, after and between words do not change the
+    ids, in sentencepiece, in tensorflow-text and in the serving tokenizer alike, since the model holds it."""
+    from serving.tokenizer import SentencePieceTokenizer
+
+    path = train_sentencepiece(texts, tmp_path / "squeezed.model", model_type="char", squeeze_whitespace=True)
+    tokenizer = Tokenizer(path)
+    plain, spaced = "tue, sep 27, 1994", "  tue,  sep 27,   1994 "
+    assert tokenizer.encode([spaced]) == tokenizer.encode([plain])
+    tf_ids = tokenizer.tokenize(tf.constant([spaced])).to_list()
+    assert tf_ids == tokenizer.encode([plain])
+    serving = SentencePieceTokenizer(path, {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID})
+    assert serving.encode([spaced]) == tokenizer.encode([plain])
+    assert tokenizer.decode(tokenizer.encode([plain])) == [plain]
+    kept = Tokenizer(train_sentencepiece(texts, tmp_path / "kept.model", model_type="char"))
+    assert kept.encode([spaced]) != kept.encode([plain])  # the default keeps every space

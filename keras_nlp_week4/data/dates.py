@@ -14,8 +14,11 @@ Conventions (they make every rendered string map back to exactly one date):
 * Hyphens only appear with a month name: ``"27-Sep-1994"``.
 * Two-digit years map into 1950 .. 2049 (``"94"`` -> 1994, ``"07"`` -> 2007), so formats with a
   two-digit year are only used for dates in that window; other dates use four-digit-year formats.
-* Month and weekday names are English and independent of the locale; ``"sept."`` abbreviates
-  September and May is never abbreviated with a dot.
+* Month and weekday names are English and independent of the locale; abbreviations come with and
+  without a period (``"sep"``, ``"sep."``, ``"sept."``, ``"sept"``; ``"tue"``, ``"tues."``), and May is
+  never abbreviated with a dot.
+* Days beside a month name are written plain or zero-padded (``"september 07, 1994"``), as `strftime`'s
+  ``%d`` does. Extra spaces are not generated: the task's tokenizer squeezes them away.
 * The weekday, when present, is the true weekday of the date.
 * Letter case carries no meaning: each example is rendered in lower, UPPER or Title case.
 * ISO-like inputs (``"1994/09/27"``, ``"1994-09-27"``) are deliberately absent so the model cannot
@@ -27,7 +30,7 @@ Example:
 >>> render_date(datetime.date(1994, 9, 27), "{weekday}, {month} {day}, {yyyy}", case="title")
 'Tuesday, September 27, 1994'
 >>> generate_date_pairs(2, seed=0)
-[('04/01/38', '2038-04-01'), ('MONDAY, NOVEMBER 30, 1992', '1992-11-30')]
+[('apr 1 2038', '2038-04-01'), ('THE 30TH OF NOVEMBER, 1992', '1992-11-30')]
 """
 
 from __future__ import annotations
@@ -96,12 +99,31 @@ DATE_FORMATS = [
     "the {dth} of {month} {yyyy}",  # the 27th of september 1994
     "{month} {dth}, {yyyy}",  # september 27th, 1994
     "{dth} {month} {yyyy}",  # 27th september 1994
+    "{month} {dd}, {yyyy}",  # september 07, 1994 (strftime's %B %d, %Y)
+    "{mon} {dd} {yyyy}",  # sep 07 1994
+    "{mon_p} {day}, {yyyy}",  # sep. 27, 1994
+    "{sept} {day} {yyyy}",  # sept 27 1994
+    "{mon} {day} '{yy}",  # sep 27 '94
+    "{day} {month}, {yyyy}",  # 27 september, 1994
+    "{dd} {mon_p} {yyyy}",  # 27 sep. 1994
+    "{weekday}, {day} {month} {yyyy}",  # tuesday, 27 september 1994
+    "{weekday} the {dth} of {month} {yyyy}",  # tuesday the 27th of september 1994
+    "the {dth} of {month}, {yyyy}",  # the 27th of september, 1994
+    "{dth} of {month} {yyyy}",  # 27th of september 1994
+    "{wkd}, {dd} {mon} {yyyy}",  # tue, 27 sep 1994 (RFC 2822)
+    "{wkd_long}. {mon_p} {day}, {yyyy}",  # tues. sep. 27, 1994
+    "{dd}.{mm}.{yy}",  # 27.09.94
+    "{day}-{mon}-{yy}",  # 27-sep-94
 ]
 """Templates of human date formats; see `render_date` for the placeholders."""
 
 _PLACEHOLDERS = frozenset(
-    ("month", "mon", "mon_dot", "day", "dd", "dth", "m", "mm", "yyyy", "yy", "weekday", "wkd")
+    ("month", "mon", "mon_dot", "mon_p", "sept", "day", "dd", "dth", "m", "mm", "yyyy", "yy", "weekday", "wkd",
+     "wkd_long")
 )
+# The longer abbreviations people write: "sept" for September, "tues" and "thurs" (weekday() 1 and 3).
+_LONG_MONTH_ABBREVIATIONS = {9: "sept"}
+_LONG_WEEKDAY_ABBREVIATIONS = {1: "tues", 3: "thurs"}
 _ORDINAL_SUFFIXES = {1: "st", 2: "nd", 3: "rd"}
 _FOUR_DIGIT_FORMATS = [fmt for fmt in DATE_FORMATS if "{yy}" not in fmt]
 
@@ -128,8 +150,10 @@ def render_date(date: datetime.date, fmt: str, case: str = "lower") -> str:
     """Writes `date` the way a person would, following template `fmt`.
 
     Placeholders: ``{month}`` "september", ``{mon}`` "sep", ``{mon_dot}`` "sept." (May stays
-    "may"), ``{day}`` "5", ``{dd}`` "05", ``{dth}`` "5th", ``{m}`` "9", ``{mm}`` "09",
-    ``{yyyy}`` "1994", ``{yy}`` "94", ``{weekday}`` "tuesday", ``{wkd}`` "tue".
+    "may"), ``{mon_p}`` "sep." (May stays "may"), ``{sept}`` "sept" (other months as ``{mon}``),
+    ``{day}`` "5", ``{dd}`` "05", ``{dth}`` "5th", ``{m}`` "9", ``{mm}`` "09", ``{yyyy}`` "1994",
+    ``{yy}`` "94", ``{weekday}`` "tuesday", ``{wkd}`` "tue", ``{wkd_long}`` "tues" ("thurs"; other days
+    as ``{wkd}``).
 
     Args:
         date: a date in 1900-01-01 .. 2099-12-31.
@@ -173,6 +197,8 @@ def render_date(date: datetime.date, fmt: str, case: str = "lower") -> str:
         month=month,
         mon=month[:3],
         mon_dot=_DOTTED_MONTHS[date.month - 1],
+        mon_p=month[:3] + ("" if date.month == 5 else "."),
+        sept=_LONG_MONTH_ABBREVIATIONS.get(date.month, month[:3]),
         day=date.day,
         dd=f"{date.day:02d}",
         dth=_ordinal(date.day),
@@ -182,6 +208,7 @@ def render_date(date: datetime.date, fmt: str, case: str = "lower") -> str:
         yy=f"{date.year % 100:02d}",
         weekday=weekday,
         wkd=weekday[:3],
+        wkd_long=_LONG_WEEKDAY_ABBREVIATIONS.get(date.weekday(), weekday[:3]),
     )
     return _apply_case(text, case)
 

@@ -97,14 +97,16 @@ def train_sentencepiece(
     character_coverage: float = 1.0,
     seed: int = 0,
     num_threads: int = 1,
+    squeeze_whitespace: bool = False,
 ) -> Path:
     """Trains a SentencePiece model from in-memory texts and writes the ``.model`` file.
 
-    The model uses the project's special ids and an identity normalization (`_NORMALIZATION_RULES`) with
-    ``remove_extra_whitespaces=False``: no NFKC folding, no lower-casing and no whitespace
-    squeezing, so every string made of characters seen in training round-trips exactly
-    (``decode(encode(x)) == x``), which the dates task needs for its case variants and which keeps
-    targets such as ``"1994-09-27"`` byte-exact.
+    The model uses the project's special ids and an identity normalization (`_NORMALIZATION_RULES`): no
+    NFKC folding and no lower-casing, so every string made of characters seen in training round-trips
+    exactly (``decode(encode(x)) == x``), which the dates task needs for its case variants and which keeps
+    targets such as ``"1994-09-27"`` byte-exact. Whitespace is kept as it is unless `squeeze_whitespace`
+    (SentencePiece's ``remove_extra_whitespaces``: leading and trailing spaces dropped, runs squeezed to
+    one), which every runtime of the model then applies too, since it is part of the model.
 
     Args:
         texts: training sentences; consumed once.
@@ -120,6 +122,7 @@ def train_sentencepiece(
             it.
         num_threads: training threads; 1 (the default) keeps the result bit-for-bit
             reproducible.
+        squeeze_whitespace: normalize whitespace on encoding (see above).
 
     Returns:
         The path of the written model.
@@ -169,7 +172,7 @@ def train_sentencepiece(
             hard_vocab_limit=False,
             character_coverage=character_coverage,
             normalization_rule_tsv=rules.name,
-            remove_extra_whitespaces=False,
+            remove_extra_whitespaces=squeeze_whitespace,
             pad_id=PAD_ID,
             unk_id=UNK_ID,
             bos_id=BOS_ID,

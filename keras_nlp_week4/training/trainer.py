@@ -220,7 +220,8 @@ def prepare_data(settings: TrainSettings, run_dir: Path, resuming: bool) -> Prep
         # The vocabulary is learned from the training split only, so held-out text stays unseen.
         texts = [s for pair in train_pairs for s in pair]
         tokenizer_path = train_sentencepiece(texts, Path(scratch.name) / "tokenizer.model",
-                                             vocab_size=settings.vocab_size, model_type=task.tokenizer_type)
+                                             vocab_size=settings.vocab_size, model_type=task.tokenizer_type,
+                                             squeeze_whitespace=task.squeeze_whitespace)
     tokenizer = Tokenizer(tokenizer_path)
     if task.tokenizer_type != "char":
         # Training tokenizes in tf.data (tensorflow-text), evaluation in Python (sentencepiece): they must agree.
