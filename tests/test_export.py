@@ -30,9 +30,9 @@ from serving.manifest import Manifest
 
 # Transformer, RNN seq2seq, attention seq2seq (additive, and multiplicative with keys projected once).
 MODELS = ("transformer", "seq2seq-gru", "bahdanau", "luong-general")
-# A Transformer and an RNN with attention are exported in every `make test` (test_state_specs checks every
-# model's state layout without exporting); the other two families in the large tier.
-MODEL_PARAMS = [pytest.param(m, marks=() if m in ("transformer", "bahdanau") else pytest.mark.large) for m in MODELS]
+# The Transformer is exported in every `make test` (test_state_specs checks every model's state layout
+# without exporting; the serving tests export a Transformer too); the RNN families in the large tier.
+MODEL_PARAMS = [pytest.param(m, marks=() if m == "transformer" else pytest.mark.large) for m in MODELS]
 # Their decoding state at the tiny preset, written out by hand from each design (not taken from
 # `state_specs()`, which config.json is built from): (name, shape, dtype, source, updated).
 _MASK = ("encoder_padding_mask", ["batch", "source_length"], "bool", "encode", False)
@@ -281,6 +281,7 @@ def test_reference_only_validation_needs_no_tensorflow(export_of):
     assert report["passed"] and any(r["runtime"] == "saved_model" for r in report["checks"])  # kept
 
 
+@pytest.mark.large
 def test_full_validation_of_an_existing_export_reloads_keras(export_of):
     from export.validate import validate
 
