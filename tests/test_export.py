@@ -332,6 +332,7 @@ def test_damaged_export_is_an_error_naming_the_file(export_of, tmp_path, capsys,
     assert __import__("re").search(message, err), err
 
 
+@pytest.mark.large  # exports an RNN run (the large tier's)
 def test_numeric_mismatch_fails_naming_output_diff_and_input(export_of, tmp_path, capsys):
     from export.validate import main
 
@@ -363,6 +364,7 @@ def test_numeric_mismatch_fails_naming_output_diff_and_input(export_of, tmp_path
 
 
 # --------------------------------------------------------------------------- re-export, atomicity, int8
+@pytest.mark.large  # exports an RNN run (the large tier's)
 def test_reexport_overwrites_and_quantizes(export_of):
     from export.exporter import export_run
 
@@ -384,6 +386,7 @@ def test_reexport_overwrites_and_quantizes(export_of):
     assert not list(run_dir.glob(".export-*")) and not (run_dir / "export.failed").exists()
 
 
+@pytest.mark.large  # exports an RNN run (the large tier's)
 def test_crash_mid_export_leaves_the_previous_export(export_of, monkeypatch):
     import export.saved_model
     from export.exporter import export_run
@@ -401,6 +404,7 @@ def test_crash_mid_export_leaves_the_previous_export(export_of, monkeypatch):
     assert not list(run_dir.glob(".export-*"))
 
 
+@pytest.mark.large  # exports an RNN run (the large tier's)
 def test_export_failing_validation_is_not_installed_nor_loadable(export_of, monkeypatch, tmp_path):
     import export.validate
     from export.exporter import ExportFailed, export_run
