@@ -297,7 +297,7 @@ def test_cuda_provider_when_offered(export_of):
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(ExportError, match="'cuda' is not available"):
-            validate(export_of("seq2seq-gru"), providers=["cuda"], reference_only=True, verbose=False)
+            validate(export_of("transformer"), providers=["cuda"], reference_only=True, verbose=False)
         pytest.skip("onnxruntime here has no CUDAExecutionProvider")
     report = validate(export_of("transformer"), providers=["cuda"], reference_only=True, verbose=False)
     assert report["current_passed"]  # pragma: no cover - GPU machines only
