@@ -20,6 +20,7 @@ applied to each step's logits before the search chooses, the same for greedy, sa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -188,13 +189,27 @@ def _trim(tokens: np.ndarray, pad_id: int) -> np.ndarray:
     return tokens[:, : (keep[-1] + 1 if keep.size else 0)]
 
 
-@dataclass(frozen=True)
 class StreamStep:
     """What a search knows after one step: `tokens` `(batch, t)` (beam search: each row's best hypothesis
-    so far), of which the first `final[row]` of each row can no longer change."""
+    so far), of which the first `final[row]` of each row can no longer change.
 
-    tokens: np.ndarray
-    final: np.ndarray
+    Worked out only when read, from `settle() -> (tokens, final)`: a search that is not streamed
+    (`drain`) never stacks its columns or compares its beams for it."""
+
+    def __init__(self, settle: Callable[[], tuple[np.ndarray, np.ndarray]]) -> None:
+        self._settle = settle
+
+    @functools.cached_property
+    def _settled(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._settle()
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self._settled[0]
+
+    @property
+    def final(self) -> np.ndarray:
+        return self._settled[1]
 
 
 # A search as a generator: it yields a `StreamStep` after every step and returns the `SearchResult`.
@@ -276,7 +291,7 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
         if return_attention and weights is not None:
             attention.append(np.asarray(weights))
         finished |= token == eos_id
-        yield StreamStep(np.stack(columns, axis=1), np.full((batch_size,), index + 1))
+        yield StreamStep(lambda done=list(columns): (np.stack(done, axis=1), np.full((batch_size,), len(done))))
         if finished.all():
             break
     tokens = np.stack(columns, axis=1)
@@ -409,7 +424,7 @@ def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_
             step_attention = np.asarray(weights)[source][:, None]
             attention = step_attention if attention is None else np.concatenate(
                 [attention[source], step_attention], axis=1)
-        yield StreamStep(*_settled(history.reshape(batch_size, k, -1), np.isfinite(scores)))
+        yield StreamStep(lambda h=history, s=scores: _settled(h.reshape(batch_size, k, -1), np.isfinite(s)))
         if finished.all():
             break
     normalised = scores.reshape(-1) / length_penalty_factor(np.maximum(lengths, 1), length_penalty)
