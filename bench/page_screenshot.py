@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 from bench.browser import chromium_page
-from serving.loadtest import _free_port, _spawn, _stop
+from serving.loadtest import free_port, spawn_server, stop_server
 
 
 def screenshot(export_dir: str, out: Path, text: str, width: int = 1000) -> Path:
-    port = _free_port()
-    server = _spawn(export_dir, port, [])
+    port = free_port()
+    server = spawn_server(export_dir, port, [])
     try:
         with chromium_page(width=width, height=900) as page:
             page.goto(f"http://127.0.0.1:{port}/")
@@ -29,7 +29,7 @@ def screenshot(export_dir: str, out: Path, text: str, width: int = 1000) -> Path
             page.wait_for_function("document.getElementById('request').dataset.state === 'done'")
             page.screenshot(path=str(out), full_page=True)
     finally:
-        _stop(server)
+        stop_server(server)
     return out
 
 

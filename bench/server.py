@@ -22,9 +22,9 @@ def run_server(export_dir: str, concurrencies=(1, 8, 32), requests: int = 300, m
     texts = loadtest._read_texts(None, export_dir)
     rows = []
     for mode, flags in MODES:
-        port = loadtest._free_port()
+        port = loadtest.free_port()
         url = f"http://127.0.0.1:{port}"
-        server = loadtest._spawn(export_dir, port, flags)
+        server = loadtest.spawn_server(export_dir, port, flags)
         try:
             loadtest.run_load(url, texts, min(8, warmup), warmup, max_seconds, 0)
             for concurrency in concurrencies:
@@ -34,5 +34,5 @@ def run_server(export_dir: str, concurrencies=(1, 8, 32), requests: int = 300, m
                 log(f"server {mode:<13} {concurrency:>3} clients {result['requests_per_s']:8.1f} req/s "
                     f"p50 {result['p50_ms']} ms p99 {result['p99_ms']} ms errors {result['errors']}")
         finally:
-            loadtest._stop(server)
+            loadtest.stop_server(server)
     return rows

@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-__all__ = ["LOOPBACK_HOSTS", "batch_counters", "check_loopback", "run_load", "summarize"]
+__all__ = ["LOOPBACK_HOSTS", "batch_counters", "check_loopback", "free_port", "run_load", "spawn_server", "stop_server",
+           "summarize"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 SAMPLE_TEXTS = ("september 27, 1994", "9/27/94", "27.09.1994", "Tuesday, September 27, 1994", "sept. 3, 2001",
@@ -166,13 +167,13 @@ def batch_counters(url: str) -> tuple[float, float]:
     return values.get("serving_batch_texts_count", 0.0), values.get("serving_batch_texts_sum", 0.0)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _spawn(export_dir: str, port: int, extra: list[str], timeout: float = 120.0) -> subprocess.Popen:
+def spawn_server(export_dir: str, port: int, extra: list[str], timeout: float = 120.0) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "serving.server", export_dir, "--host", "127.0.0.1", "--port", str(port),
            *extra]
     log = tempfile.TemporaryFile("w+")  # not a pipe: a chatty server must never block on it
@@ -191,7 +192,7 @@ def _spawn(export_dir: str, port: int, extra: list[str], timeout: float = 120.0)
     raise RuntimeError(f"the server was not ready within {timeout:g} s")
 
 
-def _stop(server: subprocess.Popen) -> None:
+def stop_server(server: subprocess.Popen) -> None:
     server.terminate()
     try:
         server.wait(timeout=15)
@@ -244,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, flags in modes:
         url, server = args.url, None
         if args.export:
-            port = _free_port()
+            port = free_port()
             url = f"http://127.0.0.1:{port}"
-            server = _spawn(args.export, port, flags + args.server_args.split())
+            server = spawn_server(args.export, port, flags + args.server_args.split())
         try:
             if args.warmup:
                 run_load(url, texts, min(args.concurrency, args.warmup), args.warmup, args.max_seconds, 0,
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                           mean_batch_texts=round((batched_after - batched) / calls, 2) if calls else None)
         finally:
             if server is not None:
-                _stop(server)
+                stop_server(server)
         results.append(result)
         print(json.dumps(result), flush=True)
     if args.json_out:
