@@ -7,7 +7,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from helpers import run_module  # noqa: E402
+from helpers import TINY_RUN_TEST_EXAMPLES, run_module  # noqa: E402
 
 
 # The large tier, as keras-hub's `large` tests: whole notebooks, two-worker training, kill/resume, the
@@ -33,13 +33,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A tiny trained Transformer run with its export (int8 graphs included) in `RUN/export`, made once
-    per session for the serving tests (1 epoch on 500 examples)."""
+    per session through the command lines for the serving tests and test_export's Transformer case (1
+    epoch on 500 examples; the greedy reference covers the first `TINY_RUN_TEST_EXAMPLES` test lines)."""
     run_dir = tmp_path_factory.mktemp("serving") / "run"
     trained = run_module("keras_nlp_week4", "train", "--model", "transformer", "--preset", "tiny",
                          "--epochs", "1", "--max-train-examples", "500", "--verbose", "0", "--out", str(run_dir))
     assert trained.returncode == 0, trained.stderr[-2000:]
-    # Validation on 200 test sequences keeps the export quick; the serving tests check parity themselves.
-    exported = run_module("export", str(run_dir), "--quantize", "--max-test-examples", "200")
+    exported = run_module("export", str(run_dir), "--quantize", "--max-test-examples", str(TINY_RUN_TEST_EXAMPLES))
     assert exported.returncode == 0, exported.stderr[-2000:]
     return run_dir
 

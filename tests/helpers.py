@@ -10,6 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 SHARED = ROOT.parent / "shared" / "data"  # shared data sets (Multi30k, chatbot, kor-eng) beside the checkout
+# Test lines the session's `tiny_run` export validates on (conftest.py): enough to compare greedy outputs,
+# few enough to keep the export quick.
+TINY_RUN_TEST_EXAMPLES = 300
 
 
 def run_module(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:

@@ -1,7 +1,8 @@
 """Export of each model family to SavedModel + ONNX, and the parity validation that guards it.
 
 One tiny run per family (1 epoch on 300 examples) is trained and exported once per session, lazily, and
-shared by every test here; the greedy reference covers the first 300 lines of the test split. Numbers
+shared by every test here; the Transformer's is the session's `tiny_run` (conftest.py), which the
+serving tests share. The greedy reference covers the first 300 lines of the test split. Numbers
 are also checked here directly against the Keras model on inputs the reference does not contain, so the
 validator is not the only judge of itself.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import ROOT
+from helpers import ROOT, TINY_RUN_TEST_EXAMPLES
 
 from export import parity
 from export.config import describe_graphs
@@ -57,15 +58,18 @@ EXPECTED_STATE = {
 
 def _layout(entry: dict) -> tuple:
     return entry["name"], entry["shape"], entry["dtype"], entry["source"], entry["updated"]
-TEST_EXAMPLES = 300
+TEST_EXAMPLES = TINY_RUN_TEST_EXAMPLES
 _RUNS: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="session")
-def export_of(tmp_path_factory):
+def export_of(tmp_path_factory, request):
     """`export_of(model)` -> a trained, exported run directory (built on first use)."""
 
     def build(model: str) -> Path:
+        if model == "transformer":
+            # Exporting a second tiny Transformer would cost make test 80 s and check nothing new.
+            return request.getfixturevalue("tiny_run")
         if model not in _RUNS:
             from export.exporter import export_run
             from keras_nlp_week4.training.trainer import TrainConfig, train
@@ -550,7 +554,7 @@ def onnx_signature(values) -> list[dict]:
     return result
 
 
-@pytest.mark.parametrize("model", ["transformer", "seq2seq-gru"])
+@pytest.mark.parametrize("model", [MODEL_PARAMS[0], MODEL_PARAMS[1]])
 def test_triton_repository_matches_the_onnx_graphs(export_of, model):
     from export.serving_layouts import SAVED_MODEL_NAME, write_target
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import copy_export
+from helpers import TINY_RUN_TEST_EXAMPLES, copy_export
 
 from serving.errors import ExportError
 from serving.export_config import ExportConfig
@@ -264,7 +264,7 @@ def test_int8_quality_report(tiny_export):
     float32 figures, which equal Keras' (parity: identical greedy ids), and internally consistent."""
     report = json.loads((tiny_export / "parity.json").read_text())
     quality = report["quantization"]
-    assert quality["split"] == "test" and quality["sequences"] == report["test_sequences"] == 200
+    assert quality["split"] == "test" and quality["sequences"] == report["test_sequences"] == TINY_RUN_TEST_EXAMPLES
     assert quality["metric"] == "exact_match" and quality["method"] == "onnxruntime dynamic quantization"
     assert quality["keras_fp32"] == quality["onnxruntime_fp32"]
     assert all(0.0 <= quality[k] <= 1.0 for k in ("keras_fp32", "onnxruntime_fp32", "onnxruntime_int8"))
