@@ -178,6 +178,11 @@ class Runtime:
         self.max_source_length = int(config.max_source_length)
         self.max_target_length = int(config.max_target_length)
         self.tokenizer = SentencePieceTokenizer(self.export_dir / config.tokenizer, config.special_ids)
+        if self.tokenizer.vocab_size < int(config.vocab_size):
+            # Else the first generated id beyond the tokenizer fails deep in sentencepiece, mid-request.
+            raise ExportError(f"{self.export_dir / config.tokenizer} has {self.tokenizer.vocab_size:,} pieces but "
+                              f"the model's vocabulary is {int(config.vocab_size):,}; export the run again "
+                              "with the tokenizer it was trained with")
         self.state_specs = list(config.state)
         for spec in self.state_specs:
             try:
