@@ -184,7 +184,7 @@ def _ours(export_dir: Path, threads: int, int8: bool) -> Callable:
         if beam == 1:
             return greedy_search(runtime.step, state, source.shape[0], tokens, bos, NEVER, pad).tokens
         return beam_search(runtime.step, state, source.shape[0], tokens, bos, NEVER, pad, beam_size=beam,
-                           length_penalty=0.6).tokens
+                           length_penalty=0.6, shared=runtime.shared_state).tokens
 
     return generate
 

@@ -87,8 +87,9 @@ def describe_graphs(state: Sequence[Mapping], vocab_size: int,
         "encoder": {
             "file": GRAPH_FILES["encoder"],
             "inputs": [encoder_input],
-            "outputs": [tensor(e["name"], e["dtype"], e["shape"]) for e in state
-                        if e["source"] == "encode"],
+            # The encoder's batch is the source sentences: an entry's "source_batch" is its "batch".
+            "outputs": [tensor(e["name"], e["dtype"], ["batch" if d == "source_batch" else d for d in e["shape"]])
+                        for e in state if e["source"] == "encode"],
         },
         "decoder_step": {
             "file": GRAPH_FILES["decoder_step"],

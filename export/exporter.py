@@ -86,6 +86,7 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
     """
     from export import onnx_export, reference, saved_model
     from export.functions import GraphFunctions, describe_model
+    from export.transformer_step import step_positions, supports
     from keras_nlp_week4.runs import load_run
 
     def log(message: str) -> None:
@@ -102,7 +103,14 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         state, graphs = describe_model(run.model)
         functions = GraphFunctions(run.model, graphs, run.config.special_ids)
         shutil.copyfile(run.tokenizer.model_path, staging / "tokenizer.model")
+        # A Transformer's step is written from its weights, for speed (export.transformer_step).
+        step_by_hand = supports(run.model) is None
         for name in GRAPH_FILES:
+            if name == "decoder_step" and step_by_hand:
+                log("writing decoder_step as ONNX from the weights (export.transformer_step)")
+                onnx_export.write_transformer_step(run.model, graphs[name], staging / graphs[name]["file"],
+                                                   step_positions(run.config.max_target_length))
+                continue
             log(f"converting {name} to ONNX (opset {OPSET})")
             onnx_export.convert_graph(functions, name, staging / graphs[name]["file"])
         log("writing the SavedModel")

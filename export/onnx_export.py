@@ -1,4 +1,5 @@
-"""tf2onnx conversion of the encoder, decoder-step and greedy-generation functions (opset 18).
+"""tf2onnx conversion of the encoder, decoder-step and greedy-generation functions (opset 18), and the
+Transformer's decoder step written from its weights instead (`export.transformer_step`, format 2).
 
 Each graph is converted from a `tf.function` with a named input signature (`export.functions`), then
 tidied so it matches its description in `export.config` exactly: outputs in the contract's order, the
@@ -23,7 +24,7 @@ from export.functions import GraphFunctions
 from export.onnx_check import check_onnx
 from export.onnx_fusions import fuse_graph_patterns
 
-__all__ = ["convert_graph"]
+__all__ = ["convert_graph", "save_graph", "write_transformer_step"]
 
 def _set_shape(value: onnx.ValueInfoProto, shape: list) -> None:
     """Declares `shape` (ints and symbolic axis names) on a graph input/output."""
@@ -71,8 +72,24 @@ def convert_graph(functions: GraphFunctions, graph: str, path: Path, opset: int 
     # Fewer nodes, same numbers: onnxruntime's per-node overhead dominates a decoder step.
     folded = fuse_graph_patterns(model)
     logging.getLogger(__name__).info("%s: %s", graph, folded)
+    return save_graph(model, description, graph, path, "keras-nlp-week4 export via tf2onnx")
+
+
+def write_transformer_step(model, description: Mapping, path: Path, max_positions: int,
+                           opset: int = OPSET) -> Path:
+    """The Transformer's decoder step written from its weights (`export.transformer_step`), saved and
+    checked like a converted graph."""
+    from export.transformer_step import transformer_step_graph
+
+    proto = transformer_step_graph(model, description, max_positions, opset)
+    _conform(proto, description, "decoder_step")
+    return save_graph(proto, description, "decoder_step", path, "keras-nlp-week4 export/transformer_step")
+
+
+def save_graph(model: onnx.ModelProto, description: Mapping, graph: str, path: Path, producer: str) -> Path:
+    """Names, saves and checks (`check_onnx`) one graph of the export."""
     model.doc_string = f"keras-nlp-week4 {graph} graph (see config.json)"
-    model.producer_name = "keras-nlp-week4 export via tf2onnx"
+    model.producer_name = producer
     helper.set_model_props(model, {"graph": graph})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ import numpy as np
 
 __all__ = [
     "ATTENTION", "ENCODER_INPUT", "INDEX", "LOGITS", "MAX_LENGTH", "RESERVED_NAMES", "SYMBOLIC_AXES",
-    "TOKENS", "TOKEN_IDS", "concrete_shape", "numpy_dtype", "updated_name", "updated_outputs", "zero_state",
+    "TOKENS", "TOKEN_IDS", "concrete_shape", "numpy_dtype", "shared_by_beams", "updated_name", "updated_outputs",
+    "zero_state",
 ]
 
 # Graph inputs and outputs besides the decoding-state entries.
@@ -29,7 +30,9 @@ RESERVED_NAMES = frozenset({ENCODER_INPUT, TOKEN_IDS, INDEX, LOGITS, ATTENTION, 
 
 # The decoder step returns the new value of state entry `<name>` as output `<name>_out`.
 _UPDATED_SUFFIX = "_out"
-SYMBOLIC_AXES = ("batch", "source_length", "max_length")
+# "batch": rows of token_ids (sentences x beams in beam search); "source_batch": source sentences, the
+# batch of the entries a model declares shared by beams (and of the encoder graph).
+SYMBOLIC_AXES = ("batch", "source_batch", "source_length", "max_length")
 # The dtypes an export may use. bfloat16 is not among them: onnxruntime's CPU kernels lack it, so a
 # mixed-precision run is exported in float32 or not at all.
 _DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "bool": np.bool_,
@@ -59,9 +62,14 @@ def concrete_shape(shape: Sequence, sizes: Mapping[str, int]) -> tuple[int, ...]
     return tuple(int(sizes[d]) if isinstance(d, str) else int(d) for d in shape)
 
 
+def shared_by_beams(specs: Iterable[Mapping]) -> frozenset[str]:
+    """The state entries kept once per source sentence, which beam search neither repeats nor reorders."""
+    return frozenset(spec["name"] for spec in specs if spec.get("shared_by_beams"))
+
+
 def zero_state(specs: Sequence[Mapping], batch: int, source_length: int, max_length: int) -> dict:
     """Zeros for every state entry whose `source` is "cache" (what the caller allocates before the first
     decoder step), sized for `max_length` steps."""
-    sizes = {"batch": batch, "source_length": source_length, "max_length": max_length}
+    sizes = {"batch": batch, "source_batch": batch, "source_length": source_length, "max_length": max_length}
     return {spec["name"]: np.zeros(concrete_shape(spec["shape"], sizes), numpy_dtype(spec["dtype"]))
             for spec in specs if spec["source"] == "cache"}

@@ -21,7 +21,9 @@ from serving.manifest import read_json_object
 __all__ = ["CONFIG", "FORMAT_VERSION", "SERVED_GRAPHS", "ExportConfig", "Graph"]
 
 CONFIG = "config.json"
-FORMAT_VERSION = 1
+# 2: per-layer state entries (a Transformer's `self_key_<i>`, `cross_key_<i>`, ...) and entries shared by
+# the beams of a sentence (`shared_by_beams`, batch axis "source_batch"); 1 had stacked caches.
+FORMAT_VERSION = 2
 SERVED_GRAPHS = ("encoder", "decoder_step")  # what the runtime loads; "generate" is the greedy loop
 
 

@@ -28,6 +28,7 @@ from serving.contract import (
     LOGITS,
     TOKEN_IDS,
     numpy_dtype,
+    shared_by_beams,
     updated_name,
     updated_outputs,
     zero_state,
@@ -184,6 +185,7 @@ class Runtime:
                               f"the model's vocabulary is {int(config.vocab_size):,}; export the run again "
                               "with the tokenizer it was trained with")
         self.state_specs = list(config.state)
+        self.shared_state = shared_by_beams(self.state_specs)  # kept once per sentence in beam search
         for spec in self.state_specs:
             try:
                 numpy_dtype(spec["dtype"])
@@ -276,6 +278,8 @@ class Runtime:
         max_length = options.max_new_tokens or self.max_target_length
         state = self.initial_state(encoder_input, max_length)
         kwargs = options.search_kwargs()
+        if options.method == "beam":
+            kwargs["shared"] = self.shared_state
         if options.method == "sample" and seeds is not None:
             kwargs["seed"] = list(seeds)
         constraints = options.constraints(encoder_input.shape[0], max_length,

@@ -10,7 +10,8 @@ A step function feeds one token per sequence and returns the next-token logits:
         -> (logits (batch, vocab), updates: dict[str, ndarray], attention: ndarray | None)
 
 `state` entries are batch-first, so a search repeats or reorders hypotheses with one `take(axis=0)` per
-entry, whatever model family or runtime (onnxruntime, Keras) computes the step. `attention`, when not None,
+entry, whatever model family or runtime (onnxruntime, Keras) computes the step; beam search leaves alone
+the entries the model keeps once per source sentence (`shared`). `attention`, when not None,
 is `(batch, layers, heads, src_len)` and is collected per step if asked for.
 
 Every search also takes `Constraints`, what CTranslate2's `translate_batch` calls `target_prefix`,
@@ -21,7 +22,7 @@ applied to each step's logits before the search chooses, the same for greedy, sa
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -381,13 +382,17 @@ def _settled(history: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
                pad_id: int = 0, *, beam_size: int, length_penalty: float, num_hypotheses: int = 1,
-               return_attention: bool = False, constraints: Constraints | None = None) -> SearchSteps:
+               return_attention: bool = False, constraints: Constraints | None = None,
+               shared: Collection[str] = frozenset()) -> SearchSteps:
     """`beam_search` step by step: after each step, each row's prefix that all its live hypotheses share
-    is final (`_settled`); the rest comes with the result."""
+    is final (`_settled`); the rest comes with the result.
+
+    `shared` names the state entries the step reads once per source sentence for all its hypotheses
+    (`serving.contract.shared_by_beams`): they stay as given, never repeated or reordered."""
     k = beam_size
     constraints = (constraints or Constraints()).repeated(k)
-    # Hypothesis j of sequence b lives at row b * k + j of every state entry.
-    state = {name: np.repeat(value, k, axis=0) for name, value in state.items()}
+    # Hypothesis j of sequence b lives at row b * k + j of every state entry not shared by the beams.
+    state = {name: value if name in shared else np.repeat(value, k, axis=0) for name, value in state.items()}
     scores = np.full((batch_size, k), -np.inf)
     scores[:, 0] = 0.0  # all beams start identical: only one may expand at the first step
     token = np.full((batch_size * k,), bos_id, dtype=np.int32)
@@ -414,7 +419,7 @@ def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_
         scores = np.take_along_axis(total, best, axis=-1)
         source = (rows + best // vocab).reshape(-1)  # the hypothesis each new one extends
         token = (best % vocab).reshape(-1).astype(np.int32)
-        for name in updated:
+        for name in updated:  # only updated entries differ between hypotheses; shared ones never are
             state[name] = state[name][source]
         history = np.concatenate([history[source], token[:, None]], axis=1)
         was_finished = finished[source]

@@ -219,7 +219,12 @@ def check_fit_step(layer, input_data: dict, call_kwargs: dict) -> None:
     kwargs = {**fixed, **call_kwargs}
     targets = [rand(*t.shape) for t in _float_outputs(_call(layer, input_data, call_kwargs))]
     model = FitModel(layer, kwargs, targets, dtype=layer.dtype_policy)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    optimizer = keras.optimizers.SGD(0.1)
+    if layer.dtype_policy.name == "mixed_float16":
+        # Keras' default loss scale (2**15) can overflow float16 gradients of random data, and the
+        # LossScaleOptimizer then skips that step by design: no weight would change in one step.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**7)
+    model.compile(optimizer=optimizer, jit_compile=False)
     batch = len(next(iter(arrays.values())))
     if not layer.trainable_weights:
         # Nothing to train (a positional encoding, a dot-product score): the compiled forward pass.

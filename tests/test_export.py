@@ -38,10 +38,13 @@ MODEL_PARAMS = [pytest.param(m, marks=() if m == "transformer" else pytest.mark.
 # `state_specs()`, which config.json is built from): (name, shape, dtype, source, updated).
 _MASK = ("encoder_padding_mask", ["batch", "source_length"], "bool", "encode", False)
 EXPECTED_STATE = {
-    # 2 decoder layers, key/value, 4 heads of 64 / 4 = 16
-    "transformer": [_MASK,
-                    ("cross_attention_cache", ["batch", 2, 2, 4, "source_length", 16], "float32", "encode", False),
-                    ("self_attention_cache", ["batch", 2, 2, 4, "max_length", 16], "float32", "cache", True)],
+    # 2 decoder layers, a key and a value entry each, 4 heads of 64 / 4 = 16; the source side once per
+    # sentence for all its beams
+    "transformer": [("encoder_padding_mask", ["source_batch", "source_length"], "bool", "encode", False),
+                    *((f"cross_{kind}_{i}", ["source_batch", 4, "source_length", 16], "float32", "encode", False)
+                      for i in range(2) for kind in ("key", "value")),
+                    *((f"self_{kind}_{i}", ["batch", 4, "max_length", 16], "float32", "cache", True)
+                      for i in range(2) for kind in ("key", "value"))],
     # one GRU layer of 64, h only; Cho et al.'s context fed to every step
     "seq2seq-gru": [("decoder_state", ["batch", 1, 1, 64], "float32", "encode", True),
                     ("context", ["batch", 64], "float32", "encode", False)],
@@ -121,7 +124,7 @@ def test_export_layout_config_and_manifest(export_of, keras_run, model):
     export = run_dir / "export"
     run = keras_run(run_dir)
     config = _config(run_dir)
-    assert config.format_version == 1 and config.opset <= 18
+    assert config.format_version == 2 and config.opset <= 18
     assert config.model == model and config.family == run.config.family
     assert config.special_ids == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
     for key in ("max_source_length", "max_target_length", "vocab_size"):

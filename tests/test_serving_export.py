@@ -40,7 +40,7 @@ def test_export_has_what_serving_reads(tiny_export):
     files = verify_manifest(tiny_export)
     assert set(config.served_files()) <= set(files)
     assert config.tokenizer in files and "config.json" in files
-    assert {s["name"] for s in config.state} >= {"encoder_padding_mask", "self_attention_cache"}
+    assert {s["name"] for s in config.state} >= {"encoder_padding_mask", "self_key_0", "cross_value_1"}
 
 
 def test_runtime_loads_and_describes(runtime):
@@ -74,7 +74,7 @@ def test_damaged_export_is_a_one_line_error_naming_the_file(tiny_export, tmp_pat
         (export / "config.json").write_text("{ not json")
     elif damage == "old_format":
         config = json.loads((export / "config.json").read_text())
-        (export / "config.json").write_text(json.dumps({**config, "format_version": 0}))
+        (export / "config.json").write_text(json.dumps({**config, "format_version": 1}))
     elif damage == "tokenizer_changed":
         data = bytearray((export / "tokenizer.model").read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -206,7 +206,10 @@ def test_int8_graphs_are_listed_verified_and_hold_the_float_weights_to_half_a_st
         assert weights, f"{name}: no int8 weights"
         for weight in weights:
             q, scale, zero = (int8[f"{weight}{suffix}"] for suffix in ("_quantized", "_scale", "_zero_point"))
-            original = fp32[weight].astype(np.float64)
+            # The quantizer stores a Gemm's transposed weight (transB=1, the tied logits) transposed.
+            base = weight.removesuffix("_Transposed")
+            original = fp32[base].astype(np.float64)
+            original = original.T if base != weight else original
             assert scale.size == 1 and np.all(zero == 0)  # symmetric, one scale per tensor
             assert q.shape == original.shape
             assert float(scale) <= np.abs(original).max() / 127 * (1 + 1e-6)  # the range is not wasted

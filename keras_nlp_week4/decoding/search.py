@@ -67,9 +67,11 @@ def generate(model: Seq2SeqModel, encoder_input: np.ndarray, max_length: int, bo
         return SearchResult(tokens=tokens.numpy())
     state = {k: v.numpy() for k, v in model.encode(encoder_input).items()}
     state.update({k: v.numpy() for k, v in model.initial_cache(batch, max_length).items()})
+    kwargs = decoding.search_kwargs()
+    if method == "beam":
+        kwargs["shared"] = {spec.name for spec in model.state_specs() if spec.shared_by_beams}
     return decoding.search()(keras_step_fn(model), state, batch, max_length, bos_id, eos_id, pad_id,
-                             return_attention=return_attention, constraints=constraints,
-                             **decoding.search_kwargs())
+                             return_attention=return_attention, constraints=constraints, **kwargs)
 
 
 def _compiled_greedy(model, max_length, bos_id, eos_id, pad_id):

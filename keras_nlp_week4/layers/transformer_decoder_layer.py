@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from keras_nlp_week4.layers.multi_head_attention import AttentionOutput
 from keras_nlp_week4.layers.transformer_layer_base import TransformerLayerBase
@@ -53,8 +54,10 @@ class TransformerDecoderLayer(TransformerLayerBase):
         self_attention_cache: optional `(batch, 2, num_heads, max_len, head_dim)`.
         self_attention_cache_update_index: python int or scalar int tensor, the position
             of the first token of `x`; required with `self_attention_cache`.
-        cross_attention_cache: optional `(batch, 2, num_heads, src_len, head_dim)`, used
-            instead of projecting `encoder_outputs`.
+        cross_attention_cache: optional `(sources, 2, num_heads, src_len, head_dim)`, used
+            instead of projecting `encoder_outputs`; `batch` must be a multiple of `sources`
+            (consecutive rows of `x`, such as the beams of one sentence, share one row of the
+            cache), with `encoder_padding_mask` `(sources, src_len)`.
         return_attention_scores: bool. Also return the cross-attention weights.
         training: python bool, whether dropout is active.
 
@@ -149,13 +152,36 @@ class TransformerDecoderLayer(TransformerLayerBase):
 
         # Cross-attention over the encoder outputs: queries from the decoder.
         h = self.sublayer_input(x, self.cross_attention_layer_norm)
-        cross_attended = self.cross_attention(
-            h, encoder_outputs, key_padding_mask=encoder_padding_mask, cache=cross_attention_cache,
-            return_attention_scores=return_attention_scores, training=training)
-        x = self.sublayer_output(x, cross_attended.output, self.cross_attention_layer_norm,
+        cross_output, cross_scores = self._cross_attend(
+            h, encoder_outputs, encoder_padding_mask, cross_attention_cache, return_attention_scores, training)
+        x = self.sublayer_output(x, cross_output, self.cross_attention_layer_norm,
                                  self.cross_attention_dropout, training)
 
         # Position-wise feed-forward network, eq. (2).
         x = self.feed_forward(x, training)
         # scores (batch, heads, tgt_len, src_len) or None
-        return AttentionOutput(x, cross_attended.scores, self_attended.cache)
+        return AttentionOutput(x, cross_scores, self_attended.cache)
+
+    def _cross_attend(self, h, encoder_outputs, encoder_padding_mask, cross_attention_cache,
+                      return_attention_scores, training):
+        if cross_attention_cache is None:
+            attended = self.cross_attention(h, encoder_outputs, key_padding_mask=encoder_padding_mask,
+                                            return_attention_scores=return_attention_scores, training=training)
+            return attended.output, attended.scores
+        # A cross-attention cache may hold one row per source sentence for several rows of `h` (the
+        # beams of that sentence, CTranslate2's layout): the beams' queries then become query positions
+        # of their sentence, which attend to its keys independently, without copying the keys per beam.
+        batch, tgt_len = ops.shape(h)[0], ops.shape(h)[1]
+        sources = ops.shape(cross_attention_cache)[0]
+        grouped = ops.reshape(h, (sources, -1, self.d_model))  # (sources, beams * tgt_len, d_model)
+        attended = self.cross_attention(grouped, key_padding_mask=encoder_padding_mask,
+                                        cache=cross_attention_cache,
+                                        return_attention_scores=return_attention_scores, training=training)
+        output = ops.reshape(attended.output, (batch, tgt_len, self.d_model))
+        scores = attended.scores
+        if scores is not None:
+            src_len = ops.shape(scores)[-1]
+            # (sources, heads, beams * tgt_len, src) -> (sources, beams, heads, tgt_len, src) -> (batch, ...)
+            scores = ops.reshape(scores, (sources, self.num_heads, -1, tgt_len, src_len))
+            scores = ops.reshape(ops.transpose(scores, (0, 2, 1, 3, 4)), (batch, self.num_heads, tgt_len, src_len))
+        return output, scores

@@ -5,7 +5,9 @@ source sequence; `initial_cache` the zero-initialised entries that grow with the
 self-attention key/value cache); `decode_step` consumes one token per sequence and returns the entries it
 changed. Because every entry has the batch on axis 0, beam search reorders or repeats hypotheses with one
 `take(..., axis=0)` per entry, whatever the family, and an exported decoder-step graph takes and returns
-the same entries by name.
+the same entries by name. An entry the model declares `shared_by_beams` (the Transformer's encoder-side
+keys and values) is kept once per source sentence instead: the step reads it for all of that sentence's
+hypotheses, so beam search never copies it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ import keras
 class StateSpec:
     """One entry of the decoding state, as an exporter or a numpy runtime needs to know it.
 
-    `shape` names symbolic axes ("batch", "source_length", "max_length") and gives the rest as ints.
-    `source` is "encode" (made by `encode`) or "cache" (zeros of `shape` made by the runtime).
-    `updated` says whether `decode_step` returns a new value for it. `description` says what it holds, for
-    the export's `config.json` (its readers have no model to ask).
+    `shape` names symbolic axes ("batch", "source_batch", "source_length", "max_length") and gives the
+    rest as ints. `source` is "encode" (made by `encode`) or "cache" (zeros of `shape` made by the
+    runtime). `updated` says whether `decode_step` returns a new value for it. `description` says what it
+    holds, for the export's `config.json` (its readers have no model to ask).
+
+    `shared_by_beams`: one copy per source sentence, which all of that sentence's hypotheses read, as
+    CTranslate2 keeps its encoder memory: beam search neither repeats nor reorders it, and its batch axis
+    is "source_batch", of which "batch" (the rows of `token_ids`) is a multiple. Only an entry that is
+    never updated can be shared.
     """
 
     name: str
@@ -31,6 +38,14 @@ class StateSpec:
     source: str
     updated: bool
     description: str = ""
+    shared_by_beams: bool = False
+
+    def __post_init__(self):
+        batch_axis = "source_batch" if self.shared_by_beams else "batch"
+        if not self.shape or self.shape[0] != batch_axis:
+            raise ValueError(f"state entry {self.name!r}: axis 0 must be {batch_axis!r}, got {self.shape}")
+        if self.shared_by_beams and self.updated:
+            raise ValueError(f"state entry {self.name!r}: an updated entry cannot be shared by beams")
 
     def to_json(self) -> dict:
         return {**asdict(self), "shape": list(self.shape)}

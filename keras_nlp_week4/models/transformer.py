@@ -145,54 +145,64 @@ class Transformer(Seq2SeqModel):
         return self._decode_full(decoder_input, encoder_outputs, source_mask, False, True)
 
     # ------------------------------------------------------------------------- incremental decoding
+    # One key and one value entry per decoder layer (optimum's `past_key_values.<i>` layout): a step
+    # touches each layer's cache alone, with no slicing out of or stacking into one big tensor. The
+    # encoder-side keys/values and the source mask are kept once per source sentence for all its beams.
     def encode(self, encoder_input, training=False) -> dict:
         encoder_outputs, source_mask = self._encode(encoder_input, training=training)
-        # Cross-attention keys/values depend on the source only: compute them once per sequence.
-        cross = [layer.compute_cross_attention_cache(encoder_outputs) for layer in self.decoder_layers]
-        return {
-            "encoder_padding_mask": source_mask,  # (batch, src_len) bool
-            "cross_attention_cache": ops.stack(cross, axis=1),  # (batch, layers, 2, heads, src, head_dim)
-        }
+        state = {"encoder_padding_mask": source_mask}  # (batch, src_len) bool
+        # Cross-attention keys/values depend on the source only: computed once per sequence.
+        for i, layer in enumerate(self.decoder_layers):
+            cross = layer.compute_cross_attention_cache(encoder_outputs)  # (batch, 2, heads, src, head_dim)
+            state[f"cross_key_{i}"], state[f"cross_value_{i}"] = cross[:, 0], cross[:, 1]
+        return state
 
     def initial_cache(self, batch_size, max_length) -> dict:
-        shape = (batch_size, self.num_decoder_layers, 2, self.num_heads, max_length, self.head_dim)
-        return {"self_attention_cache": ops.zeros(shape, dtype=self.compute_dtype)}
+        shape = (batch_size, self.num_heads, max_length, self.head_dim)
+        return {f"self_{kind}_{i}": ops.zeros(shape, dtype=self.compute_dtype)
+                for i in range(self.num_decoder_layers) for kind in ("key", "value")}
 
     def decode_step(self, token_ids, index, state, training=False):
+        # token_ids (batch,), batch = source sentences x beams; the cross entries have the sentences' batch.
         y = self.target_embedding(token_ids[:, None], start_index=index, training=training)  # (b, 1, d)
-        new_caches, attention = [], []
+        updates, attention = {}, []
         for i, layer in enumerate(self.decoder_layers):
             decoded = layer(
                 y,
                 encoder_padding_mask=state["encoder_padding_mask"],
-                self_attention_cache=state["self_attention_cache"][:, i],
+                self_attention_cache=ops.stack([state[f"self_key_{i}"], state[f"self_value_{i}"]], axis=1),
                 self_attention_cache_update_index=index,
-                cross_attention_cache=state["cross_attention_cache"][:, i],
+                cross_attention_cache=ops.stack([state[f"cross_key_{i}"], state[f"cross_value_{i}"]], axis=1),
                 return_attention_scores=True,
                 training=training,
             )
             y = decoded.output  # (batch, 1, d_model)
-            new_caches.append(decoded.cache)  # (batch, 2, heads, max_length, head_dim)
+            # cache (batch, 2, heads, max_length, head_dim)
+            updates[f"self_key_{i}"], updates[f"self_value_{i}"] = decoded.cache[:, 0], decoded.cache[:, 1]
             attention.append(decoded.scores[:, :, 0, :])  # (batch, heads, src_len)
         logits = self._project(y)[:, 0, :]  # (batch, vocab)
-        updates = {"self_attention_cache": ops.stack(new_caches, axis=1)}
         return logits, updates, ops.stack(attention, axis=1)  # attention: (batch, layers, heads, src_len)
 
     def state_specs(self) -> list[StateSpec]:
-        layers, heads, hd = self.num_decoder_layers, self.num_heads, self.head_dim
-        return [
-            StateSpec("encoder_padding_mask", ("batch", "source_length"), "bool", "encode", False,
-                      "(batch, source_length): true at real source tokens, false at padding"),
-            StateSpec("cross_attention_cache", ("batch", layers, 2, heads, "source_length", hd),
-                      self.compute_dtype, "encode", False,
-                      "(batch, layers, 2 = key/value, heads, source_length, head_dim): the encoder-side "
-                      "keys/values, computed once by the encoder"),
-            StateSpec("self_attention_cache", ("batch", layers, 2, heads, "max_length", hd),
-                      self.compute_dtype, "cache", True,
-                      "(batch, layers, 2 = key/value, heads, max_length, head_dim): zeros made by the caller "
-                      "for max_length positions; decoder_step at `index` fills position `index` and returns "
-                      "the whole cache as self_attention_cache_out"),
-        ]
+        heads, hd = self.num_heads, self.head_dim
+        specs = [StateSpec("encoder_padding_mask", ("source_batch", "source_length"), "bool", "encode", False,
+                           "(source_batch, source_length): true at real source tokens, false at padding",
+                           shared_by_beams=True)]
+        for i in range(self.num_decoder_layers):
+            specs += [StateSpec(f"cross_{kind}_{i}", ("source_batch", heads, "source_length", hd),
+                                self.compute_dtype, "encode", False,
+                                f"(source_batch, heads, source_length, head_dim): decoder layer {i}'s "
+                                f"cross-attention {kind}s, projected from the encoder output once per source",
+                                shared_by_beams=True)
+                      for kind in ("key", "value")]
+        for i in range(self.num_decoder_layers):
+            specs += [StateSpec(f"self_{kind}_{i}", ("batch", heads, "max_length", hd), self.compute_dtype,
+                                "cache", True,
+                                f"(batch, heads, max_length, head_dim): decoder layer {i}'s self-attention "
+                                f"{kind}s, zeros made by the caller; the step at `index` fills position "
+                                f"`index` and returns the whole entry as self_{kind}_{i}_out")
+                      for kind in ("key", "value")]
+        return specs
 
     def get_config(self) -> dict:
         return {

@@ -1,0 +1,225 @@
+"""The Transformer's decoder step written as an ONNX graph from its weights (export format 2).
+
+tf2onnx turns `Transformer.decode_step` into about 340 nodes for 3 decoder layers, most of them shape
+arithmetic around a handful of matrix products, and on these model sizes onnxruntime spends a decoder step
+mostly on per-node overhead and on copying caches, not on arithmetic. As CTranslate2's converter does,
+this module reads the trained weights and writes the step the way an inference engine wants it, with
+standard ONNX operators only (so onnxruntime-web and other engines run it):
+
+- one `MatMul` for the self-attention's query, key and value together, split into heads by one
+  `Reshape` and one `Split`; the 1/sqrt(d_k) scale folded into the query weights;
+- per-layer key and value entries (`self_key_<i>`, `self_value_<i>`), written at `index` by one
+  `ScatterElements` each, with no slicing out of or stacking into one stacked cache;
+- cross-attention keys and values kept once per source sentence (`shared_by_beams`): the beams of a
+  sentence are reshaped into query positions of that sentence, CTranslate2's layout, so beam search
+  never repeats them;
+- the causal mask over the cache, the scatter positions and the beam grouping worked out once per
+  step for all layers; the position encoding a table lookup.
+
+It computes what `Transformer.decode_step` computes, on the same state entries (`state_specs()`), and
+the export validates it against that Keras step like every graph (`export.validate`): the same
+tolerance, the same greedy identity on the test split. `supports(model)` says which models it can
+write (float32, ReLU feed-forward); the exporter converts the others with tf2onnx as before.
+
+Shapes in comments: B = batch rows (sentences x beams), Bs = source sentences, H = heads, d = d_model,
+hd = head_dim, L = max_length (cache positions), S = source_length, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from export.config import OPSET
+
+__all__ = ["step_positions", "supports", "transformer_step_graph"]
+
+
+def step_positions(max_target_length: int) -> int:
+    """Output positions the step's position table covers: the runtime never goes past
+    `max_target_length` (it refuses a longer `max_new_tokens`); validation and benchmarks go a little
+    further."""
+    return max(256, 2 * int(max_target_length))
+
+# The fill of masked scores before the softmax, as `keras_nlp_week4.layers.masks.large_negative`
+# gives for float32: exp(-1e9 - max) is exactly 0.
+_MASKED = -1e9
+_DTYPES = {"float32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "int32": TensorProto.INT32}
+
+
+def supports(model) -> str | None:
+    """None when `transformer_step_graph` can write `model`'s step, else why not (one line)."""
+    from keras_nlp_week4.models.transformer import Transformer
+
+    if not isinstance(model, Transformer):
+        return "not a Transformer"
+    if model.compute_dtype != "float32":
+        return f"compute dtype {model.compute_dtype} (only float32 is written by hand)"
+    for layer in model.decoder_layers:
+        if getattr(layer.activation, "__name__", "") != "relu":
+            return f"feed-forward activation {layer.activation.__name__} (only relu is written by hand)"
+    return None
+
+
+class _Graph:
+    """Nodes and initializers, with fresh names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, hint: str, value) -> str:
+        name = self._name(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int | list[str] = 1,
+           **attributes) -> str | list[str]:
+        names = outputs if isinstance(outputs, list) else [self._name(hint or op_type.lower())
+                                                          for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=self._name(f"n_{op_type}"), **attributes))
+        return names if len(names) > 1 or isinstance(outputs, list) else names[0]
+
+
+def _array(variable) -> np.ndarray:
+    return np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable, dtype=np.float32)
+
+
+def _dense(g: _Graph, x: str, kernel: np.ndarray, bias: np.ndarray | None, hint: str) -> str:
+    """`x @ kernel + bias` on (rows, in) -> (rows, out)."""
+    y = g.op("MatMul", [x, g.const(f"{hint}_kernel", kernel)], hint)
+    return y if bias is None else g.op("Add", [y, g.const(f"{hint}_bias", bias)], hint)
+
+
+def _layer_norm(g: _Graph, x: str, norm, hint: str) -> str:
+    return g.op("LayerNormalization", [x, g.const(f"{hint}_gamma", _array(norm.gamma)),
+                                       g.const(f"{hint}_beta", _array(norm.beta))],
+                hint, axis=-1, epsilon=float(norm.epsilon))
+
+
+def _sublayer(g: _Graph, x: str, norm, norm_first: bool, body, hint: str) -> str:
+    """The residual connection around a sub-layer: post-norm `LN(x + f(x))`, pre-norm `x + f(LN(x))`."""
+    if norm_first:
+        return g.op("Add", [x, body(_layer_norm(g, x, norm, f"{hint}_norm"))], hint)
+    return _layer_norm(g, g.op("Add", [x, body(x)], hint), norm, f"{hint}_norm")
+
+
+def _positions(model, count: int) -> np.ndarray:
+    """The sinusoidal encoding of positions 0..count-1, `(count, d)`, computed by the model's own layer so
+    the table holds exactly the numbers its step adds."""
+    embedding = model.target_embedding
+    return _array(embedding.position_encoding(np.zeros((1, count, model.d_model), np.float32))[0])
+
+
+def transformer_step_graph(model, description: Mapping, max_positions: int, opset: int = OPSET) -> onnx.ModelProto:
+    """The decoder-step graph of `model` (a `Transformer`, see `supports`) with the inputs and outputs of
+    `description` (`export.config.describe_graphs(...)["decoder_step"]`), for output positions below
+    `max_positions`."""
+    reason = supports(model)
+    if reason is not None:
+        raise ValueError(f"cannot write this model's decoder step by hand: {reason}")
+    g = _Graph()
+    d, heads, hd = model.d_model, model.num_heads, model.head_dim
+    scale = 1.0 / math.sqrt(hd)
+    embedding = model.target_embedding
+    table = _array(embedding.embeddings)  # (V, d)
+
+    # Shared by all layers --------------------------------------------------------------------------
+    table_name = g.const("embeddings", table)
+    x = g.op("Gather", [table_name, "token_ids"], "token_embedding", axis=0)  # (B, d)
+    if embedding.scale_by_sqrt_d_model:
+        x = g.op("Mul", [x, g.const("sqrt_d_model", np.float32(math.sqrt(d)))], "scaled_embedding")
+    position = g.op("Gather", [g.const("positions", _positions(model, max_positions)), "index"], "position",
+                    axis=0)  # (d,)
+    x = g.op("Add", [x, position], "decoder_input")  # (B, d)
+    # Cache positions 0..index may be attended (the causal rule); later slots are empty.
+    cache_length = g.op("Squeeze", [g.op("Shape", ["self_key_0"], "cache_shape", start=2, end=3)], "cache_length")
+    slots = g.op("Range", [g.const("zero", np.int64(0)), cache_length, g.const("one", np.int64(1))], "slots")
+    index64 = g.op("Cast", ["index"], "index64", to=TensorProto.INT64)
+    visible = g.op("LessOrEqual", [slots, index64], "visible")  # (L,)
+    # ScatterElements positions: `index` for every (row, head, 0, feature) of a new key/value.
+    scatter_at = g.op("Expand", [g.op("Reshape", [index64, g.const("one_4d", np.ones(4, np.int64))]),
+                                 g.op("Concat", [g.op("Shape", ["token_ids"], "rows"),
+                                                 g.const("tail", np.array([heads, 1, hd], np.int64))],
+                                      "new_shape_rows", axis=0)], "scatter_at")  # (B, H, 1, hd)
+    # Beams as query positions of their sentence: (B, d) -> (Bs, B / Bs, H, hd).
+    sources = g.op("Shape", ["encoder_padding_mask"], "sources", start=0, end=1)
+    grouped_shape = g.op("Concat", [sources, g.const("grouped_tail", np.array([-1, heads, hd], np.int64))],
+                         "grouped_shape", axis=0)
+    source_visible = g.op("Unsqueeze", ["encoder_padding_mask", g.const("axes_1_2", np.array([1, 2], np.int64))],
+                          "source_visible")  # (Bs, 1, 1, S)
+    masked = g.const("masked", np.float32(_MASKED))
+    flat = g.const("flat", np.array([-1, d], np.int64))
+    attention_shape = g.const("attention_shape", np.array([-1, 1, heads, 0], np.int64))  # 0: keep S
+
+    attentions = []
+    for i, layer in enumerate(model.decoder_layers):
+        def self_attention(h, layer=layer, i=i):
+            mha = layer.self_attention
+            kernel = np.concatenate([_array(mha.query_dense.kernel).reshape(d, -1) * scale,
+                                     _array(mha.key_dense.kernel).reshape(d, -1),
+                                     _array(mha.value_dense.kernel).reshape(d, -1)], axis=1)  # (d, 3d)
+            bias = np.concatenate([_array(mha.query_dense.bias).reshape(-1) * scale,
+                                   _array(mha.key_dense.bias).reshape(-1), _array(mha.value_dense.bias).reshape(-1)])
+            qkv = _dense(g, h, kernel, bias, f"l{i}_self_qkv")  # (B, 3d)
+            qkv = g.op("Reshape", [qkv, g.const("qkv_shape", np.array([-1, 3 * heads, 1, hd], np.int64))])
+            q, k, v = g.op("Split", [qkv], f"l{i}_self", outputs=3, axis=1, num_outputs=3)  # (B, H, 1, hd)
+            keys = g.op("ScatterElements", [f"self_key_{i}", scatter_at, k], outputs=[f"self_key_{i}_out"], axis=2)[0]
+            values = g.op("ScatterElements", [f"self_value_{i}", scatter_at, v],
+                          outputs=[f"self_value_{i}_out"], axis=2)[0]  # (B, H, L, hd)
+            scores = g.op("MatMul", [q, g.op("Transpose", [keys], perm=[0, 1, 3, 2])], f"l{i}_self_scores")
+            weights = g.op("Softmax", [g.op("Where", [visible, scores, masked])], axis=-1)  # (B, H, 1, L)
+            context = g.op("Reshape", [g.op("MatMul", [weights, values]), flat])  # (B, H*hd)
+            return _dense(g, context, _array(mha.output_dense.kernel).reshape(-1, d),
+                          _array(mha.output_dense.bias), f"l{i}_self_out")
+
+        def cross_attention(h, layer=layer, i=i):
+            mha = layer.cross_attention
+            q = _dense(g, h, _array(mha.query_dense.kernel).reshape(d, -1) * scale,
+                       _array(mha.query_dense.bias).reshape(-1) * scale, f"l{i}_cross_q")  # (B, d)
+            q = g.op("Transpose", [g.op("Reshape", [q, grouped_shape])], perm=[0, 2, 1, 3])  # (Bs, H, K, hd)
+            keys = g.op("Transpose", [f"cross_key_{i}"], perm=[0, 1, 3, 2])  # (Bs, H, hd, S)
+            scores = g.op("MatMul", [q, keys], f"l{i}_cross_scores")  # (Bs, H, K, S)
+            weights = g.op("Softmax", [g.op("Where", [source_visible, scores, masked])], axis=-1)
+            # (Bs, H, K, S) -> (Bs, K, H, S) -> (B, 1, H, S): this layer's row of the `attention` output
+            attentions.append(g.op("Reshape", [g.op("Transpose", [weights], perm=[0, 2, 1, 3]), attention_shape]))
+            context = g.op("MatMul", [weights, f"cross_value_{i}"])  # (Bs, H, K, hd)
+            context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), flat])  # (B, H*hd)
+            return _dense(g, context, _array(mha.output_dense.kernel).reshape(-1, d),
+                          _array(mha.output_dense.bias), f"l{i}_cross_out")
+
+        def feed_forward(h, layer=layer, i=i):
+            inner = g.op("Relu", [_dense(g, h, _array(layer.feed_forward_inner.kernel),
+                                         _array(layer.feed_forward_inner.bias), f"l{i}_ffn_inner")])
+            return _dense(g, inner, _array(layer.feed_forward_outer.kernel), _array(layer.feed_forward_outer.bias),
+                          f"l{i}_ffn_outer")
+
+        x = _sublayer(g, x, layer.self_attention_layer_norm, model.norm_first, self_attention, f"l{i}_self")
+        x = _sublayer(g, x, layer.cross_attention_layer_norm, model.norm_first, cross_attention, f"l{i}_cross")
+        x = _sublayer(g, x, layer.feed_forward_layer_norm, model.norm_first, feed_forward, f"l{i}_ffn")
+
+    if model.decoder_norm is not None:
+        x = _layer_norm(g, x, model.decoder_norm, "decoder_norm")
+    if model.output_projection is None:  # tied: x @ E^T, read from the embedding table itself
+        g.op("Gemm", [x, table_name], outputs=["logits"], transB=1)
+    else:
+        g.op("Gemm", [x, g.const("projection_kernel", _array(model.output_projection.kernel)),
+                      g.const("projection_bias", _array(model.output_projection.bias))], outputs=["logits"])
+    g.op("Concat", attentions, outputs=["attention"], axis=1)  # (B, layers, H, S)
+
+    def value(entry: Mapping) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(entry["name"], _DTYPES[entry["dtype"]], list(entry["shape"]))
+
+    graph = helper.make_graph(g.nodes, "decoder_step", [value(e) for e in description["inputs"]],
+                              [value(e) for e in description["outputs"]], g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                             producer_name="keras-nlp-week4 export/transformer_step")
