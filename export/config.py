@@ -121,7 +121,7 @@ def saved_model_signatures(graphs: Mapping[str, dict]) -> dict[str, dict]:
 
 def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[str, dict],
                         reference_cases: int, test_examples: int, quantized: dict | None = None,
-                        opset: int = OPSET) -> ExportConfig:
+                        opset: int = OPSET, in_place_updates: Sequence[str] = ()) -> ExportConfig:
     """The export's `config.json` (`serving.export_config.ExportConfig`), complete: everything a runtime
     needs without TensorFlow.
 
@@ -131,6 +131,8 @@ def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[st
         graphs: `describe_graphs(...)`.
         reference_cases, test_examples: what `reference.npz` holds (`export.reference.build_reference`).
         quantized: `export.quantize.quantize_graphs(...)` when int8 graphs were written.
+        in_place_updates: updated entries the decoder step may write into its input's buffer
+            (`export.transformer_step.IN_PLACE`: its caches; none for a converted step).
         opset: the ONNX opset the graphs were converted with.
     """
     return ExportConfig(
@@ -155,6 +157,7 @@ def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[st
         reference_cases=int(reference_cases),
         test_examples=int(test_examples),
         quantized=quantized,
+        in_place_updates=list(in_place_updates),
     )
 
 

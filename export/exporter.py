@@ -125,7 +125,9 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
             log("quantizing (dynamic int8)")
             quantized = quantize_graphs(staging, graphs)
         build_export_config(run.config, state, graphs, reference_cases=len(meta["cases"]),
-                            test_examples=meta["test_examples"], quantized=quantized).write(staging)
+                            test_examples=meta["test_examples"], quantized=quantized,
+                            in_place_updates=[e["name"] for e in state if e["updated"]] if step_by_hand else ()
+                            ).write(staging)
         write_manifest(staging)
         if validate:
             from export.validate import validate as run_validation

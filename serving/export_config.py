@@ -61,6 +61,9 @@ class ExportConfig:
     reference_cases: int | None = None
     test_examples: int | None = None
     quantized: dict | None = None  # {"method", "weight_type", "graphs": {name: {"file", "quantized_ops"}}}
+    # Updated state entries that the decoder step reads only in the node writing their `<name>_out`
+    # (a `ScatterND`), so a runtime may bind input and output to one buffer and skip the cache copy.
+    in_place_updates: list[str] = field(default_factory=list)
 
     # Reading ------------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -255,6 +255,56 @@ class Runtime:
         updates = {entry: values[output] for output, entry in self._state_updates.items()}
         return values[LOGITS], updates, values.get(ATTENTION)
 
+    def in_place_step(self) -> Callable[[np.ndarray, int, dict], tuple]:
+        """A step function for one search (the `step` signature) that updates the caches in place.
+
+        Each updated state entry is bound with onnxruntime's IO binding as both the input and the
+        `<name>_out` output of the step where the export says that is safe (config.json's
+        `in_place_updates`: the Transformer's caches), so the graph's cache write (`ScatterND`) happens
+        in the caller's array instead of in a fresh copy of the whole cache every step; the updates it
+        returns are those same arrays (other updates are new arrays, as from `step`). An entry replaced by another array (beam search reorders hypotheses) is
+        bound again. Mutating its input makes it the wrong step to share between searches, or for a
+        caller that keeps the previous state, and the logits it returns are valid until its next call
+        (what the searches need): `step` is the pure one."""
+        binding = self.decoder.io_binding()
+        for name in (LOGITS, ATTENTION):
+            if name in self._decoder_outputs:
+                binding.bind_output(name)
+        fetched = [name for name in self._decoder_outputs if name in (LOGITS, ATTENTION)]
+        updated = {entry: output for output, entry in self._state_updates.items()}
+        in_place = {entry: output for entry, output in updated.items() if entry in self.config.in_place_updates}
+        # Updates of a converted step (an RNN's) come back as new arrays, as from `step`.
+        copied = [output for entry, output in updated.items() if entry not in in_place]
+        for name in copied:
+            binding.bind_output(name)
+        bound: dict[str, np.ndarray] = {}
+        keep: dict[str, ort.OrtValue] = {}  # the OrtValues must live as long as their binding
+
+        def step(token_ids: np.ndarray, index: int, state: dict) -> tuple:
+            binding.bind_cpu_input(TOKEN_IDS, np.ascontiguousarray(token_ids, np.int32))
+            binding.bind_cpu_input(INDEX, np.asarray(index, np.int32))
+            for name, value in state.items():
+                if bound.get(name) is value:
+                    continue
+                value = np.ascontiguousarray(value)
+                if name in in_place:
+                    keep[name] = ort.OrtValue.ortvalue_from_numpy(value)  # shares the array's memory
+                    binding.bind_ortvalue_input(name, keep[name])
+                    binding.bind_ortvalue_output(in_place[name], keep[name])
+                else:
+                    binding.bind_cpu_input(name, value)
+                bound[name] = value
+            self.decoder.run_with_iobinding(binding)
+            outputs = binding.get_outputs()
+            # `numpy()` views onnxruntime's output buffer, which the next call reuses: logits are read
+            # before it, what a search keeps (attention rows, an RNN's state) is copied.
+            values = {name: value.numpy() if name == LOGITS else np.array(value.numpy())
+                      for name, value in zip(fetched + copied, outputs, strict=False)}
+            updates = {name: bound[name] if name in in_place else values[updated[name]] for name in updated}
+            return values[LOGITS], updates, values.get(ATTENTION)
+
+        return step
+
     def generate_ids(self, encoder_input: np.ndarray, options: DecodingOptions = DecodingOptions(),
                      return_attention: bool = False, seeds: Sequence | None = None) -> SearchResult:
         """Searches from encoded sources `(batch, src_len)`; ids `(batch, length)`, PAD after EOS.
@@ -285,7 +335,7 @@ class Runtime:
         constraints = options.constraints(encoder_input.shape[0], max_length,
                                           encode=lambda text: self.tokenizer.encode([text])[0])
         return STREAMS[options.method](
-            self.step, state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
+            self.in_place_step(), state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
             return_attention=return_attention and self.has_attention, constraints=constraints, **kwargs)
 
     # Text --------------------------------------------------------------------------------------------

@@ -260,3 +260,31 @@ def test_serving_installs_without_tensorflow(tmp_path):
 def test_readme_documents_serving():
     text = (ROOT / "README.md").read_text()
     assert "## Serving" in text and "make serve" in text and "make infer" in text
+
+
+@pytest.mark.parametrize("method,kwargs", [("greedy", {}), ("beam", {"beam_size": 3, "length_penalty": 0.6})])
+def test_the_in_place_step_searches_as_the_pure_step(runtime, method, kwargs):
+    """The searches' IO-bound step (caches written in place) gives the ids, scores and attention of
+    `Runtime.step`, and really writes in place: its updates are the arrays it was given."""
+    from serving.search import SEARCHES
+
+    encoder_input, _ = runtime.tokenizer.encode_sources(["9/27/94", "sept. 3, 2001", "1 jan 2000"],
+                                                        runtime.max_source_length)
+    if method == "beam":
+        kwargs = {**kwargs, "shared": runtime.shared_state}
+    results = []
+    for step in (runtime.step, runtime.in_place_step()):
+        state = runtime.initial_state(encoder_input, runtime.max_target_length)
+        results.append(SEARCHES[method](step, state, 3, runtime.max_target_length, runtime.bos_id,
+                                        runtime.eos_id, runtime.pad_id, return_attention=True, **kwargs))
+    pure, in_place = results
+    np.testing.assert_array_equal(in_place.tokens, pure.tokens)
+    np.testing.assert_allclose(in_place.scores, pure.scores, rtol=1e-6)
+    np.testing.assert_allclose(in_place.attention, pure.attention, atol=1e-6)
+
+    assert runtime.config.in_place_updates == [s["name"] for s in runtime.state_specs if s["updated"]]
+    step = runtime.in_place_step()
+    state = runtime.initial_state(encoder_input, 4)
+    _, updates, _ = step(np.full((3,), runtime.bos_id, np.int32), 0, state)
+    assert updates and all(updates[name] is state[name] for name in updates)
+    assert all(state[name][:, :, 0].any() and not state[name][:, :, 1:].any() for name in updates)

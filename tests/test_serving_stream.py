@@ -62,8 +62,13 @@ def test_bad_requests_are_refused_before_the_stream(client, body, status, messag
 
 def test_a_timeout_mid_stream_is_an_error_event(tiny_export):
     slow = Runtime(tiny_export, intra_op_threads=1)
-    step = slow.step
-    slow.step = lambda *args: (time.sleep(0.05), step(*args))[1]
+    factory = slow.in_place_step  # the step the runtime's searches use, slowed down
+
+    def slow_factory():
+        step = factory()
+        return lambda *args: (time.sleep(0.05), step(*args))[1]
+
+    slow.in_place_step = slow_factory
     with TestClient(create_app(slow, ServerSettings(request_timeout_s=0.3))) as client:
         events = parse_sse(client.post("/v1/generate_stream", json={"inputs": TEXTS[0]}).text)
         assert events[-1][0] == "error" and events[-1][1]["status"] == 408
