@@ -134,9 +134,11 @@ def _exported(run_dir: Path, log: Callable[[str], None]) -> Path:
 
 def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_REAL_RUN,
                    log: Callable[[str], None] = print,
-                   names: tuple[str, ...] = ("multi30k", "base")) -> list[RealModel]:
-    """The Multi30k model (trained when `real_run` has an export) and `base` (random), exported to ONNX
-    (fp32 + int8) and converted to CTranslate2, cached under `work/`."""
+                   names: tuple[str, ...] = ("multi30k", "base"),
+                   stand_in_shape: dict = MULTI30K_SHAPE) -> list[RealModel]:
+    """The Multi30k model (trained when `real_run` has an export, else a random model of
+    `stand_in_shape`) and `base` (random), exported to ONNX (fp32 + int8) and converted to CTranslate2,
+    cached under `work/`."""
     from keras_nlp_week4.models.transformer import TRANSFORMER_PRESETS
     from keras_nlp_week4.runs import RunConfig
 
@@ -146,7 +148,7 @@ def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_R
         run_dir, trained = Path(real_run), True
         vocab_size = RunConfig.read(run_dir).vocab_size
     else:
-        run_dir, trained = _stand_in_run(base_run, work / "multi30k-random", **MULTI30K_SHAPE), False
+        run_dir, trained = _stand_in_run(base_run, work / "multi30k-random", **stand_in_shape), False
         vocab_size = RunConfig.read(run_dir).vocab_size
     sizes = [("multi30k", run_dir, trained, vocab_size)]
     if "base" in names:  # only what is asked for: `--quick` measures the Multi30k size alone
