@@ -164,3 +164,51 @@ def test_the_load_test_streams_with_time_to_first_token(server):  # noqa: F811
     result = run_load(url, TEXTS, concurrency=8, requests=40, max_seconds=60, warmup=4, stream=True)
     assert result["errors"] == 0 and result["requests"] == 40 and result["endpoint"] == "/v1/generate_stream"
     assert 0 < result["ttft_p50_ms"] <= result["p50_ms"] and result["ttft_p99_ms"] <= result["max_ms"]
+
+
+def _read_stream(sock: socket.socket) -> bytes:
+    """A streamed response up to its `end` event (or what came before the server closed)."""
+    response = b""
+    while b"event: end" not in response:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        response += chunk
+    return response
+
+
+def test_streams_that_are_never_read_stay_within_the_connection_limit(server):  # noqa: F811
+    """Clients that open streams and do not read them (slow readers, more of them than the server takes
+    connections) do not stop the server: the connections past `--max-connections` get 503 at once, a
+    plain request is served meanwhile, and every admitted stream is there to its end when read later."""
+    import urllib.request
+
+    from test_serving_server import MAX_CONNECTIONS
+
+    _, port, url = server
+    body = json.dumps({"inputs": TEXTS[2]}).encode()
+    request = (b"POST /v1/generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    plain = urllib.request.Request(url + "/v1/generate", data=json.dumps({"inputs": TEXTS[0]}).encode(),
+                                   headers={"Content-Type": "application/json"})
+    # One connection short of the limit: the plain request takes the last one.
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MAX_CONNECTIONS - 1)]
+    extra = []
+    try:
+        for s in idle:
+            s.sendall(request)  # and nothing read for now
+        assert urllib.request.urlopen(plain, timeout=10).status == 200  # served while they wait
+        time.sleep(0.3)
+        extra = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        for s in extra:
+            s.sendall(request)
+        refused = [_read_stream(s) for s in extra]
+        answers = [_read_stream(s) for s in idle]  # read only now
+    finally:
+        for s in idle + extra:
+            s.close()
+    # The plain request's connection is free again: one of the four may get in, the rest are refused.
+    assert sum(a.startswith(b"HTTP/1.1 503") for a in refused) >= 3, [a[:40] for a in refused]
+    answers += [a for a in refused if not a.startswith(b"HTTP/1.1 503")]
+    assert all(a.startswith(b"HTTP/1.1 200") and b"event: done" in a and b"event: end" in a for a in answers)
+    assert urllib.request.urlopen(plain, timeout=10).status == 200  # and after
