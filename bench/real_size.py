@@ -70,8 +70,13 @@ def _stand_in_tokenizer(destination: Path, vocab_size: int) -> Path:
     if missing:
         raise FileNotFoundError(f"the real-size stand-in needs Multi30k's training text for its {vocab_size:,}-"
                                 f"piece tokenizer; missing {', '.join(missing)} (see ../shared/data/README.md)")
-    texts = [line.rstrip("\n") for f in files for line in f.read_text(encoding="utf-8").splitlines()]
-    return train_sentencepiece(texts, destination / "tokenizer.model", vocab_size=vocab_size, model_type="bpe")
+    # Trained once per work folder: the Multi30k and `base` stand-ins share it.
+    shared = destination.parent / f"stand-in-tokenizer-{vocab_size}.model"
+    if not shared.is_file():
+        texts = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()]
+        train_sentencepiece(texts, shared, vocab_size=vocab_size, model_type="bpe")
+    shutil.copyfile(shared, destination / "tokenizer.model")
+    return destination / "tokenizer.model"
 
 
 def _stand_in_run(base_run: Path, destination: Path, preset: str, vocab_size: int) -> Path:
@@ -183,9 +188,10 @@ def _ours(export_dir: Path, threads: int, int8: bool) -> Callable:
 
     def generate(source: np.ndarray, tokens: int, beam: int) -> np.ndarray:
         state = runtime.initial_state(source, tokens)
+        step = runtime.in_place_step()  # the step the runtime's own searches use
         if beam == 1:
-            return greedy_search(runtime.step, state, source.shape[0], tokens, bos, NEVER, pad).tokens
-        return beam_search(runtime.step, state, source.shape[0], tokens, bos, NEVER, pad, beam_size=beam,
+            return greedy_search(step, state, source.shape[0], tokens, bos, NEVER, pad).tokens
+        return beam_search(step, state, source.shape[0], tokens, bos, NEVER, pad, beam_size=beam,
                            length_penalty=0.6, shared=runtime.shared_state).tokens
 
     return generate

@@ -132,7 +132,7 @@ def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[st
         reference_cases, test_examples: what `reference.npz` holds (`export.reference.build_reference`).
         quantized: `export.quantize.quantize_graphs(...)` when int8 graphs were written.
         in_place_updates: updated entries the decoder step may write into its input's buffer
-            (`export.transformer_step.IN_PLACE`: its caches; none for a converted step).
+            (`export.transformer_step.in_place_updates`: its caches; none for a converted step).
         opset: the ONNX opset the graphs were converted with.
     """
     return ExportConfig(

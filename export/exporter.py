@@ -86,7 +86,7 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
     """
     from export import onnx_export, reference, saved_model
     from export.functions import GraphFunctions, describe_model
-    from export.transformer_step import step_positions, supports
+    from export.transformer_step import in_place_updates, step_positions, supports
     from keras_nlp_week4.runs import load_run
 
     def log(message: str) -> None:
@@ -126,7 +126,7 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
             quantized = quantize_graphs(staging, graphs)
         build_export_config(run.config, state, graphs, reference_cases=len(meta["cases"]),
                             test_examples=meta["test_examples"], quantized=quantized,
-                            in_place_updates=[e["name"] for e in state if e["updated"]] if step_by_hand else ()
+                            in_place_updates=in_place_updates(state) if step_by_hand else ()
                             ).write(staging)
         write_manifest(staging)
         if validate:

@@ -37,8 +37,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.config import OPSET
+from keras_nlp_week4.models.transformer import cache_entries
+from serving.contract import numpy_dtype, updated_name
 
-__all__ = ["step_positions", "supports", "transformer_step_graph"]
+__all__ = ["in_place_updates", "step_positions", "supports", "transformer_step_graph"]
 
 
 def step_positions(max_target_length: int) -> int:
@@ -50,7 +52,12 @@ def step_positions(max_target_length: int) -> int:
 # The fill of masked scores before the softmax, as `keras_nlp_week4.layers.masks.large_negative`
 # gives for float32: exp(-1e9 - max) is exactly 0.
 _MASKED = -1e9
-_DTYPES = {"float32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "int32": TensorProto.INT32}
+
+
+def in_place_updates(state: list[Mapping]) -> list[str]:
+    """The updated state entries of the written step that a runtime may update in place (config.json's
+    `in_place_updates`): every cache, since each is read only by the `ScatterND` writing its `_out`."""
+    return [entry["name"] for entry in state if entry["updated"]]
 
 
 def supports(model) -> str | None:
@@ -143,7 +150,8 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
                     axis=0)  # (d,)
     x = g.op("Add", [x, position], "decoder_input")  # (B, d)
     # Cache positions 0..index may be attended (the causal rule); later slots are empty.
-    cache_length = g.op("Squeeze", [g.op("Shape", ["self_key_0"], "cache_shape", start=2, end=3)], "cache_length")
+    cache_length = g.op("Squeeze", [g.op("Shape", [cache_entries("self", 0)[0]], "cache_shape", start=2, end=3)],
+                        "cache_length")
     zero, one = g.const("zero", np.int64(0)), g.const("one", np.int64(1))
     slots = g.op("Range", [zero, cache_length, one], "slots")
     index64 = g.op("Cast", ["index"], "index64", to=TensorProto.INT64)
@@ -180,8 +188,9 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
             qkv = _dense(g, h, kernel, bias, f"l{i}_self_qkv")  # (B, 3d)
             qkv = g.op("Reshape", [qkv, g.const("qkv_shape", np.array([-1, 3 * heads, 1, hd], np.int64))])
             q, k, v = g.op("Split", [qkv], f"l{i}_self", outputs=3, axis=1, num_outputs=3)  # (B, H, 1, hd)
-            keys = g.op("ScatterND", [f"self_key_{i}", scatter_at, k], outputs=[f"self_key_{i}_out"])[0]
-            values = g.op("ScatterND", [f"self_value_{i}", scatter_at, v], outputs=[f"self_value_{i}_out"])[0]
+            key_entry, value_entry = cache_entries("self", i)
+            keys = g.op("ScatterND", [key_entry, scatter_at, k], outputs=[updated_name(key_entry)])[0]
+            values = g.op("ScatterND", [value_entry, scatter_at, v], outputs=[updated_name(value_entry)])[0]
             scores = g.op("MatMul", [q, g.op("Transpose", [keys], perm=[0, 1, 3, 2])], f"l{i}_self_scores")
             weights = g.op("Softmax", [g.op("Where", [visible, scores, masked])], axis=-1)  # (B, H, 1, L)
             context = g.op("Reshape", [g.op("MatMul", [weights, values]), flat])  # (B, H*hd)
@@ -193,12 +202,13 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
             q = _dense(g, h, _array(mha.query_dense.kernel).reshape(d, -1) * scale,
                        _array(mha.query_dense.bias).reshape(-1) * scale, f"l{i}_cross_q")  # (B, d)
             q = g.op("Transpose", [g.op("Reshape", [q, grouped_shape])], perm=[0, 2, 1, 3])  # (Bs, H, K, hd)
-            keys = g.op("Transpose", [f"cross_key_{i}"], perm=[0, 1, 3, 2])  # (Bs, H, hd, S)
+            key_entry, value_entry = cache_entries("cross", i)
+            keys = g.op("Transpose", [key_entry], perm=[0, 1, 3, 2])  # (Bs, H, hd, S)
             scores = g.op("MatMul", [q, keys], f"l{i}_cross_scores")  # (Bs, H, K, S)
             weights = g.op("Softmax", [g.op("Where", [source_visible, scores, masked])], axis=-1)
             # (Bs, H, K, S) -> (Bs, K, H, S) -> (B, 1, H, S): this layer's row of the `attention` output
             attentions.append(g.op("Reshape", [g.op("Transpose", [weights], perm=[0, 2, 1, 3]), attention_shape]))
-            context = g.op("MatMul", [weights, f"cross_value_{i}"])  # (Bs, H, K, hd)
+            context = g.op("MatMul", [weights, value_entry])  # (Bs, H, K, hd)
             context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), flat])  # (B, H*hd)
             return _dense(g, context, _array(mha.output_dense.kernel).reshape(-1, d),
                           _array(mha.output_dense.bias), f"l{i}_cross_out")
@@ -223,7 +233,8 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
     g.op("Concat", attentions, outputs=["attention"], axis=1)  # (B, layers, H, S)
 
     def value(entry: Mapping) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(entry["name"], _DTYPES[entry["dtype"]], list(entry["shape"]))
+        elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(numpy_dtype(entry["dtype"])))
+        return helper.make_tensor_value_info(entry["name"], elem_type, list(entry["shape"]))
 
     graph = helper.make_graph(g.nodes, "decoder_step", [value(e) for e in description["inputs"]],
                               [value(e) for e in description["outputs"]], g.initializers)

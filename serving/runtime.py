@@ -267,15 +267,12 @@ class Runtime:
         caller that keeps the previous state, and the logits it returns are valid until its next call
         (what the searches need): `step` is the pure one."""
         binding = self.decoder.io_binding()
-        for name in (LOGITS, ATTENTION):
-            if name in self._decoder_outputs:
-                binding.bind_output(name)
         fetched = [name for name in self._decoder_outputs if name in (LOGITS, ATTENTION)]
         updated = {entry: output for output, entry in self._state_updates.items()}
         in_place = {entry: output for entry, output in updated.items() if entry in self.config.in_place_updates}
         # Updates of a converted step (an RNN's) come back as new arrays, as from `step`.
         copied = [output for entry, output in updated.items() if entry not in in_place]
-        for name in copied:
+        for name in fetched + copied:
             binding.bind_output(name)
         bound: dict[str, np.ndarray] = {}
         keep: dict[str, ort.OrtValue] = {}  # the OrtValues must live as long as their binding
@@ -327,9 +324,7 @@ class Runtime:
                       seeds: Sequence | None) -> SearchSteps:
         max_length = options.max_new_tokens or self.max_target_length
         state = self.initial_state(encoder_input, max_length)
-        kwargs = options.search_kwargs()
-        if options.method == "beam":
-            kwargs["shared"] = self.shared_state
+        kwargs = {**options.search_kwargs(), "shared": self.shared_state}
         if options.method == "sample" and seeds is not None:
             kwargs["seed"] = list(seeds)
         constraints = options.constraints(encoder_input.shape[0], max_length,

@@ -303,8 +303,9 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
 
 def greedy_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
                  pad_id: int = 0, return_attention: bool = False,
-                 constraints: Constraints | None = None) -> SearchSteps:
-    """`greedy_search` step by step (see `SearchSteps`)."""
+                 constraints: Constraints | None = None, shared: Collection[str] = frozenset()) -> SearchSteps:
+    """`greedy_search` step by step (see `SearchSteps`). `shared` as for `beam_steps`: with one row per
+    sentence nothing is repeated, so every search takes it and only beam search needs it."""
     return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id,
                 lambda logits: logits.argmax(axis=-1), return_attention, constraints)
 
@@ -323,7 +324,7 @@ def sample_search(*args, **kwargs) -> SearchResult:
 def sample_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
                  pad_id: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | Sequence | None = None, return_attention: bool = False,
-                 constraints: Constraints | None = None) -> SearchSteps:
+                 constraints: Constraints | None = None, shared: Collection[str] = frozenset()) -> SearchSteps:
     """Samples each token from the softmax at `temperature`, restricted to the `top_k` most likely tokens
     (0: no limit) and to the smallest set whose probability reaches `top_p` (nucleus sampling, Holtzman
     et al., 2020). The same `seed` gives the same output.

@@ -30,6 +30,12 @@ TRANSFORMER_PRESETS: dict[str, dict] = {
 }
 
 
+def cache_entries(attention: str, layer: int) -> tuple[str, str]:
+    """The names of decoder layer `layer`'s key and value state entries for its "self" or "cross"
+    attention: the one place they are spelled, for the model and the step written from its weights."""
+    return f"{attention}_key_{layer}", f"{attention}_value_{layer}"
+
+
 @keras.saving.register_keras_serializable(package="keras_nlp_week4")
 class Transformer(Seq2SeqModel):
     """Encoder-decoder Transformer (Vaswani et al., 2017, figure 1).
@@ -154,31 +160,32 @@ class Transformer(Seq2SeqModel):
         # Cross-attention keys/values depend on the source only: computed once per sequence.
         for i, layer in enumerate(self.decoder_layers):
             cross = layer.compute_cross_attention_cache(encoder_outputs)  # (batch, 2, heads, src, head_dim)
-            state[f"cross_key_{i}"], state[f"cross_value_{i}"] = cross[:, 0], cross[:, 1]
+            state.update(zip(cache_entries("cross", i), (cross[:, 0], cross[:, 1]), strict=True))
         return state
 
     def initial_cache(self, batch_size, max_length) -> dict:
         shape = (batch_size, self.num_heads, max_length, self.head_dim)
-        return {f"self_{kind}_{i}": ops.zeros(shape, dtype=self.compute_dtype)
-                for i in range(self.num_decoder_layers) for kind in ("key", "value")}
+        return {name: ops.zeros(shape, dtype=self.compute_dtype)
+                for i in range(self.num_decoder_layers) for name in cache_entries("self", i)}
 
     def decode_step(self, token_ids, index, state, training=False):
         # token_ids (batch,), batch = source sentences x beams; the cross entries have the sentences' batch.
         y = self.target_embedding(token_ids[:, None], start_index=index, training=training)  # (b, 1, d)
         updates, attention = {}, []
         for i, layer in enumerate(self.decoder_layers):
+            self_entries, cross_entries = cache_entries("self", i), cache_entries("cross", i)
             decoded = layer(
                 y,
                 encoder_padding_mask=state["encoder_padding_mask"],
-                self_attention_cache=ops.stack([state[f"self_key_{i}"], state[f"self_value_{i}"]], axis=1),
+                # The layer takes key and value stacked: (batch, 2, heads, length, head_dim)
+                self_attention_cache=ops.stack([state[name] for name in self_entries], axis=1),
                 self_attention_cache_update_index=index,
-                cross_attention_cache=ops.stack([state[f"cross_key_{i}"], state[f"cross_value_{i}"]], axis=1),
+                cross_attention_cache=ops.stack([state[name] for name in cross_entries], axis=1),
                 return_attention_scores=True,
                 training=training,
             )
             y = decoded.output  # (batch, 1, d_model)
-            # cache (batch, 2, heads, max_length, head_dim)
-            updates[f"self_key_{i}"], updates[f"self_value_{i}"] = decoded.cache[:, 0], decoded.cache[:, 1]
+            updates.update(zip(self_entries, (decoded.cache[:, 0], decoded.cache[:, 1]), strict=True))
             attention.append(decoded.scores[:, :, 0, :])  # (batch, heads, src_len)
         logits = self._project(y)[:, 0, :]  # (batch, vocab)
         return logits, updates, ops.stack(attention, axis=1)  # attention: (batch, layers, heads, src_len)
@@ -189,19 +196,17 @@ class Transformer(Seq2SeqModel):
                            "(source_batch, source_length): true at real source tokens, false at padding",
                            shared_by_beams=True)]
         for i in range(self.num_decoder_layers):
-            specs += [StateSpec(f"cross_{kind}_{i}", ("source_batch", heads, "source_length", hd),
-                                self.compute_dtype, "encode", False,
-                                f"(source_batch, heads, source_length, head_dim): decoder layer {i}'s "
+            specs += [StateSpec(name, ("source_batch", heads, "source_length", hd), self.compute_dtype, "encode",
+                                False, f"(source_batch, heads, source_length, head_dim): decoder layer {i}'s "
                                 f"cross-attention {kind}s, projected from the encoder output once per source",
                                 shared_by_beams=True)
-                      for kind in ("key", "value")]
+                      for kind, name in zip(("key", "value"), cache_entries("cross", i), strict=True)]
         for i in range(self.num_decoder_layers):
-            specs += [StateSpec(f"self_{kind}_{i}", ("batch", heads, "max_length", hd), self.compute_dtype,
-                                "cache", True,
+            specs += [StateSpec(name, ("batch", heads, "max_length", hd), self.compute_dtype, "cache", True,
                                 f"(batch, heads, max_length, head_dim): decoder layer {i}'s self-attention "
                                 f"{kind}s, zeros made by the caller; the step at `index` fills position "
-                                f"`index` and returns the whole entry as self_{kind}_{i}_out")
-                      for kind in ("key", "value")]
+                                f"`index` and returns the whole entry as {name}_out")
+                      for kind, name in zip(("key", "value"), cache_entries("self", i), strict=True)]
         return specs
 
     def get_config(self) -> dict:
