@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed
 # Every install: the build backend's notes on editable installs are for packagers, not for someone
 # running make.
 PIP_QUIET := PYTHONWARNINGS=ignore $(PY) -m pip install -q
+# onnxruntime-node and onnxruntime-web (js/package-lock.json pins 1.30.0): the Node example
+# (examples/node/) and the in-page runtime (python -m serving.page_server serves onnxruntime-web at /ort/).
+NPM ?= npm
+JS_STAMP := js/node_modules/.installed
 
 TASK ?= dates
 MODEL ?= transformer
@@ -47,7 +51,7 @@ TRAIN_ARGS := --task $(TASK) --model $(MODEL) \
 	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(PRECISION),--precision $(PRECISION)) \
 	$(if $(filter 1 yes true,$(JIT)),--jit)
 
-.PHONY: install train evaluate compare plot test test-large lint clean infer serve export bench notebooks
+.PHONY: install js train evaluate compare plot test test-large lint clean infer serve export bench notebooks
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +60,16 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# --ignore-scripts (also js/.npmrc): onnxruntime-node's postinstall would download CUDA libraries from
+# nuget.org on Linux x64 (and fail the install where that host is unreachable); its CPU binaries ship in
+# the package. `npm ci` prints its summary on stdout; errors still reach stderr.
+$(JS_STAMP): js/package.json js/package-lock.json
+	@command -v $(NPM) >/dev/null || { echo "error: npm not found; install Node.js 18 or newer (with npm) for make js" >&2; exit 2; }
+	$(NPM) ci --prefix js --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null
+	@touch $(JS_STAMP)
+
+js: $(JS_STAMP)
 
 train: $(STAMP)
 	$(PY) -m keras_nlp_week4 train $(TRAIN_ARGS)
@@ -102,8 +116,9 @@ notebooks: $(STAMP)
 
 # `make test`: the suite without the large tier (under 10 minutes on 2 cores); `make test-large`: the
 # large tier alone (whole notebooks, two-worker training, kill/resume, the recipes end to end, every
-# family's export; `.ci/run` runs both).
-test: $(STAMP)
+# family's export; `.ci/run` runs both). With npm on PATH it installs the node packages first (make js);
+# without it the Node and onnxruntime-web tests skip, saying why.
+test: $(STAMP) $(if $(shell command -v $(NPM) 2>/dev/null),$(JS_STAMP))
 	$(PY) -m pytest -q
 
 test-large: $(STAMP)
