@@ -20,10 +20,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 SETTINGS = {
     "full": dict(rounds=9, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
                  max_seconds=20.0, concurrencies=(1, 8, 32), real_sizes=("multi30k", "base"),
-                 real_threads=(1, 2), real_rounds=3, real_requests=200, pipeline_steps=None),
+                 real_threads=(1, 2), real_rounds=3, real_requests=200, pipeline_steps=None,
+                 search_sentences=64),
     "quick": dict(rounds=3, steps=4, repeats=3, lengths=(16, 32, 64), requests=40, max_seconds=6.0,
                   concurrencies=(1, 8, 32), real_sizes=("multi30k",), real_threads=(1,), real_rounds=2,
-                  real_requests=30, pipeline_steps=30),
+                  real_requests=30, pipeline_steps=30, search_sentences=32),
 }
 SCALING_PATHS = ("savedmodel re-run", "savedmodel cache", "ort step+cache", "ort loop")
 
@@ -95,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                                        s["max_seconds"], log=log)
         log(f"[{time.perf_counter() - started:.0f} s] server done")
     if "real-size" not in args.skip:
-        from bench.real_size import prepare_models, run_generation
+        from bench.real_size import prepare_models, run_generation, run_in_graph_search
         from bench.server import run_server
 
         models = prepare_models(args.run, args.work / "real-size", args.real_run, log=log,
                                 names=s["real_sizes"])
         real = run_generation(models, args.work / "real-size", threads=s["real_threads"],
                               rounds=s["real_rounds"], log=log)
+        real["in_graph_search"] = run_in_graph_search(models, sentences=s["search_sentences"],
+                                                      rounds=s["real_rounds"], log=log)
         multi30k = models[0]
         real["server"] = {"model": multi30k.name, "trained": multi30k.trained,
                           # The run's own validated export: `export_dir` may be the benchmark's int8 copy,

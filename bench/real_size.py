@@ -21,6 +21,7 @@ rounds of the per-round ratios, with their range, so both sides of a ratio see t
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_REAL_RUN", "RealModel", "prepare_models", "run_generation"]
+__all__ = ["DEFAULT_REAL_RUN", "RealModel", "prepare_models", "run_generation", "run_in_graph_search"]
 
 DEFAULT_REAL_RUN = Path("artifacts/compare-multi30k/transformer")
 MULTI30K_SHAPE = {"preset": "compact", "vocab_size": 8000}
@@ -306,3 +307,74 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
             "models": [{"name": m.name, "description": m.description, "parameters": m.parameters,
                         "trained": m.trained, "run": str(m.run_dir)} for m in models],
             "rows": rows}
+
+
+# ------------------------------------------------------------------------------ the in-graph search
+def _in_graph_tokens(session, sources: list[np.ndarray], feeds: dict) -> list[np.ndarray]:
+    return [session.run(None, {"encoder_input": source, **feeds})[0] for source in sources]
+
+
+def _runtime_tokens(runtime, sources: list[np.ndarray], options) -> list[np.ndarray]:
+    return [runtime.generate_ids(source, options).tokens for source in sources]
+
+
+def run_in_graph_search(models: list[RealModel], batches=(1, 32), sentences: int = 64, rounds: int = 3,
+                        log: Callable[[str], None] = print) -> dict:
+    """`beam_search.onnx` (the whole search in one `session.run`) against the runtime's numpy search over
+    `decoder_step.onnx` (what `python -m serving` runs), one thread, float32, on the first `sentences`
+    test lines of each model's run, in batches of `batch`; both stop at EOS, so both do the same work
+    only where they return the same ids, which every row counts.
+
+    Returns:
+        {"sentences", "rounds", "rows": [{"size", "method", "batch", "in_graph_ms", "runtime_ms",
+        "ratio": {"median", "range"}, "identical"}]} (ms: the whole `sentences`, median over rounds).
+    """
+    import onnxruntime as ort
+
+    from serving.options import DecodingOptions
+    from serving.runtime import Runtime, session_options
+
+    rows = []
+    for model in models:
+        runtime = Runtime(model.run_dir / "export", intra_op_threads=1)
+        if "beam_search" not in runtime.config.graph_names:
+            log(f"in-graph search: {model.name} has no beam_search graph (export the run again)")
+            continue
+        session = ort.InferenceSession(str(model.run_dir / "export" / runtime.config.graph_file("beam_search")),
+                                       session_options(intra_op_threads=1), providers=["CPUExecutionProvider"])
+        texts = [line.split("\t")[0] for line in (model.run_dir / "test.tsv").read_text(encoding="utf-8")
+                 .splitlines()[:sentences]]
+        max_length = runtime.config.max_target_length
+        for method, beam_size, length_penalty in (("greedy", 1, 0.0), ("beam 4", 4, 0.6)):
+            options = DecodingOptions(method="greedy" if beam_size == 1 else "beam", beam_size=beam_size,
+                                      length_penalty=length_penalty, max_new_tokens=max_length)
+            feeds = {"max_length": np.array(max_length, np.int32), "beam_size": np.array(beam_size, np.int32),
+                     "length_penalty": np.array(length_penalty, np.float32)}
+            for batch in batches:
+                sources = [runtime.tokenizer.encode_sources(texts[i:i + batch], runtime.config.max_source_length)[0]
+                           for i in range(0, len(texts), batch)]
+
+                in_graph = functools.partial(_in_graph_tokens, session, sources, feeds)
+                numpy_search = functools.partial(_runtime_tokens, runtime, sources, options)
+                got, expected = in_graph(), numpy_search()  # warm-up, and the outputs compared
+                identical = sum(int(np.array_equal(a, b)) for g, e in zip(got, expected, strict=True)
+                                for a, b in zip(g, e, strict=True))
+                times = {"in_graph": [], "runtime": []}
+                for round_index in range(rounds):
+                    order = [("in_graph", in_graph), ("runtime", numpy_search)]
+                    for name, run in order if round_index % 2 == 0 else order[::-1]:
+                        started = time.perf_counter()
+                        run()
+                        times[name].append(time.perf_counter() - started)
+                ratios = np.array(times["runtime"]) / np.array(times["in_graph"])
+                row = {"size": model.name, "method": method, "batch": batch,
+                       "in_graph_ms": round(1000 * float(np.median(times["in_graph"])), 1),
+                       "runtime_ms": round(1000 * float(np.median(times["runtime"])), 1),
+                       "ratio": {"median": round(float(np.median(ratios)), 3),
+                                 "range": [round(float(ratios.min()), 3), round(float(ratios.max()), 3)]},
+                       "identical": identical}
+                rows.append(row)
+                log(f"in-graph search {model.name:<8} {method:<7} batch {batch:>2}: graph {row['in_graph_ms']} ms, "
+                    f"runtime {row['runtime_ms']} ms for {len(texts)} sentences | in-graph/runtime speed "
+                    f"{row['ratio']['median']}x, identical {identical}/{len(texts)}")
+    return {"sentences": sentences, "rounds": rounds, "threads": 1, "rows": rows}

@@ -218,6 +218,17 @@ def _real_size_markdown(real: dict, pipeline: dict | None, training: list | None
                           _ratio_cell({"median": v["value"], "range": v["range"]}), f">= {v['target']:g}",
                           "yes" if v["holds"] else "**no**"] for v in verdicts])
     lines += ["", REAL_SIZE_NOTES.strip()]
+    search = real.get("in_graph_search")
+    if search and search["rows"]:
+        lines += ["", f"The in-graph search (`onnx/beam_search.onnx`, one `session.run` per batch) against the "
+                  f"runtime's numpy search over `decoder_step.onnx` (what `python -m serving` runs), "
+                  f"{search['threads']} thread, float32, the first {search['sentences']} test lines of each "
+                  f"run, stopping at EOS; ms for all of them, median of {search['rounds']} rounds; speed "
+                  "ratio in-graph / runtime with its range; `identical`: outputs equal to the runtime's.", ""]
+        lines += _table(["size", "method", "batch", "in-graph ms", "runtime ms", "in-graph / runtime", "identical"],
+                        [[r["size"], r["method"], r["batch"], r["in_graph_ms"], r["runtime_ms"],
+                          _ratio_cell(r["ratio"]), f"{r['identical']}/{search['sentences']}"]
+                         for r in search["rows"]])
     server = real.get("server")
     if server:
         lines += ["", f"HTTP server on the `{server['model']}` model "

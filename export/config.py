@@ -17,14 +17,21 @@ from collections.abc import Mapping, Sequence
 
 from serving.contract import (
     ATTENTION,
+    BEAM_SIZE,
     ENCODER_INPUT,
     INDEX,
+    LENGTH_PENALTY,
     LOGITS,
     MAX_LENGTH,
+    OUTPUT_TEXT,
     RESERVED_NAMES,
+    SCORES,
     SYMBOLIC_AXES,
+    TEXT,
     TOKEN_IDS,
     TOKENS,
+    TOP_IDS,
+    TOP_LOG_PROBS,
     concrete_shape,
     numpy_dtype,
     updated_name,
@@ -33,7 +40,10 @@ from serving.export_config import FORMAT_VERSION, ExportConfig
 
 __all__ = [
     "FORMAT_VERSION",
+    "COMPOSED_GRAPHS",
+    "EXTENSIONS_OPS",
     "GRAPH_FILES",
+    "IR_VERSION",
     "OPSET",
     "SYMBOLIC_AXES",
     "build_export_config",
@@ -45,8 +55,18 @@ __all__ = [
 ]
 
 OPSET = 18
+# The ONNX IR version every written graph declares: opset 18's (ONNX 1.13), what tf2onnx writes too. The
+# onnx package would stamp its own newest (14 with onnx 1.23), which onnxruntime-node and onnxruntime-web
+# 1.30 refuse ("max supported IR version: 13").
+IR_VERSION = 8
 GRAPH_FILES = {"encoder": "onnx/encoder.onnx", "decoder_step": "onnx/decoder_step.onnx",
-               "generate": "onnx/generate.onnx"}
+               "generate": "onnx/generate.onnx", "beam_search": "onnx/beam_search.onnx",
+               "generate_text": "onnx/generate_text.onnx", "decoder_step_top_k": "onnx/decoder_step_top_k.onnx"}
+# Graphs composed from the others (`export.search_graph`, `export.text_graph`) rather than converted.
+COMPOSED_GRAPHS = ("beam_search", "generate_text", "decoder_step_top_k")
+# A graph that needs operators outside standard ONNX names them in its description: the domain and the
+# library a runtime registers to run them (onnxruntime-extensions' tokenizer operators).
+EXTENSIONS_OPS = {"domain": "ai.onnx.contrib", "library": "onnxruntime-extensions"}
 
 
 def tensor(name: str, dtype: str, shape: Sequence) -> dict:
@@ -60,7 +80,7 @@ def tensor(name: str, dtype: str, shape: Sequence) -> dict:
 
 def describe_graphs(state: Sequence[Mapping], vocab_size: int,
                     attention: tuple[int, int] | None) -> dict[str, dict]:
-    """Inputs and outputs of the encoder, decoder-step and greedy-generation graphs.
+    """Inputs and outputs of the encoder, decoder-step, greedy-generation and beam-search graphs.
 
     Args:
         state: the decoding-state entries, as `StateSpec.to_json()` dicts.
@@ -69,8 +89,8 @@ def describe_graphs(state: Sequence[Mapping], vocab_size: int,
             model without attention.
 
     Returns:
-        {"encoder": G, "decoder_step": G, "generate": G}, G = {"file", "inputs", "outputs"} in the order
-        of the export contract.
+        {"encoder": G, "decoder_step": G, "generate": G, "beam_search": G, "generate_text": G},
+        G = {"file", "inputs", "outputs"[, "custom_ops"]} in the order of the export contract.
     """
     state = list(state)
     names = [entry["name"] for entry in state]
@@ -101,6 +121,33 @@ def describe_graphs(state: Sequence[Mapping], vocab_size: int,
             "file": GRAPH_FILES["generate"],
             "inputs": [encoder_input, tensor(MAX_LENGTH, "int32", ())],
             "outputs": [tensor(TOKENS, "int32", ("batch", "max_length"))],
+        },
+        # `export.search_graph`: the runtime's beam search in one graph (beam_size 1, length_penalty 0:
+        # greedy); tokens trimmed to the longest output, as the numpy search returns them.
+        "beam_search": {
+            "file": GRAPH_FILES["beam_search"],
+            "inputs": [encoder_input, tensor(MAX_LENGTH, "int32", ()), tensor(BEAM_SIZE, "int32", ()),
+                       tensor(LENGTH_PENALTY, "float32", ())],
+            "outputs": [tensor(TOKENS, "int32", ("batch", "max_length")), tensor(SCORES, "float32", ("batch",)),
+                        *([tensor(ATTENTION, "float32", ("batch", "max_length", *attention, "source_length"))]
+                          if attention is not None else [])],
+        },
+        # `export.search_graph.top_k_step_graph`: the step with each row's `beam_size` best log-probabilities
+        # (log-softmax and top-k in the graph) in place of its logits, for the runtime's beam search.
+        "decoder_step_top_k": {
+            "file": GRAPH_FILES["decoder_step_top_k"],
+            "inputs": [tensor(TOKEN_IDS, "int32", ("batch",)), tensor(INDEX, "int32", ()),
+                       *(tensor(e["name"], e["dtype"], e["shape"]) for e in state), tensor(BEAM_SIZE, "int32", ())],
+            "outputs": [tensor(TOP_LOG_PROBS, "float32", ("batch", "beam_size")),
+                        tensor(TOP_IDS, "int64", ("batch", "beam_size")), *step_outputs[1:]],
+        },
+        # `export.text_graph`: tokenizer, encoder, search and detokenizer in one graph.
+        "generate_text": {
+            "file": GRAPH_FILES["generate_text"],
+            "inputs": [tensor(TEXT, "string", ("batch",)), tensor(MAX_LENGTH, "int32", ()),
+                       tensor(BEAM_SIZE, "int32", ()), tensor(LENGTH_PENALTY, "float32", ())],
+            "outputs": [tensor(OUTPUT_TEXT, "string", ("batch",)), tensor(SCORES, "float32", ("batch",))],
+            "custom_ops": dict(EXTENSIONS_OPS),
         },
     }
 

@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from export.config import GRAPH_FILES, OPSET, build_export_config
+from export.config import COMPOSED_GRAPHS, GRAPH_FILES, OPSET, build_export_config
 from export.manifest import write_manifest
 from keras_nlp_week4.errors import UserError
 
@@ -86,6 +86,8 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
     """
     from export import onnx_export, reference, saved_model
     from export.functions import GraphFunctions, describe_model
+    from export.search_graph import compose_search
+    from export.text_graph import write_generate_text
     from export.transformer_step import in_place_updates, step_positions, supports
     from keras_nlp_week4.runs import load_run
 
@@ -106,6 +108,8 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         # A Transformer's step is written from its weights, for speed (export.transformer_step).
         step_by_hand = supports(run.model) is None
         for name in GRAPH_FILES:
+            if name in COMPOSED_GRAPHS:
+                continue  # made from the converted graphs below
             if name == "decoder_step" and step_by_hand:
                 log("writing decoder_step as ONNX from the weights (export.transformer_step)")
                 onnx_export.write_transformer_step(run.model, graphs[name], staging / graphs[name]["file"],
@@ -113,6 +117,11 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
                 continue
             log(f"converting {name} to ONNX (opset {OPSET})")
             onnx_export.convert_graph(functions, name, staging / graphs[name]["file"])
+        log("composing beam_search from the encoder and decoder_step (export.search_graph), and "
+            "generate_text around it (export.text_graph)")
+        compose_search(staging, graphs, state, run.config.special_ids, run.config.vocab_size)
+        write_generate_text(staging, graphs, "tokenizer.model", run.config.special_ids,
+                            run.config.max_source_length)
         log("writing the SavedModel")
         saved_model.save(functions, run.tokenizer, run.config.max_source_length,
                          run.config.max_target_length, staging / "saved_model")
@@ -123,7 +132,7 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
             from export.quantize import quantize_graphs
 
             log("quantizing (dynamic int8)")
-            quantized = quantize_graphs(staging, graphs)
+            quantized = quantize_graphs(staging, graphs, state, run.config.special_ids, run.config.vocab_size)
         build_export_config(run.config, state, graphs, reference_cases=len(meta["cases"]),
                             test_examples=meta["test_examples"], quantized=quantized,
                             in_place_updates=in_place_updates(state) if step_by_hand else ()

@@ -41,22 +41,25 @@ def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return tensors
 
 
-def unsupported_ops(model: onnx.ModelProto) -> list[str]:
-    """Node types (in any subgraph) that are not standard ONNX operators of the model's opset."""
+def unsupported_ops(model: onnx.ModelProto, custom_domains: tuple[str, ...] = ()) -> list[str]:
+    """Node types (in any subgraph) that are not standard ONNX operators of the model's opset, besides
+    those of `custom_domains` (a library the graph's description names, e.g. onnxruntime-extensions')."""
     opset = {entry.domain: entry.version for entry in model.opset_import}
     bad = set()
     for graph in subgraphs(model.graph):
         for node in graph.node:
             domain = node.domain or ""
+            if domain in custom_domains:
+                continue
             if domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type, opset.get(domain, OPSET),
                                                                    domain):
                 bad.add(f"{domain + '.' if domain else ''}{node.op_type}")
     return sorted(bad)
 
 
-def check_onnx(path: Path) -> onnx.ModelProto:
+def check_onnx(path: Path, custom_domains: tuple[str, ...] = ()) -> onnx.ModelProto:
     """`onnx.checker` (full check with shape inference) and the opset limit; raises ValueError naming the
-    file."""
+    file. Operators of `custom_domains` are allowed (`unsupported_ops`)."""
     path = Path(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -66,7 +69,7 @@ def check_onnx(path: Path) -> onnx.ModelProto:
     opset = max((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), default=0)
     if opset > OPSET:
         raise ValueError(f"{path} uses opset {opset}, above the contract's {OPSET}")
-    bad = unsupported_ops(model)
+    bad = unsupported_ops(model, custom_domains)
     if bad:
         raise ValueError(f"{path} holds operators onnxruntime cannot run: {', '.join(bad)}")
     return model

@@ -151,16 +151,29 @@ def ort_providers(requested: Sequence[str] | None = None) -> list[str]:
 PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 
 
-def ort_session(path: Path, provider: str, threads: int = 0):
+def extensions_library() -> str | None:
+    """The path of onnxruntime-extensions' operator library, or None where it is not installed (an
+    optional extra: `pip install onnxruntime-extensions`)."""
+    try:
+        from onnxruntime_extensions import get_library_path
+    except ImportError:
+        return None
+    return get_library_path()
+
+
+def ort_session(path: Path, provider: str, threads: int = 0, custom_ops: Mapping | None = None):
     """An onnxruntime session on one execution provider, with serving's session options.
 
-    CUDA runs with `PROVIDER_OPTIONS` (TF32 off).
+    CUDA runs with `PROVIDER_OPTIONS` (TF32 off). `custom_ops` (a graph's description's entry) registers
+    onnxruntime-extensions' library, which must then be installed.
     """
     import onnxruntime as ort
 
     from serving.runtime import session_options
 
     options = session_options(intra_op_threads=threads)
+    if custom_ops:
+        options.register_custom_ops_library(extensions_library())
     providers: list = [provider]
     if provider in PROVIDER_OPTIONS:
         providers = [(provider, PROVIDER_OPTIONS[provider]), "CPUExecutionProvider"]
@@ -178,9 +191,11 @@ def onnx_runner(session) -> Runner:
     return run
 
 
-def runtime_generate(export_dir: Path, provider: str, threads: int = 0) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Greedy generation by the serving runtime itself (`serving.runtime.Runtime`: the encoder once, then
-    one decoder step per token), ids padded to `max_length` columns. The manifest is checked by the
+def runtime_generate(export_dir: Path, provider: str, threads: int = 0, **options
+                     ) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Generation by the serving runtime itself (`serving.runtime.Runtime`: the encoder once, then one
+    decoder step per token, the numpy search), greedy unless `options` (`DecodingOptions` fields, e.g.
+    method="beam") say otherwise; ids padded to `max_length` columns. The manifest is checked by the
     validator before this runs (and is not marked validated yet), so the runtime does not check it."""
     from serving.options import DecodingOptions
     from serving.runtime import Runtime
@@ -189,7 +204,7 @@ def runtime_generate(export_dir: Path, provider: str, threads: int = 0) -> Calla
                       provider_options=PROVIDER_OPTIONS)
 
     def generate(encoder_input: np.ndarray, max_length: int) -> np.ndarray:
-        tokens = runtime.generate_ids(encoder_input, DecodingOptions(max_new_tokens=max_length)).tokens
+        tokens = runtime.generate_ids(encoder_input, DecodingOptions(max_new_tokens=max_length, **options)).tokens
         return np.pad(tokens, ((0, 0), (0, max_length - tokens.shape[1])), constant_values=runtime.pad_id)
 
     return generate
@@ -224,47 +239,81 @@ def check_cases(reference: ReferenceData, graph: str, runner: Runner, runtime: s
     return rows
 
 
+def check_top_k(reference: ReferenceData, runner: Runner, runtime: str, provider: str, k: int,
+                atol: float = ATOL, rtol: float = RTOL) -> list[dict]:
+    """`decoder_step_top_k` on every decoder-step reference case: its `top_log_probs` against the `k`
+    largest of the log-softmax of the Keras logits, and the Keras log-probabilities at its `top_ids`
+    against its own (an id is right if it carries that log-probability, whichever of two near-equal ones
+    it is)."""
+    from serving.search import log_softmax
+
+    rows = []
+    for case in reference.cases("decoder_step"):
+        got = runner({**reference.inputs(case), "beam_size": np.array(k, np.int32)})
+        log_probs = log_softmax(reference.outputs(case)["logits"], np.float64)
+        largest = -np.sort(-log_probs, axis=-1)[:, :k]
+        at_ids = np.take_along_axis(log_probs, np.asarray(got["top_ids"], np.int64), axis=-1)
+        for name, expected in (("top_log_probs", largest), ("top_ids", at_ids)):
+            rows.append(_case_row("decoder_step_top_k", runtime, provider, case["case"], name,
+                                  compare(got["top_log_probs"], expected, atol, rtol), reference.texts(case),
+                                  case.get("note", "")))
+    return rows
+
+
 def check_greedy(reference: ReferenceData, graph: str, generate: Callable[[np.ndarray, int], np.ndarray],
-                 runtime: str, provider: str, decode: Callable[[np.ndarray], str] | None = None) -> dict:
-    """Greedy ids of `generate(encoder_input, max_length)` against Keras on the whole (stored) test split."""
+                 runtime: str, provider: str, decode: Callable[[np.ndarray], str] | None = None,
+                 expected: Callable[[np.ndarray, int], np.ndarray] | None = None, kind: str = "greedy") -> dict:
+    """Ids of `generate(encoder_input, max_length)` on the whole (stored) test split, against the Keras
+    greedy ids, or against `expected(encoder_input, max_length)` (another search, e.g. the serving
+    runtime's beam search; `kind` names it). Both are compared padded to `max_length` columns."""
     max_length = int(reference.meta["max_target_length"])
     sources = reference.sources
     identical = total = agreeing_tokens = compared_tokens = 0
     first = None
-    for encoder_input, expected in reference.greedy_chunks():
-        got = np.asarray(generate(encoder_input, max_length))
-        if got.shape != expected.shape:
-            got = np.full(expected.shape, -1, np.int32) if got.ndim != 2 else got
-            width = min(got.shape[1], expected.shape[1])
-            got = np.pad(got[:, :width], ((0, 0), (0, expected.shape[1] - width)), constant_values=-1)
-        same = (got == expected).all(axis=1)
+    for encoder_input, greedy in reference.greedy_chunks():
+        wanted = greedy if expected is None else _padded(np.asarray(expected(encoder_input, max_length)),
+                                                          greedy.shape)
+        got = _padded(np.asarray(generate(encoder_input, max_length)), wanted.shape)
+        same = (got == wanted).all(axis=1)
         if first is None and not same.all():
             row = int(np.flatnonzero(~same)[0])
             first = {"index": total + row, "source": sources[total + row],
-                     "expected_ids": expected[row].tolist(), "got_ids": got[row].tolist()}
+                     "expected_ids": wanted[row].tolist(), "got_ids": got[row].tolist()}
             if decode is not None:
-                first.update(expected_text=decode(expected[row]), got_text=decode(got[row]))
+                first.update(expected_text=decode(wanted[row]), got_text=decode(got[row]))
         identical += int(same.sum())
         total += len(same)
-        agreeing_tokens += int((got == expected).sum())
+        agreeing_tokens += int((got == wanted).sum())
         compared_tokens += got.size
-    return {"kind": "greedy", "graph": graph, "runtime": runtime, "provider": provider,
+    return {"kind": kind, "graph": graph, "runtime": runtime, "provider": provider,
             "sequences": total, "identical": identical,
             "token_agreement": agreeing_tokens / max(compared_tokens, 1),
             "passed": identical == total, "first_mismatch": first}
 
 
+def _padded(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`ids` cut or padded with -1 to `shape` (what a search returns trimmed to its longest row; -1 never
+    matches a real id, so a longer or shorter output still differs)."""
+    if ids.ndim != 2 or ids.shape[0] != shape[0]:
+        return np.full(shape, -1, np.int32)
+    width = min(ids.shape[1], shape[1])
+    return np.pad(ids[:, :width], ((0, 0), (0, shape[1] - width)), constant_values=-1)
+
+
 def check_texts(reference: ReferenceData, texts: Sequence[str], decode: Callable[[np.ndarray], str],
-                graph: str, runtime: str, provider: str) -> dict:
-    """Generated text (e.g. the SavedModel's text signature) against the decoded Keras ids."""
-    expected = [decode(row) for _, tokens in reference.greedy_chunks() for row in tokens]
+                graph: str, runtime: str, provider: str, expected: Sequence[str] | None = None,
+                kind: str = "greedy") -> dict:
+    """Generated text (e.g. the SavedModel's text signature) against the decoded Keras greedy ids, or
+    against `expected` (e.g. the serving runtime's beam-search texts; `kind` names the search)."""
+    if expected is None:
+        expected = [decode(row) for _, tokens in reference.greedy_chunks() for row in tokens]
     same = [a == b for a, b in zip(texts, expected, strict=True)]
     first = None
     if not all(same):
         i = same.index(False)
         first = {"index": i, "source": reference.sources[i], "expected_text": expected[i],
                  "got_text": texts[i]}
-    return {"kind": "greedy", "graph": graph, "runtime": runtime, "provider": provider,
+    return {"kind": kind, "graph": graph, "runtime": runtime, "provider": provider,
             "sequences": len(same), "identical": sum(same), "token_agreement": None,
             "passed": all(same), "first_mismatch": first}
 
@@ -383,7 +432,7 @@ def format_table(rows: Sequence[Mapping]) -> str:
             g["rel"] = max(g["rel"] or 0.0, r["max_rel_diff"])
         else:
             g["greedy"] = f"{r['identical']}/{r['sequences']} ({100.0 * r['identical'] / max(r['sequences'], 1):.2f}%)"
-    header = ("graph", "runtime", "provider", "outputs", "max abs diff", "max rel diff", "greedy identical",
+    header = ("graph", "runtime", "provider", "outputs", "max abs diff", "max rel diff", "ids identical",
               "result")
     lines = [header]
     for (graph, runtime, provider), g in groups.items():

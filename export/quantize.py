@@ -17,6 +17,8 @@ from pathlib import Path
 
 import onnx
 
+from export.config import COMPOSED_GRAPHS
+
 __all__ = ["INT8_DIR", "quantize_graphs"]
 
 INT8_DIR = "onnx/int8"
@@ -28,8 +30,11 @@ def _count_ops(model: onnx.ModelProto) -> Counter:
     return Counter(node.op_type for graph in subgraphs(model.graph) for node in graph.node)
 
 
-def quantize_graphs(export_dir: Path, graphs: dict[str, dict]) -> dict:
-    """Writes `onnx/int8/<graph>.onnx` for every graph in `graphs` (the config's `graphs` table).
+def quantize_graphs(export_dir: Path, graphs: dict[str, dict], state: list[dict], special_ids: dict[str, int],
+                    vocab_size: int) -> dict:
+    """Writes `onnx/int8/<graph>.onnx` for every graph in `graphs` (the config's `graphs` table): the
+    converted ones quantized, the composed beam search (`export.search_graph`) composed again from the
+    int8 encoder and decoder step (`state`, `special_ids`, `vocab_size` as in config.json).
 
     Returns:
         The config's "quantized" entry: {"method", "weight_type", "graphs": {name: {"file", "quantized_ops"}}}.
@@ -45,6 +50,8 @@ def quantize_graphs(export_dir: Path, graphs: dict[str, dict]) -> dict:
     root.setLevel(logging.ERROR)
     try:
         for name, graph in graphs.items():
+            if name in COMPOSED_GRAPHS:
+                continue
             relative = f"{INT8_DIR}/{Path(graph['file']).name}"
             quantize_dynamic(export_dir / graph["file"], export_dir / relative, weight_type=QuantType.QInt8,
                              extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
@@ -57,5 +64,9 @@ def quantize_graphs(export_dir: Path, graphs: dict[str, dict]) -> dict:
                        if op in ("MatMulInteger", "DynamicQuantizeLinear", "DequantizeLinear",
                                  "QuantizeLinear", "ConvInteger", "DynamicQuantizeMatMul")}
         entries[name] = {"file": relative, "quantized_ops": integer_ops}
-    return {"method": "onnxruntime dynamic quantization", "weight_type": "int8",
-            "graphs": entries}
+    quantized = {"method": "onnxruntime dynamic quantization", "weight_type": "int8", "graphs": entries}
+    if any(name in graphs for name in COMPOSED_GRAPHS):
+        from export.search_graph import compose_search
+
+        entries.update(compose_search(export_dir, graphs, state, special_ids, vocab_size, quantized))
+    return quantized

@@ -80,6 +80,8 @@ def write_triton_repository(export_dir: Path, destination: Path) -> Path:
     staging = _atomic_dir(destination)
     for name in config.graph_names:
         graph = config.graph(name)
+        if graph.custom_ops:
+            continue  # Triton's onnxruntime backend is not built with onnxruntime-extensions' operators
         model_dir = staging / name
         (model_dir / "1").mkdir(parents=True)
         shutil.copyfile(export_dir / graph.file, model_dir / "1" / "model.onnx")

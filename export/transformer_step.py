@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.config import OPSET
+from export.config import IR_VERSION, OPSET
 from keras_nlp_week4.models.transformer import cache_entries
 from serving.contract import numpy_dtype, updated_name
 
@@ -238,5 +238,5 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
 
     graph = helper.make_graph(g.nodes, "decoder_step", [value(e) for e in description["inputs"]],
                               [value(e) for e in description["outputs"]], g.initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION,
                              producer_name="keras-nlp-week4 export/transformer_step")

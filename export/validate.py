@@ -54,9 +54,11 @@ def _check_files(export_dir: Path, config: ExportConfig) -> None:
     graphs = [config.graph_file(name) for name in config.graph_names]
     graphs += list(config.int8_graph_files().values())
     verify_manifest(export_dir, required=("config.json", config.tokenizer, config.reference, *graphs))
+    domains = {config.graph_file(name): tuple(filter(None, [(config.graph(name).custom_ops or {}).get("domain")]))
+               for name in config.graph_names}
     for relative in graphs:
         try:
-            check_onnx(export_dir / relative)
+            check_onnx(export_dir / relative, domains.get(relative, ()))
         except ValueError as e:
             raise ExportError(str(e)) from None
 
@@ -71,14 +73,26 @@ def _onnx_rows(export_dir: Path, config: ExportConfig, reference: parity.Referen
         except Exception as e:  # onnxruntime raises its own exception types
             raise ExportError(f"cannot load {export_dir / relative} on {provider}: {first_line(e)}") from None
 
+    # A graph with operators outside standard ONNX (generate_text) is checked by `export.text_validation`,
+    # where its library is installed (an optional extra); elsewhere the validator says it left it out.
+    names = [name for name in config.graph_names if not config.graph(name).custom_ops]
+    custom = [name for name in config.graph_names if config.graph(name).custom_ops]
+    if custom and parity.extensions_library() is None:
+        for name in custom:
+            log(f"  {name} not validated here: it needs {config.graph(name).custom_ops['library']} "
+                f"(pip install {config.graph(name).custom_ops['library']})")
+        custom = []
     for provider in providers:
-        sessions = {name: session(config.graph_file(name), provider) for name in config.graph_names}
+        sessions = {name: session(config.graph_file(name), provider) for name in names}
         for name, loaded in sessions.items():
             _check_signature(export_dir, config.graph(name), loaded)
         runners = {name: parity.onnx_runner(s) for name, s in sessions.items()}
         for graph, runner in runners.items():
             log(f"  onnxruntime [{provider}] {graph}")
             rows += parity.check_cases(reference, graph, runner, "onnxruntime", provider)
+        if "decoder_step_top_k" in runners:
+            rows += parity.check_top_k(reference, runners["decoder_step_top_k"], "onnxruntime", provider,
+                                       min(VALIDATION_BEAM["beam_size"], config.vocab_size))
         generate = runners["generate"]
         rows.append(parity.check_greedy(
             reference, "generate", lambda x, n, g=generate: g({"encoder_input": x,
@@ -87,10 +101,58 @@ def _onnx_rows(export_dir: Path, config: ExportConfig, reference: parity.Referen
         loop = parity.runtime_generate(export_dir, provider, threads)
         rows.append(parity.check_greedy(reference, "encoder+decoder_step", loop, "onnxruntime", provider,
                                         decode))
+        if "beam_search" in runners:
+            log(f"  onnxruntime [{provider}] beam_search and generate_text against the runtime's searches")
+            rows += _search_rows(reference, config, runners["beam_search"], export_dir, provider, threads,
+                                 decode, with_text="generate_text" in custom, log=log)
         if provider == "CPUExecutionProvider" and config.int8_graph_files():
             log("  int8 quality on the test split")
             quality = _quality(export_dir, config, reference, provider, threads, decode, generate)
     return rows, quality
+
+
+# The beam the in-graph search is validated at: the serving default (`DecodingOptions`).
+VALIDATION_BEAM = {"beam_size": 4, "length_penalty": 0.6}
+
+
+def in_graph_search(search: Callable, pad_id: int, beam_size: int, length_penalty: float) -> Callable:
+    """`beam_search.onnx` as a `generate(encoder_input, max_length)` giving ids padded to `max_length`."""
+    def generate(encoder_input: np.ndarray, max_length: int) -> np.ndarray:
+        tokens = search({"encoder_input": encoder_input, "max_length": np.array(max_length, np.int32),
+                         "beam_size": np.array(beam_size, np.int32),
+                         "length_penalty": np.array(length_penalty, np.float32)})["tokens"]
+        return np.pad(tokens, ((0, 0), (0, max_length - tokens.shape[1])), constant_values=pad_id)
+
+    return generate
+
+
+def _search_rows(reference, config: ExportConfig, search: Callable, export_dir: Path, provider: str,
+                 threads: int, decode: Callable, with_text: bool, log: Callable) -> list[dict]:
+    """The in-graph searches on the whole test split: `beam_search` at beam 1 against the Keras greedy
+    ids and at `VALIDATION_BEAM` against the serving runtime's numpy beam search over the decoder step;
+    with `with_text`, `generate_text` against the texts of the same two (`export.text_validation`)."""
+    from export import text_validation
+
+    pad = config.special_ids["pad"]
+    beam = VALIDATION_BEAM
+    runtime_beam = parity.runtime_generate(export_dir, provider, threads, method="beam", **beam)
+    max_length = int(reference.meta["max_target_length"])
+    expected = [runtime_beam(encoder_input, max_length) for encoder_input, _ in reference.greedy_chunks()]
+    chunks = iter(expected)
+    rows = [
+        parity.check_greedy(reference, "beam_search, beam 1", in_graph_search(search, pad, 1, 0.0),
+                            "onnxruntime", provider, decode),
+        parity.check_greedy(reference, f"beam_search, beam {beam['beam_size']}",
+                            in_graph_search(search, pad, **beam), "onnxruntime", provider, decode,
+                            expected=lambda x, n: next(chunks), kind="beam"),
+    ]
+    if with_text:
+        log(f"  onnxruntime [{provider}] generate_text (onnxruntime-extensions)")
+        texts = [decode(row) for chunk in expected for row in chunk]
+        # onnxruntime-extensions crashes a process that has imported TensorFlow: check it in a child then.
+        check = text_validation.rows_in_child if "tensorflow" in sys.modules else text_validation.text_rows
+        rows += check(export_dir, provider, threads, beam, texts)
+    return rows
 
 
 def _check_signature(export_dir: Path, graph: Graph, session) -> None:

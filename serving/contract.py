@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "ATTENTION", "ENCODER_INPUT", "INDEX", "LOGITS", "MAX_LENGTH", "RESERVED_NAMES", "SYMBOLIC_AXES",
-    "TOKENS", "TOKEN_IDS", "concrete_shape", "numpy_dtype", "shared_by_beams", "updated_name", "updated_outputs",
-    "zero_state",
+    "ATTENTION", "BEAM_SIZE", "ENCODER_INPUT", "INDEX", "LENGTH_PENALTY", "LOGITS", "MAX_LENGTH",
+    "OUTPUT_TEXT", "RESERVED_NAMES", "SCORES", "SYMBOLIC_AXES", "TEXT", "TOKENS", "TOKEN_IDS",
+    "TOP_IDS", "TOP_LOG_PROBS", "concrete_shape", "numpy_dtype", "shared_by_beams", "updated_name",
+    "updated_outputs", "zero_state",
 ]
 
 # Graph inputs and outputs besides the decoding-state entries.
@@ -25,14 +26,23 @@ INDEX = "index"  # decoder_step: int32 scalar, the position of token_ids in the 
 LOGITS = "logits"  # decoder_step: float32 (batch, vocab)
 ATTENTION = "attention"  # decoder_step, models with attention: float32 (batch, layers, heads, source_length)
 MAX_LENGTH = "max_length"  # generate: int32 scalar
-TOKENS = "tokens"  # generate: int32 (batch, max_length)
-RESERVED_NAMES = frozenset({ENCODER_INPUT, TOKEN_IDS, INDEX, LOGITS, ATTENTION, MAX_LENGTH, TOKENS})
+TOKENS = "tokens"  # generate: int32 (batch, max_length); beam_search: (batch, length)
+BEAM_SIZE = "beam_size"  # beam_search: int32 scalar, hypotheses kept per sentence (1: greedy)
+LENGTH_PENALTY = "length_penalty"  # beam_search: float32 scalar, GNMT's alpha (0: none)
+SCORES = "scores"  # beam_search, generate_text: float32 (batch,), log-probability / length penalty
+TOP_LOG_PROBS = "top_log_probs"  # decoder_step_top_k: float32 (batch, beam_size), best log-probabilities
+TOP_IDS = "top_ids"  # decoder_step_top_k: int64 (batch, beam_size), their token ids, best first
+TEXT = "text"  # generate_text: string (batch,), the source texts
+OUTPUT_TEXT = "output_text"  # generate_text: string (batch,), the generated texts
+RESERVED_NAMES = frozenset({ENCODER_INPUT, TOKEN_IDS, INDEX, LOGITS, ATTENTION, MAX_LENGTH, TOKENS, BEAM_SIZE,
+                            LENGTH_PENALTY, SCORES, TEXT, OUTPUT_TEXT, TOP_LOG_PROBS, TOP_IDS})
 
 # The decoder step returns the new value of state entry `<name>` as output `<name>_out`.
 _UPDATED_SUFFIX = "_out"
 # "batch": rows of token_ids (sentences x beams in beam search); "source_batch": source sentences, the
-# batch of the entries a model declares shared by beams (and of the encoder graph).
-SYMBOLIC_AXES = ("batch", "source_batch", "source_length", "max_length")
+# batch of the entries a model declares shared by beams (and of the encoder graph); "beam_size": the
+# width of the top-k step's outputs.
+SYMBOLIC_AXES = ("batch", "source_batch", "source_length", "max_length", "beam_size")
 # The dtypes an export may use. bfloat16 is not among them: onnxruntime's CPU kernels lack it, so a
 # mixed-precision run is exported in float32 or not at all.
 _DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "bool": np.bool_,

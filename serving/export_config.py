@@ -18,13 +18,16 @@ from pathlib import Path
 from serving.errors import ExportError
 from serving.manifest import read_json_object
 
-__all__ = ["CONFIG", "FORMAT_VERSION", "SERVED_GRAPHS", "ExportConfig", "Graph"]
+__all__ = ["CONFIG", "FORMAT_VERSION", "OPTIONAL_SERVED_GRAPHS", "SERVED_GRAPHS", "ExportConfig", "Graph"]
 
 CONFIG = "config.json"
 # 2: per-layer state entries (a Transformer's `self_key_<i>`, `cross_key_<i>`, ...) and entries shared by
 # the beams of a sentence (`shared_by_beams`, batch axis "source_batch"); 1 had stacked caches.
 FORMAT_VERSION = 2
 SERVED_GRAPHS = ("encoder", "decoder_step")  # what the runtime loads; "generate" is the greedy loop
+# Loaded too where the export has it: the decoder step returning each row's best log-probabilities
+# instead of its logits, which beam search without constraints steps with.
+OPTIONAL_SERVED_GRAPHS = ("decoder_step_top_k",)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class Graph:
     file: str
     inputs: list[dict]
     outputs: list[dict]
+    # Operators outside standard ONNX, {"domain", "library"}: what a runtime must register to run it.
+    custom_ops: dict | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +121,8 @@ class ExportConfig:
 
     def graph(self, name: str) -> Graph:
         entry = self.graphs[name]
-        return Graph(name, entry["file"], list(entry.get("inputs", [])), list(entry.get("outputs", [])))
+        return Graph(name, entry["file"], list(entry.get("inputs", [])), list(entry.get("outputs", [])),
+                     entry.get("custom_ops"))
 
     def int8_graph_files(self) -> dict[str, str]:
         """{graph name: relative path} of the dynamic-int8 graphs (`python -m export --quantize`); empty
@@ -133,8 +139,11 @@ class ExportConfig:
         return int8_files[name]
 
     def served_files(self, int8: bool = False) -> tuple[str, ...]:
-        """The relative paths the runtime loads: config, tokenizer and the served graphs."""
-        return (CONFIG, self.tokenizer, *(self.graph_file(name, int8) for name in SERVED_GRAPHS))
+        """The relative paths the runtime loads: config, tokenizer and the served graphs (those of
+        `OPTIONAL_SERVED_GRAPHS` where the export has them)."""
+        names = SERVED_GRAPHS + tuple(name for name in OPTIONAL_SERVED_GRAPHS if name in self.graphs
+                                      and (not int8 or name in self.int8_graph_files()))
+        return (CONFIG, self.tokenizer, *(self.graph_file(name, int8) for name in names))
 
     @property
     def saved_model_dir(self) -> str:

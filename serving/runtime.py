@@ -23,10 +23,13 @@ import onnxruntime as ort
 
 from serving.contract import (
     ATTENTION,
+    BEAM_SIZE,
     ENCODER_INPUT,
     INDEX,
     LOGITS,
     TOKEN_IDS,
+    TOP_IDS,
+    TOP_LOG_PROBS,
     numpy_dtype,
     shared_by_beams,
     updated_name,
@@ -195,6 +198,8 @@ class Runtime:
         self.providers = resolve_providers(provider)
         self._provider_options = dict(provider_options or {})
         options = session_options(intra_op_threads, inter_op_threads, allow_spinning)
+        self._options = options
+        self._top_k: ort.InferenceSession | None = None
         self.encoder = self._session("encoder", options)
         self.decoder = self._session("decoder_step", options)
         self._encoder_outputs = [o.name for o in self.encoder.get_outputs()]
@@ -255,19 +260,25 @@ class Runtime:
         updates = {entry: values[output] for output, entry in self._state_updates.items()}
         return values[LOGITS], updates, values.get(ATTENTION)
 
-    def in_place_step(self) -> Callable[[np.ndarray, int, dict], tuple]:
+    def in_place_step(self, top_k: int | None = None) -> Callable[[np.ndarray, int, dict], tuple]:
         """A step function for one search (the `step` signature) that updates the caches in place.
 
         Each updated state entry is bound with onnxruntime's IO binding as both the input and the
         `<name>_out` output of the step where the export says that is safe (config.json's
         `in_place_updates`: the Transformer's caches), so the graph's cache write (`ScatterND`) happens
         in the caller's array instead of in a fresh copy of the whole cache every step; the updates it
-        returns are those same arrays (other updates are new arrays, as from `step`). An entry replaced by another array (beam search reorders hypotheses) is
-        bound again. Mutating its input makes it the wrong step to share between searches, or for a
-        caller that keeps the previous state, and the logits it returns are valid until its next call
-        (what the searches need): `step` is the pure one."""
-        binding = self.decoder.io_binding()
-        fetched = [name for name in self._decoder_outputs if name in (LOGITS, ATTENTION)]
+        returns are those same arrays (other updates are new arrays, as from `step`). An entry replaced
+        by another array (beam search reorders hypotheses) is bound again. Mutating its input makes it the
+        wrong step to share between searches, or for a caller that keeps the previous state, and what it
+        returns is valid until its next call (what the searches need): `step` is the pure one.
+
+        With `top_k`, the step is the export's `decoder_step_top_k` (`has_top_k_step`), returning
+        `(top_log_probs, top_ids)` of `top_k` columns in place of the logits (`beam_steps`' `top_k_step`)."""
+        session = self.decoder if top_k is None else self._top_k_session()
+        outputs = [o.name for o in session.get_outputs()]
+        binding = session.io_binding()
+        first = (LOGITS,) if top_k is None else (TOP_LOG_PROBS, TOP_IDS)
+        fetched = [name for name in outputs if name in (*first, ATTENTION)]
         updated = {entry: output for output, entry in self._state_updates.items()}
         in_place = {entry: output for entry, output in updated.items() if entry in self.config.in_place_updates}
         # Updates of a converted step (an RNN's) come back as new arrays, as from `step`.
@@ -275,7 +286,10 @@ class Runtime:
         for name in fetched + copied:
             binding.bind_output(name)
         bound: dict[str, np.ndarray] = {}
-        keep: dict[str, ort.OrtValue] = {}  # the OrtValues must live as long as their binding
+        keep: dict[str, ort.OrtValue | np.ndarray] = {}  # what a binding reads must live as long as it
+        if top_k is not None:
+            keep[BEAM_SIZE] = np.asarray(top_k, np.int32)
+            binding.bind_cpu_input(BEAM_SIZE, keep[BEAM_SIZE])
 
         def step(token_ids: np.ndarray, index: int, state: dict) -> tuple:
             binding.bind_cpu_input(TOKEN_IDS, np.ascontiguousarray(token_ids, np.int32))
@@ -291,16 +305,29 @@ class Runtime:
                 else:
                     binding.bind_cpu_input(name, value)
                 bound[name] = value
-            self.decoder.run_with_iobinding(binding)
-            outputs = binding.get_outputs()
-            # `numpy()` views onnxruntime's output buffer, which the next call reuses: logits are read
-            # before it, what a search keeps (attention rows, an RNN's state) is copied.
-            values = {name: value.numpy() if name == LOGITS else np.array(value.numpy())
-                      for name, value in zip(fetched + copied, outputs, strict=False)}
+            session.run_with_iobinding(binding)
+            # `numpy()` views onnxruntime's output buffer, which the next call reuses: logits (or the top
+            # k) are read before it, what a search keeps (attention rows, an RNN's state) is copied.
+            values = {name: value.numpy() if name in first else np.array(value.numpy())
+                      for name, value in zip(fetched + copied, binding.get_outputs(), strict=False)}
             updates = {name: bound[name] if name in in_place else values[updated[name]] for name in updated}
-            return values[LOGITS], updates, values.get(ATTENTION)
+            chosen = values[LOGITS] if top_k is None else (values[TOP_LOG_PROBS], values[TOP_IDS])
+            return chosen, updates, values.get(ATTENTION)
 
         return step
+
+    @property
+    def has_top_k_step(self) -> bool:
+        """Whether the export has `decoder_step_top_k` (in the precision this runtime loads)."""
+        return "decoder_step_top_k" in self.config.graphs and (
+            not self.int8 or "decoder_step_top_k" in self.config.int8_graph_files())
+
+    def _top_k_session(self) -> ort.InferenceSession:
+        """`decoder_step_top_k`, loaded on first use: only unconstrained beam search steps with it."""
+        if self._top_k is None:
+            self.graph_files["decoder_step_top_k"] = self.config.graph_file("decoder_step_top_k", self.int8)
+            self._top_k = self._session("decoder_step_top_k", self._options)
+        return self._top_k
 
     def generate_ids(self, encoder_input: np.ndarray, options: DecodingOptions = DecodingOptions(),
                      return_attention: bool = False, seeds: Sequence | None = None) -> SearchResult:
@@ -329,6 +356,9 @@ class Runtime:
             kwargs["seed"] = list(seeds)
         constraints = options.constraints(encoder_input.shape[0], max_length,
                                           encode=lambda text: self.tokenizer.encode([text])[0])
+        if options.method == "beam" and not constraints and self.has_top_k_step \
+                and options.beam_size <= self.config.vocab_size:
+            kwargs["top_k_step"] = self.in_place_step(top_k=options.beam_size)
         return STREAMS[options.method](
             self.in_place_step(), state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
             return_attention=return_attention and self.has_attention, constraints=constraints, **kwargs)

@@ -168,16 +168,18 @@ def test_onnx_graphs_are_checked_dynamic_and_named_as_described(export_of, model
         onnx.checker.check_model(str(path), full_check=True)
         proto = onnx.load(str(path))
         assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) <= 18
+        assert proto.ir_version == 8, name  # opset 18's; onnxruntime-node/-web 1.30 read at most 13
         for values, described in ((proto.graph.input, graph.inputs), (proto.graph.output, graph.outputs)):
             assert [v.name for v in values] == [d["name"] for d in described]
             for value, entry in zip(values, described, strict=True):
                 dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
                 assert dims == entry["shape"], (name, value.name)
         top_level_ops = {node.op_type for node in proto.graph.node}
-        # The whole generation is one Loop; the step graph is loop-free (one call per token). An RNN
-        # encoder is a Loop over time steps as well, the Transformer's is not.
+        # The whole generation is one Loop (beam search: the search, then the walk back through the
+        # parents; generate_text: those, then one decoding each row); the step graph is loop-free (one
+        # call per token). An RNN encoder is a Loop over time steps as well, the Transformer's is not.
         if name != "encoder":
-            assert ("Loop" in top_level_ops) == (name == "generate")
+            assert ("Loop" in top_level_ops) == (name in ("generate", "beam_search", "generate_text"))
         else:
             assert ("Loop" in top_level_ops) == (config.family == "rnn")
 
@@ -191,17 +193,30 @@ def test_parity_report_passes_for_every_graph_and_runtime(export_of, model):
     tensors = [r for r in report["checks"] if r["kind"] == "tensor"]
     for runtime in ("saved_model", "onnxruntime"):
         graphs = {r["graph"] for r in tensors if r["runtime"] == runtime}
-        assert graphs == {"encoder", "decoder_step", "generate"}
+        # The top-k step is onnxruntime's alone, checked against the log-softmax of the Keras logits.
+        assert graphs == {"encoder", "decoder_step", "generate"} | ({"decoder_step_top_k"} if runtime == "onnxruntime"
+                                                                    else set())
     logits = [r["max_abs_diff"] for r in tensors if r["output"] == "logits"]
     assert logits and max(logits) <= 1e-5
+    top_k = [r for r in tensors if r["graph"] == "decoder_step_top_k"]
+    assert {r["output"] for r in top_k} == {"top_log_probs", "top_ids"} and all(r["passed"] for r in top_k)
     # Several batch sizes and lengths, with padding, and several decoder indices.
     cases = {r["case"] for r in tensors if r["graph"] == "decoder_step"}
     assert len(cases) >= 9 and any("padded" in c for c in cases)
     greedy = {(r["graph"], r["runtime"]): r for r in report["checks"] if r["kind"] == "greedy"}
     for key in (("generate", "saved_model"), ("generate_text", "saved_model"), ("generate", "onnxruntime"),
-                ("encoder+decoder_step", "onnxruntime"), ("tokenizer", "sentencepiece")):
+                ("encoder+decoder_step", "onnxruntime"), ("tokenizer", "sentencepiece"),
+                ("beam_search, beam 1", "onnxruntime")):
         assert greedy[key]["sequences"] == TEST_EXAMPLES
         assert greedy[key]["identical"] == TEST_EXAMPLES, greedy[key]
+    # The in-graph beam search against the serving runtime's numpy one, on the same test lines.
+    beam = [r for r in report["checks"] if r["kind"] == "beam"]
+    # generate_text (onnxruntime-extensions, a dev dependency) is checked in a child process, texts
+    # against the Keras greedy ones and the runtime's beam ones.
+    assert [r["graph"] for r in beam] == ["beam_search, beam 4", "generate_text, beam 4"]
+    assert greedy[("generate_text, beam 1", "onnxruntime+extensions")]["identical"] == TEST_EXAMPLES
+    for row in beam:
+        assert row["sequences"] == TEST_EXAMPLES and row["identical"] == TEST_EXAMPLES, row
 
 
 def _keras_state(model, encoder_input, max_length):
@@ -563,7 +578,9 @@ def test_triton_repository_matches_the_onnx_graphs(export_of, model):
 
     run_dir = export_of(model)
     repository = write_target("triton", run_dir)
-    graphs = _config(run_dir).graph_names
+    config = _config(run_dir)
+    graphs = [name for name in config.graph_names if not config.graph(name).custom_ops]
+    assert "generate_text" not in graphs  # onnxruntime-extensions' operators: not for Triton
     assert {p.name for p in repository.iterdir() if p.is_dir()} == set(graphs) | {SAVED_MODEL_NAME}
     for name in graphs:
         pbtxt = parse_pbtxt((repository / name / "config.pbtxt").read_text())

@@ -1,0 +1,180 @@
+"""`beam_search.onnx` (`export.search_graph`): the whole search in one graph, against the serving
+runtime's numpy search (`serving.search.beam_search` over the decoder step) on the session's tiny export."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export.onnx_check import subgraphs
+from export.search_graph import inline_graph
+from serving.options import DecodingOptions
+from serving.runtime import Runtime
+from serving.search import beam_search
+
+
+def _session(path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _in_graph(session, encoder_input, max_length, beam_size, length_penalty):
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(None, {"encoder_input": encoder_input, "max_length": np.array(max_length, np.int32),
+                                "beam_size": np.array(beam_size, np.int32),
+                                "length_penalty": np.array(length_penalty, np.float32)})
+    return dict(zip(names, values, strict=True))
+
+
+@pytest.fixture(scope="module")
+def sources(runtime, tiny_run):
+    lines = [line.split("\t")[0] for line in (tiny_run / "test.tsv").read_text().splitlines()[:24]]
+    # One long line among short ones: the batch is padded.
+    lines[3] = lines[3] + " " + lines[4]
+    encoder_input, _ = runtime.tokenizer.encode_sources(lines, runtime.config.max_source_length)
+    return encoder_input
+
+
+@pytest.mark.parametrize(("beam_size", "length_penalty", "max_length"),
+                         [(4, 0.6, None), (2, 0.0, None), (5, 1.5, None), (3, 0.6, 3)])
+def test_in_graph_beam_search_is_the_runtimes(runtime, tiny_export, sources, beam_size, length_penalty,
+                                              max_length):
+    """Tokens identical, scores and the chosen hypotheses' attention equal, at several beams and length
+    penalties, and with a `max_length` too short for any hypothesis to finish (then the best unfinished
+    one is returned, as the numpy search does)."""
+    max_length = max_length or runtime.config.max_target_length
+    session = _session(tiny_export / runtime.config.graph_file("beam_search"))
+    got = _in_graph(session, sources, max_length, beam_size, length_penalty)
+    expected = runtime.generate_ids(sources, DecodingOptions(method="beam", beam_size=beam_size,
+                                                             length_penalty=length_penalty,
+                                                             max_new_tokens=max_length), return_attention=True)
+    np.testing.assert_array_equal(got["tokens"], expected.tokens)
+    np.testing.assert_allclose(got["scores"], expected.scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["attention"], expected.attention[:, : got["tokens"].shape[1]],
+                               rtol=1e-5, atol=1e-6)
+    if max_length == 3:
+        assert not (got["tokens"] == runtime.eos_id).any()
+
+
+def test_beam_one_without_penalty_is_greedy_decoding(runtime, tiny_export, sources):
+    session = _session(tiny_export / runtime.config.graph_file("beam_search"))
+    max_length = runtime.config.max_target_length
+    got = _in_graph(session, sources, max_length, 1, 0.0)
+    greedy = runtime.generate_ids(sources, DecodingOptions(max_new_tokens=max_length))
+    np.testing.assert_array_equal(got["tokens"], greedy.tokens)
+    np.testing.assert_allclose(got["scores"], greedy.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_beam_search_is_the_int8_runtimes(tiny_export, sources):
+    """The int8 graph is composed from the int8 encoder and step, so it decodes as the int8 runtime does."""
+    runtime = Runtime(tiny_export, intra_op_threads=1, int8=True)
+    session = _session(tiny_export / runtime.config.graph_file("beam_search", int8=True))
+    max_length = runtime.config.max_target_length
+    got = _in_graph(session, sources, max_length, 4, 0.6)
+    expected = runtime.generate_ids(sources, DecodingOptions(method="beam", max_new_tokens=max_length))
+    np.testing.assert_array_equal(got["tokens"], expected.tokens)
+
+
+def test_the_graph_uses_standard_operators_only(runtime, tiny_export):
+    """What onnxruntime-web and other engines run: no contrib (com.microsoft) operators anywhere."""
+    for int8 in (False, True):
+        model = onnx.load(str(tiny_export / runtime.config.graph_file("beam_search", int8=int8)))
+        domains = {node.domain for graph in subgraphs(model.graph) for node in graph.node}
+        assert domains <= {"", "ai.onnx"}, domains
+        assert {o.domain for o in model.opset_import} <= {"", "ai.onnx", "ai.onnx.ml"}  # standard domains
+
+
+def test_inlining_refuses_an_unbound_input(tiny_export):
+    step = onnx.load(str(tiny_export / "onnx" / "decoder_step.onnx"))
+    with pytest.raises(ValueError, match="no value bound to its inputs"):
+        inline_graph(step, "step/", {"token_ids": "token"})
+
+
+# onnxruntime-extensions crashes a process that has imported TensorFlow (which other test modules do), so
+# the text graph runs in a child process: this script, fed JSON on stdin, prints texts and scores.
+_RUN_TEXT_GRAPH = """
+import json, sys
+import numpy as np, onnxruntime as ort
+from onnxruntime_extensions import get_library_path
+request = json.load(sys.stdin)
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.register_custom_ops_library(get_library_path())
+session = ort.InferenceSession(request["graph"], options, providers=["CPUExecutionProvider"])
+out = []
+for beam_size, length_penalty in request["settings"]:
+    texts, scores = session.run(None, {"text": np.array(request["lines"], dtype=object),
+                                       "max_length": np.array(request["max_length"], np.int32),
+                                       "beam_size": np.array(beam_size, np.int32),
+                                       "length_penalty": np.array(length_penalty, np.float32)})
+    out.append({"texts": [str(t) for t in texts], "scores": scores.tolist()})
+print(json.dumps(out))
+"""
+
+
+def test_text_graph_translates_text_as_the_python_runtime_does(runtime, tiny_export, tiny_run):
+    """`generate_text.onnx` (onnxruntime-extensions' tokenizer operators around the search): the texts
+    `python -m serving` gives, greedy and beam, for test lines and for empty, blank and overlong input."""
+    import json
+    import subprocess
+    import sys
+
+    from export.parity import extensions_library
+
+    if extensions_library() is None:
+        pytest.skip("onnxruntime-extensions is not installed (pip install -e '.[extensions]')")
+    lines = [line.split("\t")[0] for line in (tiny_run / "test.tsv").read_text().splitlines()[:20]]
+    lines += ["", "   ", " ".join(lines[:6])]  # the last one is cut at max_source_length
+    settings = [("greedy", 1, 0.0), ("beam", 4, 0.6), ("beam", 2, 1.0)]
+    request = {"graph": str(tiny_export / runtime.config.graph_file("generate_text")), "lines": lines,
+               "max_length": runtime.config.max_target_length, "settings": [s[1:] for s in settings]}
+    done = subprocess.run([sys.executable, "-c", _RUN_TEXT_GRAPH], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for (method, beam_size, length_penalty), got in zip(settings, json.loads(done.stdout), strict=True):
+        expected = runtime.generate(lines, DecodingOptions(method=method, beam_size=beam_size,
+                                                           length_penalty=length_penalty))
+        assert got["texts"] == [r.text for r in expected], method
+        np.testing.assert_allclose(got["scores"], [r.score for r in expected], rtol=1e-5, atol=1e-5)
+
+
+def test_the_top_k_step_chooses_what_the_logits_step_chooses(tiny_export, sources):
+    """Beam search over `decoder_step_top_k` (beam_size x beam_size candidates per sentence) returns what
+    it returns over the whole logits: ids, scores and attention, float32 and int8, several beams; with a
+    constraint (which needs the logits) the runtime steps with the logits."""
+    for int8 in (False, True):
+        runtime = Runtime(tiny_export, intra_op_threads=1, int8=int8)
+        assert runtime.has_top_k_step
+        max_length = runtime.config.max_target_length
+        for beam_size in (1, 2, 4, 7):
+            state = runtime.initial_state(sources, max_length)
+            args = (state, len(sources), max_length, runtime.bos_id, runtime.eos_id, runtime.pad_id)
+            kwargs = dict(beam_size=beam_size, length_penalty=0.6, shared=runtime.shared_state,
+                          return_attention=True, num_hypotheses=2)
+            full = beam_search(runtime.step, *args, **kwargs)
+            top_k = beam_search(runtime.step, *args, top_k_step=runtime.in_place_step(top_k=beam_size), **kwargs)
+            np.testing.assert_array_equal(top_k.tokens, full.tokens, err_msg=f"int8={int8} beam {beam_size}")
+            np.testing.assert_allclose(top_k.scores, full.scores, rtol=1e-6)
+            np.testing.assert_allclose(top_k.attention, full.attention, rtol=1e-6, atol=1e-7)
+            for got, expected in zip(top_k.hypotheses, full.hypotheses, strict=True):  # the n-best lists
+                assert [ids.tolist() for ids, _ in got] == [ids.tolist() for ids, _ in expected]
+                np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-6)
+
+
+def test_the_runtime_steps_with_the_top_k_step_only_without_constraints(runtime, sources, monkeypatch):
+    calls = []
+    original = runtime.in_place_step
+
+    def spy(top_k=None):
+        calls.append(top_k)
+        return original(top_k=top_k)
+
+    monkeypatch.setattr(runtime, "in_place_step", spy)
+    runtime.generate_ids(sources[:2], DecodingOptions(method="beam", beam_size=3))
+    assert 3 in calls
+    calls.clear()
+    runtime.generate_ids(sources[:2], DecodingOptions(method="beam", beam_size=3, repetition_penalty=1.2))
+    assert calls == [None]
