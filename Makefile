@@ -51,7 +51,7 @@ TRAIN_ARGS := --task $(TASK) --model $(MODEL) \
 	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(PRECISION),--precision $(PRECISION)) \
 	$(if $(filter 1 yes true,$(JIT)),--jit)
 
-.PHONY: install js train evaluate compare plot test test-large lint clean infer serve export bench notebooks
+.PHONY: install js train evaluate compare plot test test-large lint clean infer serve page export bench notebooks
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -138,3 +138,10 @@ infer: $(STAMP)
 serve: $(STAMP)
 	@test -n "$(EXPORT)" || { echo "error: no export under artifacts/*/export/; export a run first (python -m export RUN_DIR) or pass EXPORT=DIR" >&2; exit 2; }
 	$(PY) -m serving.server $(EXPORT) --host $(HOST) --port $(PORT)
+
+# The try-it page with the model running in the browser (onnxruntime-web, WebAssembly): no model server,
+# only files handed out; open http://$(HOST):$(PAGE_PORT)/
+PAGE_PORT ?= 8001
+page: $(STAMP) $(JS_STAMP)
+	@test -n "$(EXPORT)" || { echo "error: no export under artifacts/*/export/; export a run first (python -m export RUN_DIR) or pass EXPORT=DIR" >&2; exit 2; }
+	$(PY) -m serving.page_server $(EXPORT) --host $(HOST) --port $(PAGE_PORT)

@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.config import IR_VERSION
-from export.onnx_check import check_onnx, nested_graphs
+from export.onnx_check import check_onnx, nested_graphs, subgraphs
 from serving.contract import (
     ATTENTION,
     BEAM_SIZE,
@@ -128,6 +128,30 @@ def inline_graph(model: onnx.ModelProto, prefix: str, inputs: Mapping[str, str]
     _rename(graph, names, prefix)
     return list(graph.node), list(graph.initializer), {o: names[o] for o in
                                                         (v.name for v in model.graph.output)}
+
+
+def _shared_weights(graph: onnx.GraphProto) -> int:
+    """Keeps one copy of equal initializers of `graph` (the encoder's and the step's embedding are one
+    tied matrix in the model, two files' copies here), rewriting the nodes of `graph` and its subgraphs
+    that read a dropped copy. Returns the bytes saved."""
+    first: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    kept, saved = [], 0
+    for tensor in graph.initializer:
+        data = numpy_helper.to_array(tensor).tobytes()
+        key = (tensor.data_type, tuple(tensor.dims), data)
+        if key in first:
+            renamed[tensor.name] = first[key]
+            saved += len(data)
+        else:
+            first[key] = tensor.name
+            kept.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for sub in subgraphs(graph):
+        for node in sub.node:
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+    return saved
 
 
 def _opsets(*models: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
@@ -333,6 +357,7 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
     graph_outputs = [helper.make_tensor_value_info(e["name"], _elem(e["dtype"]), e["shape"])
                      for e in description["outputs"]]
     graph = helper.make_graph(main.nodes, "beam_search", inputs, graph_outputs, initializer=main.initializers)
+    _shared_weights(graph)
     model = helper.make_model(graph, opset_imports=_opsets(encoder, step))
     model.ir_version = IR_VERSION
     return model

@@ -1,7 +1,8 @@
 // The try-it page: type a text, pick the method and options, watch the output stream in, see the n-best
 // list and the cross-attention. One page and one attention drawing over a back end that generates:
-// `ServerBackend` talks to this server's HTTP API; a back end that runs the export in the page
-// (onnxruntime-web) can take its place by offering the same three methods.
+// `ServerBackend` talks to the HTTP API of `python -m serving.server`; `WebBackend` (web_backend.js) runs the
+// export in the page with onnxruntime-web, where `python -m serving.page_server` hands out its files. Both
+// offer the same three methods (describe, requestSchema, generate).
 
 // Request fields that are not decoding options (the form sets them itself).
 const NOT_OPTIONS = new Set(["inputs", "method", "return_tokens", "return_attention",
@@ -209,4 +210,30 @@ export async function start(backend = new ServerBackend()) {
   form.element.dataset.state = "ready";
 }
 
-if (typeof document !== "undefined" && document.getElementById("request")) start();
+/**
+ * The back end for where the page is served from: `?backend=web` or `?backend=server` when given; else
+ * the export in the page where the server hands out `export/config.json` (the page server does, the
+ * API server does not), else the API server.
+ */
+export async function defaultBackend() {
+  let choice = new URLSearchParams(location.search).get("backend");
+  if (!choice) {
+    const probe = await fetch("export/config.json", { method: "HEAD" }).catch(() => null);
+    choice = probe?.ok ? "web" : "server";
+  }
+  if (choice !== "web") return new ServerBackend();
+  const [ort, { WebBackend }] = await Promise.all([import("/ort/ort.wasm.min.mjs"), import("./web_backend.js")]);
+  ort.env.wasm.wasmPaths = "/ort/";
+  // One thread, as the Python runtime's default: small models gain little from more, and one needs no
+  // SharedArrayBuffer (cross-origin isolation).
+  ort.env.wasm.numThreads = 1;
+  return WebBackend.load(ort, new URL("export/", location.href).href);
+}
+
+if (typeof document !== "undefined" && document.getElementById("request")) {
+  defaultBackend().then((backend) => start(backend), (e) => {
+    const error = document.getElementById("error");
+    error.textContent = `cannot load the model in the page: ${e.message}`;
+    error.hidden = false;
+  });
+}
