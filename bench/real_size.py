@@ -8,7 +8,8 @@ exactly `tokens` tokens (our searches get an EOS id no token has; CTranslate2 ge
 
 Engines, each on the same source ids:
 - ours fp32 / ours int8: `serving.runtime.Runtime` (encoder once, then `decoder_step.onnx` per token with the
-  key/value cache), with `serving.search`'s greedy or beam search: what `python -m serving` runs.
+  key/value cache), with `serving.search`'s greedy or beam search (beam: over `decoder_step_top_k`, each
+  hypothesis's best continuations from the graph): what `python -m serving` runs.
 - ct2 fp32 / ct2 int8: `ctranslate2.Translator` on the model `export.ctranslate2_target` converts from
   the same Keras weights (compute type float32 or int8).
 - savedmodel: the export's TensorFlow path (`bench.rerun`'s cached greedy loop as a SavedModel), greedy
@@ -192,8 +193,10 @@ def _ours(export_dir: Path, threads: int, int8: bool) -> Callable:
         step = runtime.in_place_step()  # the step the runtime's own searches use
         if beam == 1:
             return greedy_search(step, state, source.shape[0], tokens, bos, NEVER, pad).tokens
+        # As the runtime's own unconstrained beam search: each hypothesis's best `beam` from the graph.
+        top_k = runtime.in_place_step(top_k=beam) if runtime.has_top_k_step else None
         return beam_search(step, state, source.shape[0], tokens, bos, NEVER, pad, beam_size=beam,
-                           length_penalty=0.6, shared=runtime.shared_state).tokens
+                           length_penalty=0.6, shared=runtime.shared_state, top_k_step=top_k).tokens
 
     return generate
 
