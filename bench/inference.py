@@ -88,8 +88,8 @@ def _int8_export(export_dir: Path, work: Path) -> Path:
     if not (copy / "config.json").is_file():
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(export_dir, copy, ignore=shutil.ignore_patterns("saved_model"))
-        replace(config, quantized=quantize_graphs(copy, config.graphs, config.state, config.special_ids,
-                                                  config.vocab_size)).write(copy)
+        replace(config, quantized=quantize_graphs(copy, config.graphs, config.state,
+                                                                  config.special_ids)).write(copy)
         write_manifest(copy, validated=Manifest.read(export_dir).validated)
     return copy
 

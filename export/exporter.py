@@ -119,7 +119,7 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
             onnx_export.convert_graph(functions, name, staging / graphs[name]["file"])
         log("composing beam_search from the encoder and decoder_step (export.search_graph), and "
             "generate_text around it (export.text_graph)")
-        compose_search(staging, graphs, state, run.config.special_ids, run.config.vocab_size)
+        compose_search(staging, graphs, state, run.config.special_ids)
         write_generate_text(staging, graphs, "tokenizer.model", run.config.special_ids,
                             run.config.max_source_length)
         log("writing the SavedModel")
@@ -132,7 +132,7 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
             from export.quantize import quantize_graphs
 
             log("quantizing (dynamic int8)")
-            quantized = quantize_graphs(staging, graphs, state, run.config.special_ids, run.config.vocab_size)
+            quantized = quantize_graphs(staging, graphs, state, run.config.special_ids)
         build_export_config(run.config, state, graphs, reference_cases=len(meta["cases"]),
                             test_examples=meta["test_examples"], quantized=quantized,
                             in_place_updates=in_place_updates(state) if step_by_hand else ()

@@ -30,11 +30,11 @@ def _count_ops(model: onnx.ModelProto) -> Counter:
     return Counter(node.op_type for graph in subgraphs(model.graph) for node in graph.node)
 
 
-def quantize_graphs(export_dir: Path, graphs: dict[str, dict], state: list[dict], special_ids: dict[str, int],
-                    vocab_size: int) -> dict:
+def quantize_graphs(export_dir: Path, graphs: dict[str, dict], state: list[dict], special_ids: dict[str, int]
+                    ) -> dict:
     """Writes `onnx/int8/<graph>.onnx` for every graph in `graphs` (the config's `graphs` table): the
     converted ones quantized, the composed beam search (`export.search_graph`) composed again from the
-    int8 encoder and decoder step (`state`, `special_ids`, `vocab_size` as in config.json).
+    int8 encoder and decoder step (`state`, `special_ids` as in config.json).
 
     Returns:
         The config's "quantized" entry: {"method", "weight_type", "graphs": {name: {"file", "quantized_ops"}}}.
@@ -68,5 +68,5 @@ def quantize_graphs(export_dir: Path, graphs: dict[str, dict], state: list[dict]
     if any(name in graphs for name in COMPOSED_GRAPHS):
         from export.search_graph import compose_search
 
-        entries.update(compose_search(export_dir, graphs, state, special_ids, vocab_size, quantized))
+        entries.update(compose_search(export_dir, graphs, state, special_ids, quantized))
     return quantized

@@ -11,8 +11,9 @@ and Java bindings) gets the whole translation from ids to ids without writing a 
              scores float32 (batch,)               its log-probability / GNMT length penalty
              attention float32 (batch, length, layers, heads, source_length)   models with attention
 
-It is `serving.search.beam_steps` written as a `Loop` (no constraints, one hypothesis): the same scores
-in float64, the same GNMT length penalty ((5 + |Y|) / 6) ** alpha (Wu et al., 2016, eq. 14) applied once
+It is `serving.search.beam_steps` written as a `Loop` (no constraints, one hypothesis; each hypothesis's
+`beam_size` best continuations ranked, as the runtime does with `decoder_step_top_k`, so `beam_size` may
+not exceed the vocabulary): the same scores in float64, the same GNMT length penalty ((5 + |Y|) / 6) ** alpha (Wu et al., 2016, eq. 14) applied once
 at the end, finished hypotheses continuing with PAD at no cost, finished ones preferred, ties to the
 lower index (ONNX `TopK` and `ArgMax` both break ties that way, as `top_k_stable` and `argmax` do). With
 `beam_size` 1 and `length_penalty` 0 it is greedy decoding. `export.validate` compares it with the Python
@@ -167,15 +168,13 @@ def _value(name: str, elem_type: int, shape: Sequence | None) -> onnx.ValueInfoP
 
 
 def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Sequence[Mapping],
-                      special_ids: Mapping[str, int], vocab_size: int, attention: bool,
-                      description: Mapping) -> onnx.ModelProto:
+                      special_ids: Mapping[str, int], attention: bool, description: Mapping) -> onnx.ModelProto:
     """The beam-search graph of an export (see the module docstring).
 
     Args:
         encoder, step: the export's `encoder.onnx` and `decoder_step.onnx`.
         state: config.json's state entries (`StateSpec.to_json()` dicts).
         special_ids: {"pad", "bos", "eos", ...}.
-        vocab_size: width of the step's logits.
         attention: whether the step returns cross-attention (then the graph does too).
         description: the graph's entry of `export.config.describe_graphs` (its outputs' names).
     """
@@ -246,21 +245,26 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
     body.nodes += nodes
     main.initializers += weights  # read from the outer scope: one copy of the weights
 
-    log_probs = body.op("LogSoftmax", out[LOGITS], axis=-1)  # (B * K, V) float32
+    # Each hypothesis's K best continuations first (as the runtime's `decoder_step_top_k`): no other can
+    # make its sentence's K best, so the sentence's choice ranks K * K candidates, not K * vocabulary.
+    log_probs, ids = body.op("TopK", body.op("LogSoftmax", out[LOGITS], axis=-1), k, axis=-1, largest=1,
+                             sorted=1, outputs=2)  # (B * K, K) float32, int64
     # A finished hypothesis may only continue with PAD, at no cost, so it keeps its score.
-    pad_row = np.full((vocab_size,), -np.inf, np.float32)
-    pad_row[pad] = 0.0
-    log_probs = body.op("Where", body.op("Unsqueeze", carried["finished"], body.const([1], i64)),
-                        body.const(pad_row, np.float32), log_probs)
+    first_column = body.op("Equal", body.op("Range", body.const(0, i64), k_scalar, body.const(1, i64)),
+                           body.const(0, i64))  # (K,)
+    finished_column = body.op("Unsqueeze", carried["finished"], body.const([1], i64))  # (B * K, 1)
+    log_probs = body.op("Where", finished_column, body.op("Where", first_column, body.const(0.0, np.float32),
+                                                          body.const(-np.inf, np.float32)), log_probs)
+    ids = body.op("Where", body.op("And", finished_column, first_column), body.const(pad, i64), ids)
     total = body.op("Add", body.op("Cast", log_probs, to=TensorProto.DOUBLE),
-                    body.op("Reshape", carried["scores"], body.const([-1, 1], i64)))  # (B * K, V) float64
-    total = body.op("Reshape", total, body.op("Concat", batch, body.const([-1], i64), axis=0))  # (B, K * V)
+                    body.op("Reshape", carried["scores"], body.const([-1, 1], i64)))  # (B * K, K) float64
+    by_sentence = body.op("Concat", batch, body.const([-1], i64), axis=0)
+    total = body.op("Reshape", total, by_sentence)  # (B, K * K)
     scores, best = body.op("TopK", total, k, axis=-1, largest=1, sorted=1, outputs=2)  # (B, K)
-    vocab = body.const(vocab_size, i64)
-    parent = body.op("Reshape", body.op("Add", beam_offsets, body.op("Div", best, vocab)),
+    parent = body.op("Reshape", body.op("Add", beam_offsets, body.op("Div", best, k_scalar)),
                      body.const([-1], i64))  # (B * K,) the row each new hypothesis extends
-    token = body.op("Reshape", body.op("Cast", body.op("Mod", best, vocab), to=TensorProto.INT32),
-                    body.const([-1], i64))
+    token = body.op("GatherElements", body.op("Reshape", ids, by_sentence), best, axis=1)  # (B, K)
+    token = body.op("Reshape", body.op("Cast", token, to=TensorProto.INT32), body.const([-1], i64))
     was_finished = body.op("Gather", carried["finished"], parent, axis=0)
     lengths = body.op("Add", body.op("Gather", carried["lengths"], parent, axis=0),
                       body.op("Cast", body.op("Not", was_finished), to=TensorProto.INT64))
@@ -396,11 +400,11 @@ def top_k_step_graph(step: onnx.ModelProto, description: Mapping) -> onnx.ModelP
 
 
 def write_beam_search(encoder_path: Path, step_path: Path, path: Path, state: Sequence[Mapping],
-                      special_ids: Mapping[str, int], vocab_size: int, description: Mapping) -> Path:
+                      special_ids: Mapping[str, int], description: Mapping) -> Path:
     """Composes `beam_search_graph` from the two graph files, saves it at `path` and checks it."""
     attention = any(entry["name"] == ATTENTION for entry in description["outputs"])
     model = beam_search_graph(onnx.load(str(encoder_path)), onnx.load(str(step_path)), state, special_ids,
-                              vocab_size, attention, description)
+                              attention, description)
     model.doc_string = "keras-nlp-week4 beam_search graph (see config.json)"
     model.producer_name = "keras-nlp-week4 export/search_graph"
     helper.set_model_props(model, {"graph": "beam_search"})
@@ -422,7 +426,7 @@ def write_top_k_step(step_path: Path, path: Path, description: Mapping) -> Path:
 
 
 def compose_search(export_dir: Path, graphs: Mapping[str, dict], state: Sequence[Mapping],
-                   special_ids: Mapping[str, int], vocab_size: int, quantized: Mapping | None = None) -> dict:
+                   special_ids: Mapping[str, int], quantized: Mapping | None = None) -> dict:
     """Writes the graphs composed from the export's encoder and decoder step (`beam_search`,
     `decoder_step_top_k`): the float32 ones at their places in `graphs`, or with `quantized` (the
     config's "quantized" entry) int8 ones from the int8 graphs, beside them. Returns the int8 graphs'
@@ -437,7 +441,7 @@ def compose_search(export_dir: Path, graphs: Mapping[str, dict], state: Sequence
 
     written = {"beam_search": beside("beam_search"), "decoder_step_top_k": beside("decoder_step_top_k")}
     write_beam_search(export_dir / files["encoder"], export_dir / files["decoder_step"],
-                      export_dir / written["beam_search"], state, special_ids, vocab_size, graphs["beam_search"])
+                      export_dir / written["beam_search"], state, special_ids, graphs["beam_search"])
     write_top_k_step(export_dir / files["decoder_step"], export_dir / written["decoder_step_top_k"],
                      graphs["decoder_step_top_k"])
     if quantized is None:
