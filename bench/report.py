@@ -107,8 +107,9 @@ def _load_note(env: dict) -> str:
 # What profiling found about ours vs CTranslate2 at real size (static: from the profiling sessions of
 # 2026-11-30, format 1, and 2026-12-01, format 2, one thread).
 REAL_SIZE_NOTES = """\
-Export format 2 (2026-12-01, 2-core AMD EPYC with AVX2 only, the Multi30k shape with random weights; every
-ratio from one run, engines taking turns):
+Export format 2 (2026-12-01, 2-core AMD EPYC with AVX2 only; every ratio from one run, engines taking
+turns; the table above is on the trained Multi30k weights, the steps below on the Multi30k shape with
+random weights unless said):
 
 - What changed and what each gave. Before, on the same machine the same day (`--quick`, 2 rounds,
   format 1), ours fp32 / ct2 fp32 at one thread was 0.85 (greedy, batch 1), 0.75 (greedy, 32), 0.99
@@ -123,7 +124,14 @@ ratio from one run, engines taking turns):
   and output at once with IO binding (`Runtime.in_place_step`, the write in place: 22 against 25-27 ms a
   greedy step at 128 rows, identical ids), beam search reordering hypotheses with an unbuffered
   `np.take(..., mode="clip")` into the previous step's buffer (4.2 against 13.5 ms for the six caches at
-  128 rows; fancy indexing buffers) and a log-softmax with one copy fewer: the table above.
+  128 rows; fancy indexing buffers) and a log-softmax with one copy fewer: 1.36, 0.93, 1.47, 0.83 on
+  random weights. On the trained weights, measured the same way: 1.19, 1.03, 1.09, 0.92. (4) The step's
+  choice in the graph for beam search (`decoder_step_top_k.onnx`: `LogSoftmax` and `TopK` after the
+  logits, returning each hypothesis's `beam_size` best log-probabilities and ids; the numpy search ranks
+  beam x beam candidates per sentence instead of beam x 8,000, which chooses the same, proven by
+  `tests/test_search_graph.py` and by 1,000 of 1,000 identical beam outputs on the Multi30k test split):
+  beam 4 at batch 1 1.09 -> 1.48, at batch 32 0.92 -> 0.98 (base: 0.98 -> 1.11), the table above.
+  Greedy keeps the logits step (its argmax and score over 32 x 8,000 logits cost under 1 ms).
 - On trained weights (a Multi30k Transformer of the recipe after 3 epochs, test BLEU lc 19.0 greedy):
   the format-2 export passed validation (decoder step max abs difference 6.2e-6 against Keras; greedy
   identical on 1,000 of 1,000 test sentences on every path); beam 4 through `python -m serving` over the
@@ -139,10 +147,12 @@ ratio from one run, engines taking turns):
   measured and not kept: 1.14 against 0.65 ms per step at batch 1 and 23.3 against 23.2 ms at 128 rows,
   with no better logits on these weights. onnxruntime's dynamic int8 gains 1.3-1.4x over float32 at batch
   32 where CTranslate2's gains 1.5-1.9x: its int8 GEMM on AVX2 (no VNNI here) is the gap.
-- Not done yet: the self-attention cache still has `max_length` slots and the attention reads all of
-  them (masked); onnxruntime's fused `DecoderMaskedMultiHeadAttention` (`past_present_share_buffer`,
-  `cache_indirection`) would attend over the filled prefix only and make the beam reorder an index
-  update; and the beam search's per-step numpy work could move into the graph (`LogSoftmax`, `TopK`).
+- Not done yet: the self-attention cache still has `max_length` slots, the attention reads all of them
+  (masked) and beam search reorders all of them every step (4.2 ms of a ~30 ms step at 128 rows, where
+  CTranslate2's growing caches copy the filled prefix only); onnxruntime's fused
+  `DecoderMaskedMultiHeadAttention` (`past_present_share_buffer`, `cache_indirection`) would attend over
+  the filled prefix only and make the reorder an index update. The int8 rows of the Multi30k size
+  (0.74-0.93 at one thread, batch 32 and beam) are onnxruntime's int8 GEMM on AVX2 against CTranslate2's.
 
 Format 1 (2026-11-30, the faster machine, trained Multi30k model):
 
