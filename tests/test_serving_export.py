@@ -187,6 +187,7 @@ def test_int8_graphs_are_listed_verified_and_hold_the_float_weights_to_half_a_st
     weight within half a quantization step, with one scale per tensor."""
     import onnx
 
+    from export.config import COMPOSED_GRAPHS
     from export.quantize import _count_ops  # the exporter's counter, run here on the files on disk
 
     config = ExportConfig.read(tiny_export)
@@ -202,6 +203,8 @@ def test_int8_graphs_are_listed_verified_and_hold_the_float_weights_to_half_a_st
         ops = _count_ops(onnx.load(str(tiny_export / entry["file"])))
         assert entry["quantized_ops"] == {op: n for op, n in ops.items() if op in entry["quantized_ops"]}
         assert entry["quantized_ops"].get("MatMulInteger", 0) > 0
+        if name in COMPOSED_GRAPHS:
+            continue  # made of the int8 encoder and step checked here (equal tensors, zero points too, kept once)
         int8 = _initializers(tiny_export / entry["file"])
         fp32 = _initializers(tiny_export / config.graph_file(name))
         weights = [key[: -len("_quantized")] for key, value in int8.items()

@@ -59,7 +59,9 @@ def page_server(export_dir: Path):
         server.server_close()
 
 
-@pytest.fixture(params=["dates", "multi30k"])
+# The Multi30k-shaped export costs a second export (about a minute on 2 cores): in the large tier, which
+# `.ci/run` runs after `make test`; its BPE tokenization is in `make test` through test_js_tokenizer.py.
+@pytest.fixture(params=["dates", pytest.param("multi30k", marks=pytest.mark.large)])
 def export_and_texts(request, tiny_export, tiny_run) -> tuple[Path, list[str]]:
     """The dates export (character tokenizer) or the Multi30k-shaped one (BPE), with test lines."""
     if request.param == "dates":
