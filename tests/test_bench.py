@@ -156,7 +156,7 @@ def test_the_random_stand_in_goes_through_every_real_size_step(tiny_run, tmp_pat
 
     if not (SHARED / "multi30k" / "train.de").is_file():
         pytest.skip("needs ../shared/data/multi30k for the stand-in's tokenizer")
-    from bench.real_size import prepare_models, run_generation
+    from bench.real_size import prepare_models, run_generation, run_in_graph_search
     from bench.server import run_server
     from serving.export_config import ExportConfig
 
@@ -170,5 +170,8 @@ def test_the_random_stand_in_goes_through_every_real_size_step(tiny_run, tmp_pat
                           with_savedmodel=False, log=lambda _: None)
     assert len(real["rows"]) == 4 and all(e["tokens_per_s"] > 0 for r in real["rows"]
                                           for e in r["engines"].values())
+    # The in-graph search against the runtime's: the same outputs on every row.
+    search = run_in_graph_search(models, batches=(1, 2), sentences=4, rounds=1, log=lambda _: None)
+    assert len(search["rows"]) == 4 and all(r["identical"] == 4 and r["in_graph_ms"] > 0 for r in search["rows"])
     rows = run_server(str(model.run_dir / "export"), (1,), 4, 10.0, warmup=2, log=lambda _: None)
     assert rows and all(r["errors"] == 0 and r["requests"] == 4 for r in rows)
