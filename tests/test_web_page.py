@@ -121,3 +121,9 @@ def test_the_page_typed_into_shows_the_python_runtimes_output_and_attention(tiny
         page.click("#generate")
         page.wait_for_selector("#request[data-state='error']", timeout=10_000)
         assert page.text_content("#error") == "inputs must be a non-empty text"
+        page.fill("#source", text)
+        page.click("#options-panel summary")  # the options are folded away until opened
+        page.fill("#option-beam_size", "100000")  # more hypotheses than the vocabulary has ids
+        page.click("#generate")
+        page.wait_for_selector("#request[data-state='error']", timeout=10_000)
+        assert page.text_content("#error").startswith("beam_size must be between 1 and the vocabulary size")

@@ -79,7 +79,9 @@ export class WebBackend {
     if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > this.config.max_target_length) {
       throw new Error(`max_new_tokens must be between 1 and ${this.config.max_target_length}, got ${maxLength}`);
     }
-    if (!Number.isInteger(beamSize) || beamSize < 1) throw new Error(`beam_size must be >= 1, got ${beamSize}`);
+    if (!Number.isInteger(beamSize) || beamSize < 1 || beamSize > this.config.vocab_size) {
+      throw new Error(`beam_size must be between 1 and the vocabulary size ${this.config.vocab_size}, got ${beamSize}`);
+    }
     if (!Number.isFinite(lengthPenalty) || lengthPenalty < 0) throw new Error(`length_penalty must be >= 0, got ${lengthPenalty}`);
     return { maxLength, beamSize, lengthPenalty };
   }
