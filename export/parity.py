@@ -42,6 +42,7 @@ __all__ = [
     "quality",
     "row_key",
     "runtime_generate",
+    "validation_runtime",
     "write_parity",
 ]
 
@@ -191,17 +192,21 @@ def onnx_runner(session) -> Runner:
     return run
 
 
-def runtime_generate(export_dir: Path, provider: str, threads: int = 0, **options
-                     ) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Generation by the serving runtime itself (`serving.runtime.Runtime`: the encoder once, then one
-    decoder step per token, the numpy search), greedy unless `options` (`DecodingOptions` fields, e.g.
-    method="beam") say otherwise; ids padded to `max_length` columns. The manifest is checked by the
-    validator before this runs (and is not marked validated yet), so the runtime does not check it."""
-    from serving.options import DecodingOptions
+def validation_runtime(export_dir: Path, provider: str, threads: int = 0):
+    """The serving runtime itself (`serving.runtime.Runtime`) on one provider, with the validator's
+    provider options. The manifest is checked by the validator before this runs (and is not marked
+    validated yet), so the runtime does not check it."""
     from serving.runtime import Runtime
 
-    runtime = Runtime(export_dir, provider=provider, intra_op_threads=threads, verify=False,
-                      provider_options=PROVIDER_OPTIONS)
+    return Runtime(export_dir, provider=provider, intra_op_threads=threads, verify=False,
+                   provider_options=PROVIDER_OPTIONS)
+
+
+def runtime_generate(runtime, **options) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Generation by `runtime` (`validation_runtime`: the encoder once, then one decoder step per token,
+    the numpy search), greedy unless `options` (`DecodingOptions` fields, e.g. method="beam") say
+    otherwise; ids padded to `max_length` columns."""
+    from serving.options import DecodingOptions
 
     def generate(encoder_input: np.ndarray, max_length: int) -> np.ndarray:
         tokens = runtime.generate_ids(encoder_input, DecodingOptions(max_new_tokens=max_length, **options)).tokens

@@ -98,13 +98,14 @@ def _onnx_rows(export_dir: Path, config: ExportConfig, reference: parity.Referen
             reference, "generate", lambda x, n, g=generate: g({"encoder_input": x,
                                                               "max_length": np.array(n, np.int32)})["tokens"],
             "onnxruntime", provider, decode))
-        loop = parity.runtime_generate(export_dir, provider, threads)
+        runtime = parity.validation_runtime(export_dir, provider, threads)  # one per provider, for both rows
+        loop = parity.runtime_generate(runtime)
         rows.append(parity.check_greedy(reference, "encoder+decoder_step", loop, "onnxruntime", provider,
                                         decode))
         if "beam_search" in runners:
             log(f"  onnxruntime [{provider}] beam_search and generate_text against the runtime's searches")
-            rows += _search_rows(reference, config, runners["beam_search"], export_dir, provider, threads,
-                                 decode, with_text="generate_text" in custom, log=log)
+            rows += _search_rows(reference, config, runners["beam_search"], runtime, export_dir, provider,
+                                 threads, decode, with_text="generate_text" in custom, log=log)
         if provider == "CPUExecutionProvider" and config.int8_graph_files():
             log("  int8 quality on the test split")
             quality = _quality(export_dir, config, reference, provider, threads, decode, generate)
@@ -126,7 +127,7 @@ def in_graph_search(search: Callable, pad_id: int, beam_size: int, length_penalt
     return generate
 
 
-def _search_rows(reference, config: ExportConfig, search: Callable, export_dir: Path, provider: str,
+def _search_rows(reference, config: ExportConfig, search: Callable, runtime, export_dir: Path, provider: str,
                  threads: int, decode: Callable, with_text: bool, log: Callable) -> list[dict]:
     """The in-graph searches on the whole test split: `beam_search` at beam 1 against the Keras greedy
     ids and at `VALIDATION_BEAM` against the serving runtime's numpy beam search over the decoder step;
@@ -135,7 +136,7 @@ def _search_rows(reference, config: ExportConfig, search: Callable, export_dir: 
 
     pad = config.special_ids["pad"]
     beam = VALIDATION_BEAM
-    runtime_beam = parity.runtime_generate(export_dir, provider, threads, method="beam", **beam)
+    runtime_beam = parity.runtime_generate(runtime, method="beam", **beam)
     max_length = int(reference.meta["max_target_length"])
     expected = [runtime_beam(encoder_input, max_length) for encoder_input, _ in reference.greedy_chunks()]
     chunks = iter(expected)

@@ -8,16 +8,14 @@ Skips, saying why, without onnxruntime-web (`make js`), chromium or playwright.
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import chromium_page
+from browser import chromium_page, page_server
 
 from serving.options import DecodingOptions
-from serving.page_server import ORT_WEB_DIST, PageFiles, make_server
+from serving.page_server import ORT_WEB_DIST
 from serving.runtime import Runtime
 
 pytestmark = pytest.mark.skipif(not ORT_WEB_DIST.is_dir(),
@@ -45,18 +43,6 @@ RUN_BACKEND = """async ({ texts, settings }) => {
   }
   return { facts: await backend.describe(), results };
 }"""
-
-
-@contextmanager
-def page_server(export_dir: Path):
-    server = make_server(PageFiles.load(export_dir), port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # The Multi30k-shaped export costs a second export (about a minute on 2 cores): in the large tier, which

@@ -13,20 +13,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import chromium_page
+from browser import chromium_page, page_server
 from helpers import ROOT
 
 from serving.errors import ServingError
 from serving.options import DecodingOptions
-from serving.page_server import ISOLATION_HEADERS, ORT_WEB_DIST, PageFiles, make_server
+from serving.page_server import ISOLATION_HEADERS, ORT_WEB_DIST, PageFiles
 
 NODE = shutil.which("node")
 TRANSLATE = ROOT / "examples" / "node" / "translate.mjs"
@@ -161,18 +159,6 @@ def test_node_example_refuses_a_missing_export(tmp_path):
 
 
 # The page server --------------------------------------------------------------------------------------
-
-@contextmanager
-def page_server(export_dir: Path):
-    server = make_server(PageFiles.load(export_dir), port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
 
 def get(url: str) -> tuple[int, dict, bytes]:
     try:
