@@ -59,6 +59,8 @@ PATTERNS = {
     "{wkd_long}. {mon_p} {day}, {yyyy}": "%a %b %d, %Y",
     "{dd}.{mm}.{yy}": "%d.%m.%y",
     "{day}-{mon}-{yy}": "%d-%b-%y",
+    "{mon_p} {dth}, {yyyy}": "%b %d, %Y",
+    "{mon} {dth}, {yyyy}": "%b %d, %Y",
 }
 
 # What each format gives for 1994-09-27 (a Tuesday), written out by hand.
@@ -101,6 +103,8 @@ EXPECTED_1994_09_27 = {
     "{wkd_long}. {mon_p} {day}, {yyyy}": "tues. sep. 27, 1994",
     "{dd}.{mm}.{yy}": "27.09.94",
     "{day}-{mon}-{yy}": "27-sep-94",
+    "{mon_p} {dth}, {yyyy}": "sep. 27th, 1994",
+    "{mon} {dth}, {yyyy}": "sep 27th, 1994",
 }
 
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]

@@ -114,6 +114,8 @@ DATE_FORMATS = [
     "{wkd_long}. {mon_p} {day}, {yyyy}",  # tues. sep. 27, 1994
     "{dd}.{mm}.{yy}",  # 27.09.94
     "{day}-{mon}-{yy}",  # 27-sep-94
+    "{mon_p} {dth}, {yyyy}",  # sep. 27th, 1994
+    "{mon} {dth}, {yyyy}",  # sep 27th, 1994
 ]
 """Templates of human date formats; see `render_date` for the placeholders."""
 
