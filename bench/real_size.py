@@ -196,7 +196,8 @@ def _ours(export_dir: Path, threads: int, int8: bool) -> Callable:
         # As the runtime's own unconstrained beam search: each hypothesis's best `beam` from the graph.
         top_k = runtime.in_place_step(top_k=beam) if runtime.has_top_k_step else None
         return beam_search(step, state, source.shape[0], tokens, bos, NEVER, pad, beam_size=beam,
-                           length_penalty=0.6, shared=runtime.shared_state, top_k_step=top_k).tokens
+                           length_penalty=0.6, shared=runtime.shared_state, top_k_step=top_k,
+                           position_axes=runtime.position_axes).tokens
 
     return generate
 

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = [
     "ATTENTION", "BEAM_SIZE", "ENCODER_INPUT", "INDEX", "LENGTH_PENALTY", "LOGITS", "MAX_LENGTH",
     "OUTPUT_TEXT", "RESERVED_NAMES", "SCORES", "SYMBOLIC_AXES", "TEXT", "TOKENS", "TOKEN_IDS",
-    "TOP_IDS", "TOP_LOG_PROBS", "concrete_shape", "numpy_dtype", "shared_by_beams", "updated_name",
+    "TOP_IDS", "TOP_LOG_PROBS", "concrete_shape", "numpy_dtype", "position_axes", "shared_by_beams", "updated_name",
     "updated_outputs", "zero_state",
 ]
 
@@ -75,6 +75,16 @@ def concrete_shape(shape: Sequence, sizes: Mapping[str, int]) -> tuple[int, ...]
 def shared_by_beams(specs: Iterable[Mapping]) -> frozenset[str]:
     """The state entries kept once per source sentence, which beam search neither repeats nor reorders."""
     return frozenset(spec["name"] for spec in specs if spec.get("shared_by_beams"))
+
+
+def position_axes(specs: Iterable[Mapping]) -> dict[str, int]:
+    """The updated state entries with an axis of decoding positions (`max_length`), and that axis.
+
+    The step at `index` writes position `index` of such an entry and masks the later positions (the
+    self-attention caches' contract), so a search that reorders hypotheses need only copy the positions
+    written so far (`serving.search.beam_steps`' `position_axes`)."""
+    return {spec["name"]: list(spec["shape"]).index(MAX_LENGTH) for spec in specs
+            if spec.get("updated") and MAX_LENGTH in spec["shape"]}
 
 
 def zero_state(specs: Sequence[Mapping], batch: int, source_length: int, max_length: int) -> dict:

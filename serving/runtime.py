@@ -31,6 +31,7 @@ from serving.contract import (
     TOP_IDS,
     TOP_LOG_PROBS,
     numpy_dtype,
+    position_axes,
     shared_by_beams,
     updated_name,
     updated_outputs,
@@ -189,6 +190,7 @@ class Runtime:
                               "with the tokenizer it was trained with")
         self.state_specs = list(config.state)
         self.shared_state = shared_by_beams(self.state_specs)  # kept once per sentence in beam search
+        self.position_axes = position_axes(self.state_specs)  # reordered up to the positions written
         for spec in self.state_specs:
             try:
                 numpy_dtype(spec["dtype"])
@@ -356,9 +358,10 @@ class Runtime:
             kwargs["seed"] = list(seeds)
         constraints = options.constraints(encoder_input.shape[0], max_length,
                                           encode=lambda text: self.tokenizer.encode([text])[0])
-        if options.method == "beam" and not constraints and self.has_top_k_step \
-                and options.beam_size <= self.config.vocab_size:
-            kwargs["top_k_step"] = self.in_place_step(top_k=options.beam_size)
+        if options.method == "beam":
+            kwargs["position_axes"] = self.position_axes
+            if not constraints and self.has_top_k_step and options.beam_size <= self.config.vocab_size:
+                kwargs["top_k_step"] = self.in_place_step(top_k=options.beam_size)
         return STREAMS[options.method](
             self.in_place_step(), state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
             return_attention=return_attention and self.has_attention, constraints=constraints, **kwargs)

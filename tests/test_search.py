@@ -179,3 +179,58 @@ def test_token_log_probs_equal_the_log_softmax_entries():
     tokens = np.array([0, 17, 499])
     expected = np.take_along_axis(log_softmax(logits), tokens[:, None], 1)[:, 0]
     np.testing.assert_allclose(token_log_probs(logits, tokens), expected, atol=1e-5)
+
+
+def history_step(seed=0, width=4, max_length=8):
+    """A toy model with a cache as a Transformer's: the step at `index` writes position `index` of a
+    `(batch, 1, max_length, width)` cache with its token's embedding and reads positions `<= index`
+    only, so its logits depend on the whole prefix and a wrong reorder corrupts them."""
+    rng = np.random.default_rng(seed)
+    embedding = rng.normal(size=(VOCAB, width))
+    output = rng.normal(size=(width, VOCAB)) * 3.0
+
+    def step(tokens, index, state):
+        cache = state["cache"].copy()
+        cache[:, 0, index] = embedding[tokens]
+        logits = cache[:, 0, :index + 1].mean(axis=1) @ output  # masked: later positions are not read
+        logits[:, PAD] = logits[:, BOS] = -1e9
+        return logits, {"cache": cache}, None
+
+    return step, {"cache": np.zeros((3, 1, max_length, 4))}
+
+
+def test_beam_search_reorders_only_the_written_positions_to_the_same_result():
+    """With `position_axes` the reorder copies positions `<= index` of the hypotheses that changed, in
+    place; the search returns what a whole reorder gives, scores and n-best included."""
+    step, state = history_step()
+    kwargs = {"beam_size": 3, "length_penalty": 0.6, "num_hypotheses": 3}
+    whole = beam_search(step, dict(state), 3, 8, BOS, EOS, **kwargs)
+    # Garbage after the written positions must not matter: the step never reads it.
+    seen = []
+
+    def poisoning_step(tokens, index, state):
+        seen.append(state["cache"])
+        state["cache"][:, :, index + 1:] = 1e6
+        return step(tokens, index, state)
+
+    prefix = beam_search(poisoning_step, dict(state), 3, 8, BOS, EOS, position_axes={"cache": 2}, **kwargs)
+    assert np.array_equal(whole.tokens, prefix.tokens) and np.array_equal(whole.scores, prefix.scores)
+    assert [[list(t) for t, _ in h] for h in whole.hypotheses] == [[list(t) for t, _ in h]
+                                                                   for h in prefix.hypotheses]
+    assert len(seen) > 2
+
+
+def test_reorder_rows_equals_fancy_indexing():
+    from serving.search import _reorder_rows
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(6, 2, 5, 3))
+    source = np.array([0, 0, 3, 3, 1, 5])  # row 1 is read and overwritten
+    expected = values[source]
+    prefix = _reorder_rows(values.copy(), source, (slice(None), slice(0, 2)))
+    assert np.array_equal(prefix[:, :, :2], expected[:, :, :2])
+    assert np.array_equal(_reorder_rows(values.copy(), source, None), expected)
+    frozen = values.copy()
+    frozen.flags.writeable = False
+    out = _reorder_rows(frozen, source, None)
+    assert out is not frozen and np.array_equal(out, expected) and np.array_equal(frozen, values)

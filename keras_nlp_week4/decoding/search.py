@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_nlp_week4.decoding.greedy import greedy_generate
 from keras_nlp_week4.models.base import Seq2SeqModel
-from serving.contract import shared_by_beams
+from serving.contract import position_axes, shared_by_beams
 from serving.options import METHODS, DecodingOptions
 from serving.search import SearchResult
 
@@ -68,7 +68,10 @@ def generate(model: Seq2SeqModel, encoder_input: np.ndarray, max_length: int, bo
         return SearchResult(tokens=tokens.numpy())
     state = {k: v.numpy() for k, v in model.encode(encoder_input).items()}
     state.update({k: v.numpy() for k, v in model.initial_cache(batch, max_length).items()})
-    kwargs = {**decoding.search_kwargs(), "shared": shared_by_beams(s.to_json() for s in model.state_specs())}
+    specs = [spec.to_json() for spec in model.state_specs()]
+    kwargs = {**decoding.search_kwargs(), "shared": shared_by_beams(specs)}
+    if method == "beam":
+        kwargs["position_axes"] = position_axes(specs)
     return decoding.search()(keras_step_fn(model), state, batch, max_length, bos_id, eos_id, pad_id,
                              return_attention=return_attention, constraints=constraints, **kwargs)
 
