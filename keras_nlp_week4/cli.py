@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-train-examples", dest="max_train_examples", type=int)
     train.add_argument("--time-budget-minutes", dest="time_budget_minutes", type=float,
                        help="stop before an epoch that would end past this many minutes of training "
-                            "(0: no budget; default: the task's)")
+                            "(default and 0: none; training stops on epochs and early stopping)")
     train.add_argument("--seed", type=int)
     train.add_argument("--verbose", type=int, help="Keras fit verbosity (0, 1, 2)")
     train.add_argument("--strategy", choices=STRATEGIES,

@@ -106,6 +106,25 @@ def test_splits_are_the_files_german_to_english_and_reversed(tmp_path):
     assert set(MULTI30K_ANCHORS) == {"seq2seq-lstm", "seq2seq-gru", "bahdanau", "transformer"}
 
 
+# ------------------------------------------------------------------------------------- recipe
+
+
+@pytest.mark.parametrize("model, epochs", [("transformer", 30), ("seq2seq-lstm", 30), ("seq2seq-gru", 30),
+                                           ("bahdanau", 25)])
+def test_the_recipe_stops_on_epochs_not_the_clock(model, epochs):
+    """Every family's default is an epoch cap and early stopping on validation BLEU, with no time budget,
+    so a seed gives the same model on a slow machine as on a fast one; the budget is an option."""
+    from keras_nlp_week4.training.trainer import resolve_settings
+
+    settings = resolve_settings(TrainConfig(task="multi30k", model=model))
+    assert (settings.epochs, settings.patience, settings.time_budget_minutes) == (epochs, 4, None)
+    assert get_task("multi30k").validation_bleu_examples == 1014  # what early stopping watches
+    budgeted = resolve_settings(TrainConfig(task="multi30k", model=model, time_budget_minutes=45.0))
+    assert budgeted.time_budget_minutes == 45.0 and budgeted.epochs == epochs
+    assert resolve_settings(TrainConfig(task="multi30k", model=model, time_budget_minutes=0)
+                            ).time_budget_minutes is None
+
+
 # ------------------------------------------------------------------------------------- callbacks
 
 
