@@ -353,15 +353,14 @@ class Runtime:
                       seeds: Sequence | None) -> SearchSteps:
         max_length = options.max_new_tokens or self.max_target_length
         state = self.initial_state(encoder_input, max_length)
-        kwargs = {**options.search_kwargs(), "shared": self.shared_state}
+        kwargs = {**options.search_kwargs(), "shared": self.shared_state, "position_axes": self.position_axes}
         if options.method == "sample" and seeds is not None:
             kwargs["seed"] = list(seeds)
         constraints = options.constraints(encoder_input.shape[0], max_length,
                                           encode=lambda text: self.tokenizer.encode([text])[0])
-        if options.method == "beam":
-            kwargs["position_axes"] = self.position_axes
-            if not constraints and self.has_top_k_step and options.beam_size <= self.config.vocab_size:
-                kwargs["top_k_step"] = self.in_place_step(top_k=options.beam_size)
+        if options.method == "beam" and not constraints and self.has_top_k_step \
+                and options.beam_size <= self.config.vocab_size:
+            kwargs["top_k_step"] = self.in_place_step(top_k=options.beam_size)
         return STREAMS[options.method](
             self.in_place_step(), state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
             return_attention=return_attention and self.has_attention, constraints=constraints, **kwargs)

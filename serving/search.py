@@ -303,9 +303,11 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
 
 def greedy_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
                  pad_id: int = 0, return_attention: bool = False,
-                 constraints: Constraints | None = None, shared: Collection[str] = frozenset()) -> SearchSteps:
-    """`greedy_search` step by step (see `SearchSteps`). `shared` as for `beam_steps`: with one row per
-    sentence nothing is repeated, so every search takes it and only beam search needs it."""
+                 constraints: Constraints | None = None, shared: Collection[str] = frozenset(),
+                 position_axes: Mapping[str, int] | None = None) -> SearchSteps:
+    """`greedy_search` step by step (see `SearchSteps`). `shared` and `position_axes` as for `beam_steps`:
+    with one row per sentence nothing is repeated or reordered, so every search takes them and only beam
+    search needs them."""
     return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id,
                 lambda logits: logits.argmax(axis=-1), return_attention, constraints)
 
@@ -324,7 +326,8 @@ def sample_search(*args, **kwargs) -> SearchResult:
 def sample_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
                  pad_id: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | Sequence | None = None, return_attention: bool = False,
-                 constraints: Constraints | None = None, shared: Collection[str] = frozenset()) -> SearchSteps:
+                 constraints: Constraints | None = None, shared: Collection[str] = frozenset(),
+                 position_axes: Mapping[str, int] | None = None) -> SearchSteps:
     """Samples each token from the softmax at `temperature`, restricted to the `top_k` most likely tokens
     (0: no limit) and to the smallest set whose probability reaches `top_p` (nucleus sampling, Holtzman
     et al., 2020). The same `seed` gives the same output.
@@ -369,8 +372,9 @@ def beam_search(*args, **kwargs) -> SearchResult:
     return drain(beam_steps(*args, **kwargs))
 
 
-def _reorder_rows(values: np.ndarray, source: np.ndarray, filled: tuple | None) -> np.ndarray:
-    """`values[source]`: hypothesis `i` takes the state of hypothesis `source[i]`.
+def _reorder_rows(values: np.ndarray, source: np.ndarray, moved: np.ndarray, filled: tuple | None) -> np.ndarray:
+    """`values[source]`: hypothesis `i` takes the state of hypothesis `source[i]`; `moved` are the rows
+    where `source[i] != i` (the same for every entry of a step, so the search finds them once).
 
     Written into `values` itself where it is writeable (the search owns its state entries): only the rows
     whose hypothesis changed are copied and, with `filled` (the index after the row axis of the positions
@@ -381,7 +385,6 @@ def _reorder_rows(values: np.ndarray, source: np.ndarray, filled: tuple | None) 
     and step), and the step's IO binding keeps the same buffer. Elsewhere a new array, `values[source]`."""
     if not values.flags.writeable:
         return np.take(values, source, axis=0)
-    moved = np.flatnonzero(source != np.arange(source.shape[0]))
     if moved.size:
         positions = filled or ()
         # The right-hand side is gathered into a new array before anything is written, so a row that is
@@ -425,7 +428,7 @@ def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_
     `max_length`: `serving.contract.position_axes`), where the step at `index` writes position `index`
     and masks the later ones: reordering hypotheses then copies the positions written so far only."""
     k = beam_size
-    position_axes = dict(position_axes or {})
+    position_axes = position_axes or {}
     constraints = (constraints or Constraints()).repeated(k)
     candidates_only = top_k_step is not None and not constraints
     # Hypothesis j of sequence b lives at row b * k + j of every state entry not shared by the beams.
@@ -464,10 +467,11 @@ def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_
         source = (rows + best // width).reshape(-1)  # the hypothesis each new one extends
         column = (best % width).reshape(-1)
         token = (column if ids is None else ids[source, column]).astype(np.int32)
+        moved = np.flatnonzero(source != np.arange(source.shape[0]))
         for name in updated:  # only updated entries differ between hypotheses; shared ones never are
             axis = position_axes.get(name)
             filled = None if axis is None else (*(slice(None),) * (axis - 1), slice(0, index + 1))
-            state[name] = _reorder_rows(state[name], source, filled)
+            state[name] = _reorder_rows(state[name], source, moved, filled)
         history = np.concatenate([history[source], token[:, None]], axis=1)
         was_finished = finished[source]
         lengths = lengths[source] + (~was_finished)

@@ -227,10 +227,11 @@ def test_reorder_rows_equals_fancy_indexing():
     values = rng.normal(size=(6, 2, 5, 3))
     source = np.array([0, 0, 3, 3, 1, 5])  # row 1 is read and overwritten
     expected = values[source]
-    prefix = _reorder_rows(values.copy(), source, (slice(None), slice(0, 2)))
+    moved = np.flatnonzero(source != np.arange(len(source)))
+    prefix = _reorder_rows(values.copy(), source, moved, (slice(None), slice(0, 2)))
     assert np.array_equal(prefix[:, :, :2], expected[:, :, :2])
-    assert np.array_equal(_reorder_rows(values.copy(), source, None), expected)
+    assert np.array_equal(_reorder_rows(values.copy(), source, moved, None), expected)
     frozen = values.copy()
     frozen.flags.writeable = False
-    out = _reorder_rows(frozen, source, None)
+    out = _reorder_rows(frozen, source, moved, None)
     assert out is not frozen and np.array_equal(out, expected) and np.array_equal(frozen, values)

@@ -69,9 +69,7 @@ def generate(model: Seq2SeqModel, encoder_input: np.ndarray, max_length: int, bo
     state = {k: v.numpy() for k, v in model.encode(encoder_input).items()}
     state.update({k: v.numpy() for k, v in model.initial_cache(batch, max_length).items()})
     specs = [spec.to_json() for spec in model.state_specs()]
-    kwargs = {**decoding.search_kwargs(), "shared": shared_by_beams(specs)}
-    if method == "beam":
-        kwargs["position_axes"] = position_axes(specs)
+    kwargs = {**decoding.search_kwargs(), "shared": shared_by_beams(specs), "position_axes": position_axes(specs)}
     return decoding.search()(keras_step_fn(model), state, batch, max_length, bos_id, eos_id, pad_id,
                              return_attention=return_attention, constraints=constraints, **kwargs)
 
