@@ -358,9 +358,10 @@ class Runtime:
             kwargs["seed"] = list(seeds)
         constraints = options.constraints(encoder_input.shape[0], max_length,
                                           encode=lambda text: self.tokenizer.encode([text])[0])
-        if options.method == "beam" and not constraints and self.has_top_k_step \
-                and options.beam_size <= self.config.vocab_size:
-            kwargs["top_k_step"] = self.in_place_step(top_k=options.beam_size)
+        # Greedy and unconstrained beam search choose from each hypothesis's best few, found in the graph.
+        columns = {"greedy": 1, "beam": options.beam_size}.get(options.method)
+        if columns is not None and not constraints and self.has_top_k_step and columns <= self.config.vocab_size:
+            kwargs["top_k_step"] = self.in_place_step(top_k=columns)
         return STREAMS[options.method](
             self.in_place_step(), state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
             return_attention=return_attention and self.has_attention, constraints=constraints, **kwargs)

@@ -270,25 +270,33 @@ def new_final_ids(steps: SearchSteps, eos_id: int, pad_id: int
 
 def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
          pad_id: int, choose: Callable[[np.ndarray], np.ndarray], return_attention: bool,
-         constraints: Constraints | None) -> SearchSteps:
+         constraints: Constraints | None, top_one_step: StepFn | None = None) -> SearchSteps:
     """The loop greedy decoding and sampling share: `choose` maps logits to next tokens. Every token is
-    final as soon as it is chosen."""
+    final as soon as it is chosen. `top_one_step`, where given (greedy without constraints), is the step
+    returning each row's best log-probability and id in place of its logits, and replaces `step` and
+    `choose`."""
     constraints = constraints or Constraints()
     state = dict(state)
     token = np.full((batch_size,), bos_id, dtype=np.int32)
     finished = np.zeros((batch_size,), dtype=bool)
     columns, scores, attention = [], np.zeros((batch_size,)), []
     for index in range(max_length):
-        logits, updates, weights = step(token, index, state)
-        state.update(updates)
-        if constraints.changes_logits:
-            history = np.stack(columns, axis=1) if columns else np.zeros((batch_size, 0), np.int32)
-            logits = constraints.apply(logits, history, index, eos_id)
-        token = choose(logits).astype(np.int32)
-        forced_rows, forced_ids = constraints.forced(index)
-        token[forced_rows] = forced_ids
-        token = np.where(finished, pad_id, token)
-        scores += np.where(finished, 0.0, token_log_probs(logits, token))
+        if top_one_step is not None:
+            (top_log_probs, top_ids), updates, weights = top_one_step(token, index, state)  # (batch, 1) each
+            state.update(updates)
+            token = np.where(finished, pad_id, top_ids[:, 0]).astype(np.int32)
+            scores += np.where(finished, 0.0, top_log_probs[:, 0])
+        else:
+            logits, updates, weights = step(token, index, state)
+            state.update(updates)
+            if constraints.changes_logits:
+                history = np.stack(columns, axis=1) if columns else np.zeros((batch_size, 0), np.int32)
+                logits = constraints.apply(logits, history, index, eos_id)
+            token = choose(logits).astype(np.int32)
+            forced_rows, forced_ids = constraints.forced(index)
+            token[forced_rows] = forced_ids
+            token = np.where(finished, pad_id, token)
+            scores += np.where(finished, 0.0, token_log_probs(logits, token))
         columns.append(token)
         if return_attention and weights is not None:
             attention.append(np.asarray(weights))
@@ -304,12 +312,20 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
 def greedy_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: int, eos_id: int,
                  pad_id: int = 0, return_attention: bool = False,
                  constraints: Constraints | None = None, shared: Collection[str] = frozenset(),
-                 position_axes: Mapping[str, int] | None = None) -> SearchSteps:
+                 position_axes: Mapping[str, int] | None = None, top_k_step: StepFn | None = None
+                 ) -> SearchSteps:
     """`greedy_search` step by step (see `SearchSteps`). `shared` and `position_axes` as for `beam_steps`:
     with one row per sentence nothing is repeated or reordered, so every search takes them and only beam
-    search needs them."""
+    search needs them.
+
+    `top_k_step`, where given, is the step with each row's best log-probability and id in place of its
+    logits (`beam_steps`' `top_k_step` at one column: the export's `decoder_step_top_k` with `beam_size`
+    1), the same choice, ties to the lower id as `argmax`, without the logits leaving the graph (the
+    Multi30k model's int8 greedy search at batch 32: 1.17x faster). It is used where no constraint needs
+    the whole logits."""
+    top_one = top_k_step if top_k_step is not None and not constraints else None
     return _run(step, state, batch_size, max_length, bos_id, eos_id, pad_id,
-                lambda logits: logits.argmax(axis=-1), return_attention, constraints)
+                lambda logits: logits.argmax(axis=-1), return_attention, constraints, top_one)
 
 
 def greedy_search(*args, **kwargs) -> SearchResult:

@@ -12,7 +12,7 @@ from export.onnx_check import subgraphs
 from export.search_graph import inline_graph
 from serving.options import DecodingOptions
 from serving.runtime import Runtime
-from serving.search import beam_search
+from serving.search import beam_search, greedy_search
 
 
 def _session(path) -> ort.InferenceSession:
@@ -162,6 +162,14 @@ def test_the_top_k_step_chooses_what_the_logits_step_chooses(tiny_export, source
             for got, expected in zip(top_k.hypotheses, full.hypotheses, strict=True):  # the n-best lists
                 assert [ids.tolist() for ids, _ in got] == [ids.tolist() for ids, _ in expected]
                 np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-6)
+        # Greedy over the one-column top-k step: the same ids, scores and attention as over the logits.
+        state = runtime.initial_state(sources, max_length)
+        args = (state, len(sources), max_length, runtime.bos_id, runtime.eos_id, runtime.pad_id)
+        full = greedy_search(runtime.step, *args, return_attention=True)
+        top_one = greedy_search(runtime.step, *args, return_attention=True, top_k_step=runtime.in_place_step(top_k=1))
+        np.testing.assert_array_equal(top_one.tokens, full.tokens, err_msg=f"int8={int8} greedy")
+        np.testing.assert_allclose(top_one.scores, full.scores, rtol=1e-5)
+        np.testing.assert_allclose(top_one.attention, full.attention, rtol=1e-6, atol=1e-7)
 
 
 def test_the_runtime_steps_with_the_top_k_step_only_without_constraints(runtime, sources, monkeypatch):
@@ -177,4 +185,13 @@ def test_the_runtime_steps_with_the_top_k_step_only_without_constraints(runtime,
     assert 3 in calls
     calls.clear()
     runtime.generate_ids(sources[:2], DecodingOptions(method="beam", beam_size=3, repetition_penalty=1.2))
+    assert calls == [None]
+    calls.clear()
+    runtime.generate_ids(sources[:2], DecodingOptions(method="greedy"))
+    assert 1 in calls
+    calls.clear()
+    runtime.generate_ids(sources[:2], DecodingOptions(method="greedy", no_repeat_ngram_size=2))
+    assert calls == [None]
+    calls.clear()
+    runtime.generate_ids(sources[:2], DecodingOptions(method="sample", seed=0))
     assert calls == [None]
