@@ -15,12 +15,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-# Sizes of the full and the quick run: the full one keeps `make bench` under 20 min on 2 cores, the quick
-# one under 5. `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
+# Sizes of the full and the quick run: the quick one keeps `make bench` under 5 min on 2 cores; the full
+# one's real-size part alone took 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios near 1.0
+# needed 5 rounds. `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {
     "full": dict(rounds=9, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
                  max_seconds=20.0, concurrencies=(1, 8, 32), real_sizes=("multi30k", "base"),
-                 real_threads=(1, 2), real_rounds=3, real_requests=200, pipeline_steps=None,
+                 real_threads=(1, 2), real_rounds=5, real_requests=200, pipeline_steps=None,
                  search_sentences=64),
     "quick": dict(rounds=3, steps=4, repeats=3, lengths=(16, 32, 64), requests=40, max_seconds=6.0,
                   concurrencies=(1, 8, 32), real_sizes=("multi30k",), real_threads=(1,), real_rounds=2,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -39,6 +40,10 @@ MULTI30K_SHAPE = {"preset": "compact", "vocab_size": 8000}
 NEVER = -1  # an EOS id no token has
 # Longer than OpenMP's default spin time (KMP_BLOCKTIME, 200 ms) and onnxruntime's.
 SETTLE_SECONDS = 0.3
+# A timed sample repeats a short call until it lasts about this long: a single batch-1 call of the
+# Multi30k model's int8 graphs takes 30-50 ms, where one preempted time slice on a shared 2-vCPU machine
+# swung the per-round ratio from 0.55 to 1.47.
+SAMPLE_SECONDS = 0.25
 SOURCE_TOKENS = 20  # a typical Multi30k German sentence in 8,000 BPE pieces, EOS included
 RATIO_PAIRS = (("ours fp32", "ct2 fp32"), ("ours int8", "ct2 int8"), ("ours int8", "ours fp32"),
                ("ct2 int8", "ct2 fp32"), ("ours fp32", "savedmodel"))
@@ -272,8 +277,14 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
                     source = _sources(model.vocab_size, batch)
                     names = [e for e in engines if not (e == "savedmodel" and beam > 1)]
                     runs = {name: [] for name in names}
+                    warm = {}
                     for name in names:  # warm-up: first-call allocations and graph tracing
                         engines[name](source, tokens, beam)
+                        started = time.perf_counter()
+                        engines[name](source, tokens, beam)
+                        warm[name] = time.perf_counter() - started
+                    # The same number of calls per sample for every engine, from the fastest one.
+                    calls = max(1, math.ceil(SAMPLE_SECONDS / max(min(warm.values()), 1e-6)))
                     onnx_and_ct2 = [name for name in names if name != "savedmodel"]
                     for round_index in range(rounds):
                         shift = round_index % len(onnx_and_ct2)
@@ -285,12 +296,14 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
                             (["savedmodel"] if "savedmodel" in names else [])
                         for name in order:
                             started = time.perf_counter()
-                            engines[name](source, tokens, beam)
-                            runs[name].append(time.perf_counter() - started)
+                            for _ in range(calls):
+                                engines[name](source, tokens, beam)
+                            runs[name].append((time.perf_counter() - started) / calls)
                             if n_threads > 1 or name == "savedmodel":
                                 time.sleep(SETTLE_SECONDS)
                     row = {"size": model.name, "method": "greedy" if beam == 1 else f"beam {beam}",
-                           "batch": batch, "threads": n_threads, "engines": {}, "ratios": {}}
+                           "batch": batch, "threads": n_threads, "calls_per_sample": calls, "engines": {},
+                           "ratios": {}}
                     for name, seconds in runs.items():
                         median = float(np.median(seconds))
                         row["engines"][name] = {"tokens_per_s": round(batch * tokens / median, 1),

@@ -105,9 +105,9 @@ def _load_note(env: dict) -> str:
 
 
 # What profiling found about ours vs CTranslate2 at real size (static: from the profiling sessions of
-# 2026-11-30, format 1, and 2026-12-01, format 2, one thread).
+# 2026-11-30, format 1, and 2026-12-01/02, format 2, one thread).
 REAL_SIZE_NOTES = """\
-Export format 2 (2026-12-01, 2-core AMD EPYC with AVX2 only; every ratio from one run, engines taking
+Export format 2 (2026-12-01 and -02, 2-core AMD EPYC with AVX2 only; every ratio from one run, engines taking
 turns; the table above is on the trained Multi30k weights, the steps below on the Multi30k shape with
 random weights unless said):
 
@@ -131,28 +131,73 @@ random weights unless said):
   beam x beam candidates per sentence instead of beam x 8,000, which chooses the same, proven by
   `tests/test_search_graph.py` and by 1,000 of 1,000 identical beam outputs on the Multi30k test split):
   beam 4 at batch 1 1.09 -> 1.48, at batch 32 0.92 -> 0.98 (base: 0.98 -> 1.11), the table above.
-  Greedy keeps the logits step (its argmax and score over 32 x 8,000 logits cost under 1 ms).
+- (5) Beam search reorders hypotheses in place (2026-12-01, evening, same EPYC): only the rows whose
+  hypothesis changed, and of a self-attention cache only the positions written so far
+  (`serving.contract.position_axes`; the step masks the later ones), instead of every row's
+  `max_length` slots into a second buffer that then had to be bound again (`serving/search.py`
+  `_reorder_rows`: 0.18 against 0.62 ms per cache entry and step at 128 rows with half the rows moved,
+  numpy alone). The Multi30k test split gives the same 1,000 of 1,000 beam 4 texts as before. Old tree
+  against new, alternating, 3 rounds (trained Multi30k export, one thread, 64 random sources of 20
+  tokens, 32 forced tokens; the speed ratio new / old per round): beam 4 at batch 32 1.06 (0.94-1.09)
+  fp32 and 1.13 (1.11-1.15) int8; at batch 1 1.18 (1.06-1.18) fp32 and 1.39 (0.95-1.82) int8.
+- (6) Greedy search on the top-k step too (2026-12-02, same EPYC): `decoder_step_top_k` with one column
+  returns each row's best log-probability and id, which is the argmax (ties to the lower id) and the
+  score the search reports, so the 8,000 logits per row no longer come back to numpy for an argmax and
+  a log-sum-exp (`greedy_steps(top_k_step=...)`; the runtime passes it wherever no constraint needs the
+  logits). Logits step against it, alternating, 10 rounds, 32 forced tokens: 1.07x fp32 at batch 1 and
+  32, 1.27x int8 at batch 1, 1.17x at 32; the same ids, scores within 1e-5
+  (`tests/test_search_graph.py`).
+- (7) The int8 encoder quantized whole: onnxruntime's quantizer rewrites a `Gemm` into the `MatMul` it
+  quantizes only when `beta` is 1, and tf2onnx writes the encoder's Dense layers as two-input `Gemm`s
+  with `beta` 0, so 18 of its matrix products had stayed float32 (`export/quantize.py`
+  `_gemms_for_the_quantizer`; `tests/test_quantize.py`). The int8 encoder: 1.31x faster at 1 sentence,
+  1.15x at 32 (alternating, same inputs); test BLEU of the int8 graphs 19.19 against 18.92 in float32
+  (875 of 1,000 greedy outputs identical; before: 19.09, 917).
+- (8) Beam search ranks the top-k step's `k` x `k` candidates per sentence with one stable sort instead
+  of `k` rounds of argmax (`top_k_stable` at 16 x `k` values or fewer): 3.6 against 80 us per step at 1
+  sentence, 9.3 against 70 us at 32 (numpy alone), the same choice.
 - On trained weights (a Multi30k Transformer of the recipe after 3 epochs, test BLEU lc 19.0 greedy):
   the format-2 export passed validation (decoder step max abs difference 6.2e-6 against Keras; greedy
   identical on 1,000 of 1,000 test sentences on every path); beam 4 through `python -m serving` over the
   whole test split gave the format-1 runtime's output on 1,000 of 1,000 sentences (BLEU lc 22.2 both) in
   66 s against 134 s (one thread); the int8 graphs scored BLEU 19.09 against 18.92 in float32 (917 of
   1,000 greedy outputs identical).
-- Where the remaining time goes. At batch 32 the step's kernels are dominated by the matrix products
-  (`Gemm` 7.1 + `FusedGemm` 1.2 of 13.2 ms at 32 rows, greedy), which CTranslate2 computes with its own
-  GEMM backend: ours is behind there, not in the cache handling. At beam 4 x 32 the numpy search adds
-  the float32 log-softmax over 128 x 8,000 logits (4-5 ms a step), the top-k (1.7-3 ms) and the reorder
-  (4 ms) to a 22-25 ms step; CTranslate2 does these inside its C++ search.
-- int8: per-channel weight scales (`quantize_dynamic(per_channel=True)`, CTranslate2's layout) were
-  measured and not kept: 1.14 against 0.65 ms per step at batch 1 and 23.3 against 23.2 ms at 128 rows,
-  with no better logits on these weights. onnxruntime's dynamic int8 gains 1.3-1.4x over float32 at batch
-  32 where CTranslate2's gains 1.5-1.9x: its int8 GEMM on AVX2 (no VNNI here) is the gap.
-- Not done yet: the self-attention cache still has `max_length` slots, the attention reads all of them
-  (masked) and beam search reorders all of them every step (4.2 ms of a ~30 ms step at 128 rows, where
-  CTranslate2's growing caches copy the filled prefix only); onnxruntime's fused
-  `DecoderMaskedMultiHeadAttention` (`past_present_share_buffer`, `cache_indirection`) would attend over
-  the filled prefix only and make the reorder an index update. The int8 rows of the Multi30k size
-  (0.74-0.93 at one thread, batch 32 and beam) are onnxruntime's int8 GEMM on AVX2 against CTranslate2's.
+- Tried and not kept: weight-only 8-bit `MatMulNBits` (onnxruntime's `MatMulNBitsQuantizer`, block 32,
+  symmetric, accuracy level 4: int8 activations, the kernels onnxruntime tunes for one-token LLM
+  decoding), on the decoder step with its `Gemm`s written as `MatMul` + `Add`: 0.79 against 0.73 ms for
+  the dynamic-int8 step at 1 row, 2.9 against 1.4 ms at 4, 14.7 against 8.4 ms at 32 and 60.5 against
+  36.8 ms at 128, with logits closer to float32 (max abs difference 0.04-0.05 against 0.07-0.09).
+  Per-channel weight scales (`quantize_dynamic(per_channel=True)`, CTranslate2's layout): 1.14 against
+  0.65 ms per step at batch 1 and 23.3 against 23.2 ms at 128 rows, with no better logits on these
+  weights. The attention products as `Mul` + `ReduceSum` instead of `MatMul` (2,623 against 528 us per
+  attention at 128 rows), or as keys x query instead of query x keys (within 2 %).
+- Prototyped, not kept: each layer's self-attention as one `com.microsoft.DecoderMaskedMultiHeadAttention`
+  (`past_present_share_buffer=1`, `past_sequence_length` = `index`, `scale` 1 since the query weights
+  carry 1/sqrt(d_k)), by surgery on the trained Multi30k step: **94 nodes** instead of 126 (the
+  scatter-address prelude goes too), logits and caches within 3.3e-6 of the standard step over 12
+  steps, greedy texts identical on 64 of 64 test sentences. Traps: the CPU kernel fails on packed QKV
+  (`Tensor size (12288) != new size (4096)`: it reshapes the packed query as if it held the query
+  alone), so q, k and v go in as three inputs; its beam path (`beam_width` > 1 with `cache_indirection`)
+  reads `mask_index` and `attention_bias` without checking that they were given (`ApplyAttentionWithBeams`
+  in `contrib_ops/cpu/bert/decoder_masked_multihead_attention.cc`). Speed in place with IO binding, 32
+  greedy steps, idle machine, standard / fused ms per step: 2.82/2.68, 3.79/3.68, 12.8/12.7, 36.5/36.7 at
+  1, 4, 32, 128 rows (1.05, 1.03, 1.01, 0.99x). The node target (under 100) is reachable only with
+  contrib operators and buys no speed, so the export keeps the 126-node standard step (117 after
+  onnxruntime's optimizer); per-node overhead is about 1 us here (a chain of 100 small `Add`/`Mul`
+  nodes: 127 against 17 us for one), about 0.13 ms of a 3 ms step at batch 1.
+- Where the time goes now (2026-12-02, onnxruntime's profiler, the trained Multi30k step in place, one
+  thread, 32 greedy steps over 32 cache slots). Batch 1, float32: 3.15 ms a step, of which the 19
+  `Gemm`s take 69 % of the kernel time. They read 19.2 MB of weights per step (the tied 8,000 x 256
+  output projection 8.2 MB of it); measured alone, each with its weights hot in cache, the same `Gemm`s
+  take 0.83 ms, and summing 19.2 MB of arrays once with numpy takes 2.85 ms here (6.7 GB/s) against a
+  2.55-3.15 ms step. So at batch 1 the float32 step streams its weights from memory, as CTranslate2's must;
+  a margin over it there comes from everything around the weights (the search, the caches, per-call
+  overhead), not from faster arithmetic. In int8 the weights are 4.9 MB and the step takes 0.58 ms.
+  Batch 32: float32 11.7 ms a step, `Gemm` 68 % of the kernels, the attention products of the 3 x 2
+  attentions (8 heads x 32 rows of 1-row matrix products each) 17 %, the cache writes (`ScatterND`) 3 %;
+  int8 8.2 ms, `DynamicQuantizeMatMul` 49 %, the attention products (float32 in both) 27 %: int8
+  shrinks the dense layers only, which is why it gains 1.4x over float32 where CTranslate2's gains
+  1.5-1.9x.
 
 Format 1 (2026-11-30, the faster machine, trained Multi30k model):
 
@@ -202,7 +247,9 @@ def _real_size_markdown(real: dict, pipeline: dict | None, training: list | None
              f"Output tokens/s (batch x {real['tokens']} forced tokens / seconds; beam hypotheses not counted), "
              f"source {real['source_tokens']} tokens per sentence, distinct random sentences per row, the "
              "encoder included. Engines take turns within each of "
-             f"{real['rounds']} rounds; a figure is the median over rounds, a ratio the median of the "
+             f"{real['rounds']} rounds (a round's sample repeats a short call until it lasts about "
+             "0.25 s, the same count for every engine of a row); a figure is the median over rounds, a "
+             "ratio the median of the "
              "per-round ratios (speed of the first over the second) with their range. `ours` is "
              "`serving.runtime` (onnxruntime, one decoder step per token with the key/value cache, numpy "
              "search); `ct2` is CTranslate2 on the model `make export TARGET=ctranslate2` converts from "
