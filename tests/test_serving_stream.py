@@ -64,8 +64,8 @@ def test_a_timeout_mid_stream_is_an_error_event(tiny_export):
     slow = Runtime(tiny_export, intra_op_threads=1)
     factory = slow.in_place_step  # the step the runtime's searches use, slowed down
 
-    def slow_factory():
-        step = factory()
+    def slow_factory(top_k=None):  # greedy steps with the one-column top-k step
+        step = factory(top_k=top_k)
         return lambda *args: (time.sleep(0.05), step(*args))[1]
 
     slow.in_place_step = slow_factory

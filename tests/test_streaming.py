@@ -95,8 +95,8 @@ def test_closing_the_stream_stops_the_search(runtime):
     calls = []
     real_step_factory = runtime.in_place_step  # what the runtime's searches step with
 
-    def counting_step_factory():
-        step = real_step_factory()
+    def counting_step_factory(top_k=None):  # greedy steps with the one-column top-k step
+        step = real_step_factory(top_k=top_k)
 
         def counting_step(*args):
             calls.append(1)
