@@ -121,8 +121,12 @@ def test_killed_run_resumes_to_the_same_model_as_an_uninterrupted_one(two_epoch_
     log = killed / "training_log.csv"
     assert [int(r["epoch"]) for r in csv.DictReader(open(log))] == [0]
     assert not (killed / "metrics.json").exists()
+    first_epoch_seconds = 60.0 * float(next(csv.DictReader(open(log)))["minutes"])
 
     assert main([*args, "--out", str(killed)]) == 0
+    # The recorded training time counts the epoch trained before the kill, not the resumed part alone.
+    second_epoch_seconds = 60.0 * float(list(csv.DictReader(open(log)))[-1]["minutes"]) - first_epoch_seconds
+    assert RunMetrics.read(killed).training_seconds > first_epoch_seconds + 0.5 * second_epoch_seconds
     assert "Resuming" in (out := capsys.readouterr().out) and "epoch (1)" in out
     # The resumed run continues after the last finished epoch: no epoch is trained twice.
     assert [int(r["epoch"]) for r in csv.DictReader(open(log))] == list(range(2))

@@ -377,10 +377,12 @@ def train(config: TrainConfig) -> Path:
     if resuming:
         print(f"Resuming the interrupted run in {run_dir} after its last finished epoch "
               f"({finished_epochs(backup_dir)}).")
+    # A resumed run's training time includes the epochs before the interruption (the log's clock).
+    earlier_seconds = 60.0 * logged_minutes(run_dir / "training_log.csv") if resuming else 0.0
     started = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks,
               shuffle=False, verbose=config.verbose)  # the order is the dataset's own (EpochOrder)
-    training_seconds = time.perf_counter() - started
+    training_seconds = earlier_seconds + time.perf_counter() - started
     if not role.is_chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         return chief_dir
