@@ -196,8 +196,7 @@ def _ours(export_dir: Path, threads: int, int8: bool) -> Callable:
     def generate(source: np.ndarray, tokens: int, beam: int) -> np.ndarray:
         state = runtime.initial_state(source, tokens)
         step = runtime.in_place_step()  # the step the runtime's own searches use
-        # As the runtime's own unconstrained searches: each hypothesis's best `beam` from the graph.
-        top_k = runtime.in_place_step(top_k=beam) if runtime.has_top_k_step else None
+        top_k = runtime.top_k_step(beam)  # as the runtime's own unconstrained searches
         if beam == 1:
             return greedy_search(step, state, source.shape[0], tokens, bos, NEVER, pad, top_k_step=top_k).tokens
         return beam_search(step, state, source.shape[0], tokens, bos, NEVER, pad, beam_size=beam,

@@ -318,6 +318,14 @@ class Runtime:
 
         return step
 
+    def top_k_step(self, columns: int) -> Callable[[np.ndarray, int, dict], tuple] | None:
+        """The in-place step returning each hypothesis's `columns` best log-probabilities and ids, which
+        greedy (1) and beam search (`beam_size`) choose from where no constraint needs the logits; None
+        where the export has no such step or the vocabulary is smaller than `columns`."""
+        if not self.has_top_k_step or columns > int(self.config.vocab_size):
+            return None
+        return self.in_place_step(top_k=columns)
+
     @property
     def has_top_k_step(self) -> bool:
         """Whether the export has `decoder_step_top_k` (in the precision this runtime loads)."""
@@ -358,10 +366,8 @@ class Runtime:
             kwargs["seed"] = list(seeds)
         constraints = options.constraints(encoder_input.shape[0], max_length,
                                           encode=lambda text: self.tokenizer.encode([text])[0])
-        # Greedy and unconstrained beam search choose from each hypothesis's best few, found in the graph.
-        columns = {"greedy": 1, "beam": options.beam_size}.get(options.method)
-        if columns is not None and not constraints and self.has_top_k_step and columns <= self.config.vocab_size:
-            kwargs["top_k_step"] = self.in_place_step(top_k=columns)
+        if options.method in ("greedy", "beam") and not constraints:
+            kwargs["top_k_step"] = self.top_k_step(options.beam_size if options.method == "beam" else 1)
         return STREAMS[options.method](
             self.in_place_step(), state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
             return_attention=return_attention and self.has_attention, constraints=constraints, **kwargs)

@@ -283,22 +283,22 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
     finished = np.zeros((batch_size,), dtype=bool)
     columns, scores, attention = [], np.zeros((batch_size,)), []
     for index in range(max_length):
+        chosen, updates, weights = (top_one_step or step)(token, index, state)
+        state.update(updates)
         if top_one_step is not None:
-            (top_log_probs, top_ids), updates, weights = top_one_step(token, index, state)  # (batch, 1) each
-            state.update(updates)
-            token = np.where(finished, pad_id, top_ids[:, 0]).astype(np.int32)
-            scores += np.where(finished, 0.0, top_log_probs[:, 0])
+            top_log_probs, top_ids = chosen  # (batch, 1) each
+            token, token_scores = top_ids[:, 0].astype(np.int32), top_log_probs[:, 0]
         else:
-            logits, updates, weights = step(token, index, state)
-            state.update(updates)
+            logits = chosen
             if constraints.changes_logits:
                 history = np.stack(columns, axis=1) if columns else np.zeros((batch_size, 0), np.int32)
                 logits = constraints.apply(logits, history, index, eos_id)
             token = choose(logits).astype(np.int32)
             forced_rows, forced_ids = constraints.forced(index)
             token[forced_rows] = forced_ids
-            token = np.where(finished, pad_id, token)
-            scores += np.where(finished, 0.0, token_log_probs(logits, token))
+            token_scores = token_log_probs(logits, token)
+        token = np.where(finished, pad_id, token)
+        scores += np.where(finished, 0.0, token_scores)
         columns.append(token)
         if return_attention and weights is not None:
             attention.append(np.asarray(weights))

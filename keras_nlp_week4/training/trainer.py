@@ -317,14 +317,14 @@ def write_run(run_dir: Path, settings: TrainSettings, data: PreparedData, model)
 
 
 def make_callbacks(run_dir: Path, settings: TrainSettings, order: EpochOrder, resuming: bool,
-                   validation_bleu: ValidationBLEU | None = None) -> list:
+                   validation_bleu: ValidationBLEU | None = None, start_minutes: float = 0.0) -> list:
     """Step 4: the clock and the time budget, validation BLEU (when given: it then picks the kept model
-    and stops training), best checkpoint, early stopping, logs, and the backup a killed run resumes from."""
+    and stops training), best checkpoint, early stopping, logs, and the backup a killed run resumes from.
+    `start_minutes`: minutes a resumed run trained before (its clock starts there)."""
     monitor = dict(monitor="val_bleu", mode="max") if validation_bleu else dict(monitor="val_loss", mode="min")
     checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), save_best_only=True, **monitor)
     early_stopping = keras.callbacks.EarlyStopping(patience=settings.patience, restore_best_weights=True,
                                                    **monitor)
-    start_minutes = logged_minutes(run_dir / "training_log.csv") if resuming else 0.0
     return [
         EpochRandomness(order),
         *([validation_bleu] if validation_bleu else []),  # before the checkpoint and the logger: they read it
@@ -373,16 +373,16 @@ def train(config: TrainConfig) -> Path:
                                          max_examples=task.validation_bleu_examples,
                                          max_source_length=settings.max_source_length,
                                          max_target_length=settings.max_target_length)
-    callbacks = make_callbacks(run_dir, settings, order, resuming, validation_bleu)
+    # A resumed run's clock, and its recorded training time, include the epochs before the interruption.
+    start_minutes = logged_minutes(run_dir / "training_log.csv") if resuming else 0.0
+    callbacks = make_callbacks(run_dir, settings, order, resuming, validation_bleu, start_minutes)
     if resuming:
         print(f"Resuming the interrupted run in {run_dir} after its last finished epoch "
               f"({finished_epochs(backup_dir)}).")
-    # A resumed run's training time includes the epochs before the interruption (the log's clock).
-    earlier_seconds = 60.0 * logged_minutes(run_dir / "training_log.csv") if resuming else 0.0
     started = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks,
               shuffle=False, verbose=config.verbose)  # the order is the dataset's own (EpochOrder)
-    training_seconds = earlier_seconds + time.perf_counter() - started
+    training_seconds = 60.0 * start_minutes + time.perf_counter() - started
     if not role.is_chief:
         shutil.rmtree(run_dir, ignore_errors=True)
         return chief_dir
