@@ -174,6 +174,20 @@ def test_a_refused_command_changes_nothing_on_disk(tmp_path, overrides, message)
     assert not out.exists()
 
 
+def test_an_interrupted_run_is_not_resumed_with_other_settings(two_epoch_run, tmp_path):
+    """Its backup holds the recorded settings' weights and epoch count: resuming it with others would
+    train neither run, and would overwrite its config.json."""
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "backup").mkdir(parents=True)
+    (interrupted / "backup" / "epoch.json").write_text("{}")
+    (interrupted / "config.json").write_bytes((two_epoch_run / "config.json").read_bytes())
+    before = {p: p.read_bytes() for p in interrupted.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=r"other settings \(--epochs 2 -> 3\); rerun its own command"):
+        train(TrainConfig(model="transformer", preset="tiny", epochs=3, max_train_examples=640, batch_size=64,
+                          out=str(interrupted), verbose=0))
+    assert {p: p.read_bytes() for p in interrupted.rglob("*") if p.is_file()} == before
+
+
 def test_damaged_model_file_is_a_clear_error(two_epoch_run, tmp_path):
     damaged = tmp_path / "damaged"
     damaged.mkdir()

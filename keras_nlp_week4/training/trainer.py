@@ -160,11 +160,25 @@ _NOT_TRAINING_SETTINGS = ("verbose", "num_replicas", "out")
 def same_training(recorded: TrainSettings, settings: TrainSettings) -> bool:
     """True when a run's recorded settings (`RunConfig.train`) train what `settings` (`resolve_settings`)
     do."""
+    return not training_differences(recorded, settings)
 
-    def comparable(values: TrainSettings) -> dict:
-        return {k: v for k, v in values.to_json().items() if k not in _NOT_TRAINING_SETTINGS}
 
-    return comparable(recorded) == comparable(settings)
+def training_differences(recorded: TrainSettings, settings: TrainSettings) -> list[str]:
+    """The settings (as `--flag recorded -> requested`) in which `settings` train otherwise than `recorded`."""
+    old, new = recorded.to_json(), settings.to_json()
+    return [f"{flag_name(k)} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in _NOT_TRAINING_SETTINGS and old.get(k) != new.get(k)]
+
+
+def _check_resumable(run_dir: Path, settings: TrainSettings) -> None:
+    """Refuses (before anything is written) to resume an interrupted run with other settings: its backup
+    holds weights, optimizer state and epoch counter of the recorded ones, and `write_run` would overwrite
+    the record."""
+    recorded = RunConfig.read(run_dir).train
+    differences = training_differences(recorded, settings)
+    if differences:
+        raise UserError(f"{run_dir} holds an interrupted run trained with other settings "
+                        f"({'; '.join(differences)}); rerun its own command to resume it, or give another --out")
 
 
 def _optimizer(settings: TrainSettings, model) -> keras.optimizers.Optimizer:
@@ -358,6 +372,8 @@ def train(config: TrainConfig) -> Path:
     run_dir = chief_dir if role.is_chief else chief_dir.parent / f".{chief_dir.name}-worker-{role.task_index}"
     backup_dir = run_dir / "backup"
     resuming = backup_dir.exists() and any(backup_dir.iterdir())
+    if resuming:
+        _check_resumable(run_dir, settings)
     keras.utils.set_random_seed(config.seed)
 
     data = prepare_data(settings, run_dir, resuming)
