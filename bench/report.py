@@ -199,6 +199,36 @@ random weights unless said):
   shrinks the dense layers only, which is why it gains 1.4x over float32 where CTranslate2's gains
   1.5-1.9x.
 
+On a 2-core Intel Xeon with AVX-512 (VNNI, BF16, FP16; 2026-12-02, the same export format 2, the Multi30k
+shape and `base` with random weights as no trained Multi30k run was on that machine;
+`bench.real_size.run_generation`, 5 rounds, 1 and 2 threads, 533 s, a training run paused), ours /
+CTranslate2 at one thread, median (range) of the per-round ratios:
+
+| size | row | fp32 | int8 |
+| --- | --- | --- | --- |
+| multi30k | greedy, batch 1 | 0.84 (0.73-0.87) | 0.76 (0.66-0.80) |
+| multi30k | greedy, batch 32 | 0.93 (0.86-1.25) | 0.92 (0.81-1.02) |
+| multi30k | beam 4, batch 1 | 1.09 (1.06-1.29) | 0.85 (0.72-1.03) |
+| multi30k | beam 4, batch 32 | 0.84 (0.59-0.97) | 0.81 (0.66-1.06) |
+| base | greedy, batch 1 | 1.02 (0.86-1.08) | 0.98 (0.88-1.09) |
+| base | greedy, batch 32 | 0.96 (0.91-1.22) | 0.97 (0.67-1.13) |
+| base | beam 4, batch 1 | 1.09 (0.95-1.34) | 0.91 (0.62-1.13) |
+| base | beam 4, batch 32 | 0.91 (0.87-1.09) | 1.03 (0.95-1.18) |
+
+So the one-thread targets that hold on the EPYC above do not hold on this Xeon: CTranslate2 gains more
+from it than onnxruntime does (Multi30k greedy at batch 1, fp32: CTranslate2 948 tok/s against 217 on
+the EPYC, 4.4x; ours 795 against 260, 3.1x). At two threads CTranslate2 fell to 131 tok/s there (its
+OpenMP workers on two vCPUs) while ours held, so every two-thread ratio was 1.3-7.3; the targets are
+one thread. A paired re-run of greedy batch 1 fp32 (12 alternating samples) gave 0.84 again: ours 39.0
+ms for 32 tokens at best, CTranslate2 32.6. Where ours goes there (best of 15 calls, alone): 34.1 ms,
+of which 30.5 the 32 steps of `decoder_step_top_k` bound in place (0.95 ms a step), 1.2 the encoder and
+state, 2.4 the numpy search. A `Gemm` of one row by the tied 8,000 x 256 output projection takes 414-426
+us on its own there (8.2 MB, about 19.5 GB/s; the same with `transB` 0 or as `MatMul` + `Add`), against
+22-40 us for each 256 x 768, 256 x 1024 or 1024 x 256 one: the projection is about 45 % of our step, and
+CTranslate2 has to stream the same matrix, so the gap (about 0.2 ms a token) lies in the rest of the
+step (18 smaller `Gemm`s, 98 other nodes after onnxruntime's optimizer) and the search. Not yet found:
+the lever that closes it on this CPU.
+
 Format 1 (2026-11-30, the faster machine, trained Multi30k model):
 
 - At batch 128 the profiled step took 16.2 ms: matrix products 7.4 ms, and moving the stacked key/value
