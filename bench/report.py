@@ -222,14 +222,15 @@ OpenMP workers on two vCPUs) while ours held, so every two-thread ratio was 1.3-
 one thread. A paired re-run of greedy batch 1 fp32 (12 alternating samples) gave 0.84 again: ours 39.0
 ms for 32 tokens at best, CTranslate2 32.6. Where ours goes there (best of 15 calls, alone): 34.1 ms,
 of which 30.5 the 32 steps of `decoder_step_top_k` bound in place (0.95 ms a step), 1.2 the encoder and
-state, 2.4 the numpy search. A `Gemm` of one row by the tied 8,000 x 256 output projection takes 414-426
+state, 2.4 the rest (the numpy loop itself, run on a stub step, takes 0.28 ms for 32 steps; binding the
+12 state entries on the first step 0.37 ms). A `Gemm` of one row by the tied 8,000 x 256 output projection takes 414-426
 us on its own there (8.2 MB, about 20 GB/s; the same with `transB` 0 or as `MatMul` + `Add`), against
 16-40 us for each 256 x 768, 256 x 1024 or 1024 x 256 one (measured beside a training run, so rough): the
 projection is about 40-45 % of our step and the 19 `Gemm`s one by one add up to 0.65-0.8 of its 0.95 ms,
 while onnxruntime's cost per node is 0.78 us there (a chain of 100 `Add`/`Mul` nodes against one), 0.09
 ms for the step's 117. numpy's OpenBLAS on one thread did the same one-row products in 9-23 us and the
 projection in 346 us. So on this CPU the gap (about 0.2 ms a token) is mostly onnxruntime's one-row
-`Gemm` against the BLAS CTranslate2 links, then the per-node cost and the search (2.4 ms of 34); the
+`Gemm` against the BLAS CTranslate2 links, then the per-node cost; the numpy search is not it. The
 lever that closes it is not found yet.
 
 Format 1 (2026-11-30, the faster machine, trained Multi30k model):
