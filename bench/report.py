@@ -223,8 +223,8 @@ one thread. A paired re-run of greedy batch 1 fp32 (12 alternating samples) gave
 ms for 32 tokens at best, CTranslate2 32.6. Where ours goes there (best of 15 calls, alone): 34.1 ms,
 of which 30.5 the 32 steps of `decoder_step_top_k` bound in place (0.95 ms a step), 1.2 the encoder and
 state, 2.4 the rest (the numpy loop itself, run on a stub step, takes 0.28 ms for 32 steps; binding the
-12 state entries on the first step 0.37 ms). A `Gemm` of one row by the tied 8,000 x 256 output projection takes 414-426
-us on its own there (8.2 MB, about 20 GB/s; the same with `transB` 0 or as `MatMul` + `Add`), against
+12 state entries on the first step 0.37 ms). A `Gemm` of one row by the tied 8,000 x 256 output
+projection takes 414-426 us on its own there (8.2 MB, about 20 GB/s; the same with `transB` 0 or as `MatMul` + `Add`), against
 16-40 us for each 256 x 768, 256 x 1024 or 1024 x 256 one (measured beside a training run, so rough): the
 projection is about 40-45 % of our step and the 19 `Gemm`s one by one add up to 0.65-0.8 of its 0.95 ms,
 while onnxruntime's cost per node is 0.78 us there (a chain of 100 `Add`/`Mul` nodes against one), 0.09
