@@ -32,8 +32,12 @@ SETTINGS = {
 SCALING_PATHS = ("savedmodel re-run", "savedmodel cache", "ort step+cache", "ort loop")
 
 
+_STARTED = time.perf_counter()
+
+
 def log(message: str) -> None:
-    print(message, flush=True)
+    # Every line with the seconds since start: where the time of a run goes, read from its log.
+    print(f"[{time.perf_counter() - _STARTED:5.0f} s] {message}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results["training"] = run_training(TRAINING_CONFIGS[mode], rounds=s["rounds"], steps=s["steps"],
                                            log=log)
-        log(f"[{time.perf_counter() - started:.0f} s] training done")
+        log("training done")
     if "inference" not in args.skip:
         from bench.inference import build_paths, run_inference
 
@@ -91,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
                                              scaling_paths=SCALING_PATHS, repeats=s["repeats"], log=log)
         results["inference"]["source_tokens"] = {k: int(v.shape[1]) for k, v in info["sources"].items()}
         del paths
-        log(f"[{time.perf_counter() - started:.0f} s] inference done")
+        log("inference done")
     if "server" not in args.skip:
         from bench.server import run_server
 
         results["server"] = run_server(str(args.run / "export"), s["concurrencies"], s["requests"],
                                        s["max_seconds"], log=log)
-        log(f"[{time.perf_counter() - started:.0f} s] server done")
+        log("server done")
     if "real-size" not in args.skip:
         from bench.real_size import prepare_models, run_generation, run_in_graph_search
         from bench.server import run_server
@@ -116,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                                              s["real_requests"],
                                              s["max_seconds"], log=log)}
         results["real_size"] = real
-        log(f"[{time.perf_counter() - started:.0f} s] real-size generation and server done")
+        log("real-size generation and server done")
     if "pipeline" not in args.skip:
         from bench.pipeline import run_pipeline_throughput
 
         results["pipeline"] = run_pipeline_throughput(args.multi30k, steps=s["pipeline_steps"], log=log)
-        log(f"[{time.perf_counter() - started:.0f} s] real-pipeline training done")
+        log("real-pipeline training done")
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["environment"]["load_average_end"] = list(os.getloadavg())
     write_report(results, markdown, json_path, plot)

@@ -62,6 +62,7 @@ def run_pipeline_throughput(folder: Path, steps: int | None = None, warmup: int 
         started = time.perf_counter()
         data = prepare_data(settings, Path(scratch), resuming=False)
         tokenizer_seconds = time.perf_counter() - started
+        log(f"pipeline: data prepared ({tokenizer_seconds:.0f} s)")
         batch_size = settings.batch_size
         dataset, _ = make_datasets(data, settings, get_task(settings.task), EpochOrder(settings.seed))
 
@@ -74,6 +75,7 @@ def run_pipeline_throughput(folder: Path, steps: int | None = None, warmup: int 
                         int(tf.math.count_nonzero(target != PAD_ID)))
             positions.append(int(tf.size(encoder_input)) + int(tf.size(target)))
         pipeline_seconds = time.perf_counter() - started
+        log(f"pipeline: one pass over the input alone ({pipeline_seconds:.0f} s)")
         real, positions = np.array(real), np.array(positions)
         drop = all(shape[0] == batch_size for shape in shapes)  # no partial batch: make_datasets dropped them
         padding = 1.0 - real / positions
@@ -81,6 +83,7 @@ def run_pipeline_throughput(folder: Path, steps: int | None = None, warmup: int 
 
         model = build_training_model(settings, data.tokenizer.vocab_size, tf.distribute.get_strategy())
         model.fit(dataset.take(warmup), epochs=1, verbose=0)
+        log(f"pipeline: model built, {warmup} warm-up batches done")
         timed_data = dataset.take(timed) if steps is not None else dataset
         started = time.perf_counter()
         model.fit(timed_data, epochs=1, verbose=0)

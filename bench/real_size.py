@@ -174,7 +174,9 @@ def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_R
             from bench.inference import _int8_export
 
             export_dir = _int8_export(export_dir, work / f"{name}-int8")
+        log(f"real-size {name}: exported, int8 graphs made")
         ct2_dir = _ctranslate2_dir(run_dir, work / f"{name}-ctranslate2")
+        log(f"real-size {name}: CTranslate2 model converted")
         config = RunConfig.read(run_dir)
         shape = TRANSFORMER_PRESETS[config.preset or "base"]
         description = (f"{'trained' if trained else 'random weights'}, d_model {shape['d_model']}, "
@@ -262,6 +264,8 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
     rows = []
     for model in models:
         savedmodel = _savedmodel(model.run_dir, work / f"{model.name}-savedmodel") if with_savedmodel else None
+        if with_savedmodel:
+            log(f"real-size {model.name}: SavedModel generation loop ready")
         for n_threads in threads:
             engines = {
                 "ours fp32": _ours(model.export_dir, n_threads, int8=False),

@@ -164,6 +164,7 @@ def run_training(configs: list[tuple], rounds: int = 5, steps: int = 10, warmup:
             for _ in range(warmup):
                 model.train_on_batch(inputs, labels)
             models[label] = model
+            log(f"training {name}: {label} built and warmed up")
         runs: dict[str, list[float]] = {label: [] for label in models}
         labels_order = list(models)
         for _ in range(rounds):
