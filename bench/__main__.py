@@ -15,19 +15,33 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-# Sizes of the full and the quick run. The quick one took 9 min (536 s of it the benchmark itself) on a
-# 2-core Xeon on 2026-12-02, over its 5-minute target: training 216 s, the real-size stand-in's export
-# and rows 147 s, the real pipeline 99 s. The full one's real-size part alone took 24 min on the noisy
-# 2-core EPYC of 2026-12-02, whose ratios near 1.0 needed 5 rounds. `real_*`: the real-size part
-# (`bench.real_size`, `bench.pipeline`).
+# Sizes of the full and the quick run. The quick one's benchmark took 581 s on a 2-core AVX-512 Xeon on
+# 2026-12-02 (before the quick cuts below: with its SavedModel rows skipped, nothing else), over its
+# 5-minute target, from the per-line seconds of its log: training 249 s (a Transformer's build and 3
+# warm-up steps 13-17 s at vocabulary 64, 23-29 s at 8,000; the timed steps 21 s and 49 s), inference 73 s
+# (48 s of it 16 eager Keras calls of 3 s), server 4 s, real-size 139 s (the stand-in's export 90 s, rows
+# 26 s, in-graph search 12 s, server 7 s), the real pipeline 115 s (build + 10 warm-up batches 38 s, 30
+# timed batches 70 s). The cuts (eager_repeats, training_warmup, training_models, pipeline_steps 12)
+# save an estimated 130 s, not measured yet; the rest is the stand-in's export (every graph and the
+# SavedModel, where the benchmark needs 4 graphs) and tracing. The full one's real-size part alone took
+# 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios near 1.0 needed 5 rounds. `real_*`: the
+# real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {
     "full": dict(rounds=9, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
                  max_seconds=20.0, concurrencies=(1, 8, 32), real_sizes=("multi30k", "base"),
                  real_threads=(1, 2), real_rounds=5, real_requests=200, pipeline_steps=None,
-                 search_sentences=64),
+                 search_sentences=64, real_savedmodel=True, eager_repeats=None, training_warmup=3,
+                 training_models=None),
     "quick": dict(rounds=3, steps=4, repeats=3, lengths=(16, 32, 64), requests=40, max_seconds=6.0,
                   concurrencies=(1, 8, 32), real_sizes=("multi30k",), real_threads=(1,), real_rounds=2,
-                  real_requests=30, pipeline_steps=30, search_sentences=32),
+                  real_requests=30, pipeline_steps=12, search_sentences=32,
+                  # the SavedModel's generation loop is traced and saved only for its 2 greedy rows
+                  real_savedmodel=False,
+                  # one eager call per latency row (3 s each); 2 warm-up steps (the first traces); not the
+                  # untied Transformer, whose 8,000-vocabulary build and steps took 37 s
+                  eager_repeats=1, training_warmup=2,
+                  training_models=("ours transformer", "keras-hub transformer", "keras MHA transformer",
+                                   "ours rnn (lstm, no attention)", "ours rnn (lstm, luong attention)")),
 }
 SCALING_PATHS = ("savedmodel re-run", "savedmodel cache", "ort step+cache", "ort loop")
 
@@ -85,14 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         from bench.training import TRAINING_CONFIGS, run_training
 
         results["training"] = run_training(TRAINING_CONFIGS[mode], rounds=s["rounds"], steps=s["steps"],
-                                           log=log)
+                                           warmup=s["training_warmup"], only=s["training_models"], log=log)
         log("training done")
     if "inference" not in args.skip:
         from bench.inference import build_paths, run_inference
 
         paths, info = build_paths(args.run, args.work)
         results["inference"] = run_inference(paths, info["sources"], lengths=s["lengths"],
-                                             scaling_paths=SCALING_PATHS, repeats=s["repeats"], log=log)
+                                             scaling_paths=SCALING_PATHS, repeats=s["repeats"],
+                                             eager_repeats=s["eager_repeats"], log=log)
         results["inference"]["source_tokens"] = {k: int(v.shape[1]) for k, v in info["sources"].items()}
         del paths
         log("inference done")
@@ -109,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         models = prepare_models(args.run, args.work / "real-size", args.real_run, log=log,
                                 names=s["real_sizes"])
         real = run_generation(models, args.work / "real-size", threads=s["real_threads"],
-                              rounds=s["real_rounds"], log=log)
+                              rounds=s["real_rounds"], with_savedmodel=s["real_savedmodel"], log=log)
         real["in_graph_search"] = run_in_graph_search(models, sentences=s["search_sentences"],
                                                       rounds=s["real_rounds"], log=log)
         multi30k = models[0]

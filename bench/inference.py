@@ -180,9 +180,12 @@ def paired_speedup(slow: Callable, fast: Callable, source, tokens: int = 32, pai
 
 def run_inference(paths: dict, sources: dict, batches=(1, 32), tokens: int = 32,
                   lengths=(16, 32, 64, 128, 256), scaling_paths=None, repeats: int = 5,
-                  log: Callable[[str], None] = print) -> dict:
+                  eager_repeats: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Latency table (path x batch x input length at `tokens` output tokens) and the output-length sweep
     (batch 1, short input).
+
+    `eager_repeats`: timed calls of the "keras eager" path, with no warm-up call (default: `repeats`
+    after one warm-up): at 3 s a call it was two thirds of `--quick`'s inference part.
 
     Returns:
         {"latency": [{"path", "batch", "input", "source_tokens", "tokens", "ms", "runs"}],
@@ -194,7 +197,10 @@ def run_inference(paths: dict, sources: dict, batches=(1, 32), tokens: int = 32,
         for batch in batches:
             x = np.repeat(source, batch, axis=0)
             for name, fn in paths.items():
-                ms, runs = time_call(lambda fn=fn, x=x: fn(x, tokens), repeats)
+                if name == "keras eager" and eager_repeats is not None:
+                    ms, runs = time_call(lambda fn=fn, x=x: fn(x, tokens), eager_repeats, warmup=0)
+                else:
+                    ms, runs = time_call(lambda fn=fn, x=x: fn(x, tokens), repeats)
                 latency.append({"path": name, "batch": batch, "input": label,
                                 "source_tokens": int(source.shape[1]), "tokens": tokens,
                                 "ms": round(ms, 2), "runs": [round(r, 2) for r in runs]})

@@ -75,6 +75,14 @@ def test_inference_bench_and_report_structure(tmp_path):
     sources = {"short": np.ones((1, 3), np.int32), "long": np.ones((1, 9), np.int32)}
     inference = run_inference(paths, sources, tokens=4, lengths=(2, 4), repeats=2, log=lambda _: None)
     inference["source_tokens"] = {"short": 3, "long": 9}
+    calls = []
+    eager = run_inference({"keras eager": lambda source, n: calls.append(n) or fake(source, n),
+                           "ort step+cache": fake}, sources, tokens=4, lengths=(2,), repeats=3,
+                          eager_repeats=1, log=lambda _: None)
+    # `--quick`'s eager rows: one timed call each, no warm-up (2 inputs x 2 batches), then the sweep's
+    # 1 warm-up + 3 and the agreement check's 1 with `repeats`.
+    assert [len(r["runs"]) for r in eager["latency"] if r["path"] == "keras eager"] == [1, 1, 1, 1]
+    assert calls.count(4) == 4 + 1 and calls.count(2) == 4
     assert len(inference["latency"]) == 2 * 2 * 2 and len(inference["scaling"]) == 2 * 2
     assert all(inference["agreement"].values())
     # The report's headline compares these two at 32 tokens; the fake paths take ~0 ms.
