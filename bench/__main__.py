@@ -22,9 +22,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # (48 s of it 16 eager Keras calls of 3 s), server 4 s, real-size 139 s (the stand-in's export 90 s, rows
 # 26 s, in-graph search 12 s, server 7 s), the real pipeline 115 s (build + 10 warm-up batches 38 s, 30
 # timed batches 70 s). The cuts (eager_repeats, training_warmup, training_models, pipeline_steps 12)
-# save an estimated 130 s, not measured yet; the rest is the stand-in's export (every graph and the
-# SavedModel, where the benchmark needs 4 graphs) and tracing. The full one's real-size part alone took
-# 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios near 1.0 needed 5 rounds. `real_*`: the
+# brought it to 397 s in a second run (training 190 s, inference 40 s, server 4 s, real-size 49 s with
+# the stand-in's export cached from the first run, pipeline 114 s: its timed batches are mostly tracing
+# of new bucket shapes, 70 s for 12 as for 30), about 490 s from a fresh clone; the rest is the
+# stand-in's export (every graph and the SavedModel, where the benchmark needs 4 graphs) and tracing.
+# The full one's real-size part alone took 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios near 1.0 needed 5 rounds. `real_*`: the
 # real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {
     "full": dict(rounds=9, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("artifacts/dates-transformer"),
                         help="trained run with an export/ (default: artifacts/dates-transformer)")
-    parser.add_argument("--quick", action="store_true", help="a short version (about 9 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="a short version (about 8 minutes on 2 cores)")
     parser.add_argument("--out-dir", type=Path, help="write all outputs here (default: repo root + docs/)")
     parser.add_argument("--work", type=Path, default=Path("artifacts/bench-work"),
                         help="scratch: the benchmark SavedModel, int8 and patched graphs")
