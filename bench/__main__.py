@@ -26,8 +26,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # the stand-in's export cached from the first run, pipeline 114 s: its timed batches are mostly tracing
 # of new bucket shapes, 70 s for 12 as for 30), about 490 s from a fresh clone; the rest is the
 # stand-in's export (every graph and the SavedModel, where the benchmark needs 4 graphs) and tracing.
-# The full one's real-size part alone took 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios near 1.0 needed 5 rounds. `real_*`: the
-# real-size part (`bench.real_size`, `bench.pipeline`).
+# The full one's real-size part alone took 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios
+# near 1.0 needed 5 rounds. `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {
     "full": dict(rounds=9, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
                  max_seconds=20.0, concurrencies=(1, 8, 32), real_sizes=("multi30k", "base"),

@@ -197,10 +197,9 @@ def run_inference(paths: dict, sources: dict, batches=(1, 32), tokens: int = 32,
         for batch in batches:
             x = np.repeat(source, batch, axis=0)
             for name, fn in paths.items():
-                if name == "keras eager" and eager_repeats is not None:
-                    ms, runs = time_call(lambda fn=fn, x=x: fn(x, tokens), eager_repeats, warmup=0)
-                else:
-                    ms, runs = time_call(lambda fn=fn, x=x: fn(x, tokens), repeats)
+                eager = name == "keras eager" and eager_repeats is not None
+                ms, runs = time_call(lambda fn=fn, x=x: fn(x, tokens), eager_repeats if eager else repeats,
+                                     warmup=0 if eager else 1)
                 latency.append({"path": name, "batch": batch, "input": label,
                                 "source_tokens": int(source.shape[1]), "tokens": tokens,
                                 "ms": round(ms, 2), "runs": [round(r, 2) for r in runs]})

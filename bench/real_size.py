@@ -263,8 +263,9 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
     """
     rows = []
     for model in models:
-        savedmodel = _savedmodel(model.run_dir, work / f"{model.name}-savedmodel") if with_savedmodel else None
+        savedmodel = None
         if with_savedmodel:
+            savedmodel = _savedmodel(model.run_dir, work / f"{model.name}-savedmodel")
             log(f"real-size {model.name}: SavedModel generation loop ready")
         for n_threads in threads:
             engines = {
