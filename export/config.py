@@ -13,7 +13,7 @@ reference-only path and the serving runtime use this module on machines without 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from serving.contract import (
     ATTENTION,
@@ -168,7 +168,8 @@ def saved_model_signatures(graphs: Mapping[str, dict]) -> dict[str, dict]:
 
 def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[str, dict],
                         reference_cases: int, test_examples: int, quantized: dict | None = None,
-                        opset: int = OPSET, in_place_updates: Sequence[str] = ()) -> ExportConfig:
+                        opset: int = OPSET, in_place_updates: Sequence[str] = (),
+                        written: Collection[str] | None = None, saved_model: bool = True) -> ExportConfig:
     """The export's `config.json` (`serving.export_config.ExportConfig`), complete: everything a runtime
     needs without TensorFlow.
 
@@ -181,6 +182,8 @@ def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[st
         in_place_updates: updated entries the decoder step may write into its input's buffer
             (`export.transformer_step.in_place_updates`: its caches; none for a converted step).
         opset: the ONNX opset the graphs were converted with.
+        written: the graphs the export has (default all of `graphs`); the others are not described.
+        saved_model: whether the export has the SavedModel (its signatures come from all of `graphs`).
     """
     return ExportConfig(
         format_version=FORMAT_VERSION,
@@ -198,8 +201,8 @@ def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[st
                         "rows padded with pad to the longest in the batch",
         state=[dict(entry) for entry in state],
         cache_layout=_cache_layout(state),
-        graphs=dict(graphs),
-        saved_model={"dir": "saved_model", "signatures": saved_model_signatures(graphs)},
+        graphs={name: graph for name, graph in graphs.items() if written is None or name in written},
+        saved_model={"dir": "saved_model", "signatures": saved_model_signatures(graphs)} if saved_model else None,
         reference="reference.npz",
         reference_cases=int(reference_cases),
         test_examples=int(test_examples),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from export.config import COMPOSED_GRAPHS, GRAPH_FILES, OPSET, build_export_config
@@ -65,9 +66,29 @@ def _install(staging: Path, final: Path) -> None:
     shutil.rmtree(final.with_name("export.failed"), ignore_errors=True)  # superseded
 
 
+def _checked_graph_names(graphs: Collection[str] | None) -> frozenset[str]:
+    """`graphs` (default: every graph) as a set that stands on its own, or a ValueError saying why not."""
+    if graphs is None:
+        return frozenset(GRAPH_FILES)
+    names = frozenset(graphs)
+    unknown = sorted(names - set(GRAPH_FILES))
+    if unknown:
+        raise ValueError(f"unknown graphs {', '.join(unknown)}; the export's graphs are {', '.join(GRAPH_FILES)}")
+    needs = {"encoder": (), "decoder_step": (), "beam_search": ("decoder_step_top_k",),
+             "decoder_step_top_k": ("beam_search",), "generate_text": ("beam_search",)}
+    missing = sorted({"encoder", "decoder_step"} - names) + sorted(
+        {need for name in names for need in needs.get(name, ())} - names)
+    if missing:
+        raise ValueError(f"an export of {', '.join(sorted(names))} also needs {', '.join(missing)} (the runtime "
+                         "serves encoder and decoder_step; beam_search and decoder_step_top_k are composed "
+                         "together, generate_text around beam_search)")
+    return names
+
+
 def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
                max_test_examples: int | None = None, providers: list[str] | None = None,
-               threads: int = 0, verbose: bool = True) -> Path:
+               threads: int = 0, verbose: bool = True, graphs: Collection[str] | None = None,
+               saved_model: bool = True) -> Path:
     """Exports the run at `run_dir` into `run_dir/export` and validates it.
 
     Args:
@@ -77,14 +98,21 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         max_test_examples: use only the first N test sequences for the greedy reference (default all).
         providers: onnxruntime providers for validation (default CPU, plus CUDA when offered).
         threads: onnxruntime intra-op threads for validation (0: auto).
+        graphs: the graphs to write (names in `export.config.GRAPH_FILES`; default all). An export for
+            the serving runtime alone needs `encoder` and `decoder_step`; `beam_search` and
+            `decoder_step_top_k` are composed together from them, `generate_text` from `beam_search`.
+            The benchmark's random stand-in leaves out `generate`, the slowest graph to convert.
+        saved_model: also write the SavedModel (`saved_model/`).
 
     Returns:
         The export directory.
 
     Raises:
         UserError: for a missing or damaged run; `ExportFailed` when validation finds a mismatch.
+        ValueError: for a set of `graphs` that cannot stand on its own.
     """
-    from export import onnx_export, reference, saved_model
+    from export import onnx_export, reference
+    from export import saved_model as export_saved_model
     from export.functions import GraphFunctions, describe_model
     from export.search_graph import compose_search
     from export.text_graph import write_generate_text
@@ -95,6 +123,7 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         if verbose:
             print(message, flush=True)
 
+    written = _checked_graph_names(graphs)
     run_dir = Path(run_dir)
     started = time.perf_counter()
     run = load_run(run_dir, compile=False)
@@ -108,8 +137,8 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         # A Transformer's step is written from its weights, for speed (export.transformer_step).
         step_by_hand = supports(run.model) is None
         for name in GRAPH_FILES:
-            if name in COMPOSED_GRAPHS:
-                continue  # made from the converted graphs below
+            if name in COMPOSED_GRAPHS or name not in written:
+                continue  # composed from the converted graphs below, or left out
             if name == "decoder_step" and step_by_hand:
                 log("writing decoder_step as ONNX from the weights (export.transformer_step)")
                 onnx_export.write_transformer_step(run.model, graphs[name], staging / graphs[name]["file"],
@@ -117,26 +146,31 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
                 continue
             log(f"converting {name} to ONNX (opset {OPSET})")
             onnx_export.convert_graph(functions, name, staging / graphs[name]["file"])
-        log("composing beam_search from the encoder and decoder_step (export.search_graph), and "
-            "generate_text around it (export.text_graph)")
-        compose_search(staging, graphs, state, run.config.special_ids)
-        write_generate_text(staging, graphs, "tokenizer.model", run.config.special_ids,
-                            run.config.max_source_length)
-        log("writing the SavedModel")
-        saved_model.save(functions, run.tokenizer, run.config.max_source_length,
-                         run.config.max_target_length, staging / "saved_model")
+        if "beam_search" in written:
+            log("composing beam_search from the encoder and decoder_step (export.search_graph)")
+            compose_search(staging, graphs, state, run.config.special_ids)
+        if "generate_text" in written:
+            log("composing generate_text around beam_search (export.text_graph)")
+            write_generate_text(staging, graphs, "tokenizer.model", run.config.special_ids,
+                                run.config.max_source_length)
+        if saved_model:
+            log("writing the SavedModel")
+            export_saved_model.save(functions, run.tokenizer, run.config.max_source_length,
+                                    run.config.max_target_length, staging / "saved_model")
         log("computing the Keras reference outputs")
-        meta = reference.build_reference(run, graphs, state, staging / "reference.npz", max_test_examples)
+        meta = reference.build_reference(run, graphs, state, staging / "reference.npz", max_test_examples,
+                                         case_graphs=written)
         quantized = None
         if quantize:
             from export.quantize import quantize_graphs
 
             log("quantizing (dynamic int8)")
-            quantized = quantize_graphs(staging, graphs, state, run.config.special_ids)
+            quantized = quantize_graphs(staging, {n: g for n, g in graphs.items() if n in written}, state,
+                                        run.config.special_ids)
         build_export_config(run.config, state, graphs, reference_cases=len(meta["cases"]),
                             test_examples=meta["test_examples"], quantized=quantized,
-                            in_place_updates=in_place_updates(state) if step_by_hand else ()
-                            ).write(staging)
+                            in_place_updates=in_place_updates(state) if step_by_hand else (),
+                            written=written, saved_model=saved_model).write(staging)
         write_manifest(staging)
         if validate:
             from export.validate import validate as run_validation

@@ -166,7 +166,7 @@ def test_the_random_stand_in_goes_through_every_real_size_step(tiny_run, tmp_pat
 
     if not (SHARED / "multi30k" / "train.de").is_file():
         pytest.skip("needs ../shared/data/multi30k for the stand-in's tokenizer")
-    from bench.real_size import prepare_models, run_generation, run_in_graph_search
+    from bench.real_size import STAND_IN_GRAPHS, prepare_models, run_generation, run_in_graph_search
     from bench.server import run_server
     from serving.export_config import ExportConfig
 
@@ -176,6 +176,8 @@ def test_the_random_stand_in_goes_through_every_real_size_step(tiny_run, tmp_pat
     assert not model.trained and model.vocab_size == 600
     config = ExportConfig.read(model.run_dir / "export")
     assert config.vocab_size == 600 and config.in_place_updates  # the hand-written step
+    # Only what the benchmark runs: no `generate` loop, no SavedModel.
+    assert set(config.graph_names) == set(STAND_IN_GRAPHS) and config.saved_model is None
     real = run_generation(models, tmp_path, tokens=3, batches=(1, 2), beams=(1, 2), threads=(1,), rounds=1,
                           with_savedmodel=False, log=lambda _: None)
     assert len(real["rows"]) == 4 and all(e["tokens_per_s"] > 0 for r in real["rows"]

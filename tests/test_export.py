@@ -460,6 +460,39 @@ def test_export_failing_validation_is_not_installed_nor_loadable(export_of, monk
         Runtime(run_dir / "export").generate(["9/27/94"])[0].text
 
 
+def test_an_export_of_some_graphs_is_validated_and_served(tiny_run, tmp_path):
+    """`export_run(graphs=..., saved_model=False)` (what the benchmark's stand-in uses): only those graphs
+    are written and described, validation checks them (the runtime's greedy loop against Keras) and
+    passes, and the runtime serves the export as it serves a whole one."""
+    from export.exporter import export_run
+    from serving.runtime import Runtime
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("export*", "plots"))
+    export = export_run(run_dir, max_test_examples=4, threads=1, verbose=False,
+                        graphs=("encoder", "decoder_step"), saved_model=False)
+    config = ExportConfig.read(export)
+    assert config.graph_names == ("encoder", "decoder_step") and config.saved_model is None
+    assert not (export / "saved_model").exists() and not (export / "onnx" / "generate.onnx").exists()
+    report = json.loads((export / "parity.json").read_text())
+    graphs = {row["graph"] for row in report["checks"]}
+    assert report["passed"] and "encoder+decoder_step" in graphs and "generate" not in graphs
+    assert Runtime(export).generate(["9/27/94"])[0].text == Runtime(tiny_run / "export").generate(["9/27/94"])[0].text
+
+
+@pytest.mark.parametrize("graphs, message", [
+    (("encoder", "decoder_step", "beam_search"), "also needs decoder_step_top_k"),
+    (("encoder", "generate"), "also needs decoder_step"),
+    (("encoder", "decoder_step", "greedy"), "unknown graphs greedy"),
+])
+def test_an_export_of_graphs_that_cannot_stand_alone_is_refused(tmp_path, graphs, message):
+    from export.exporter import export_run
+
+    with pytest.raises(ValueError, match=message):
+        export_run(tmp_path / "no-run", graphs=graphs, verbose=False)
+    assert not (tmp_path / "no-run").exists()
+
+
 def test_interrupted_install_is_recovered(tmp_path):
     from export.exporter import _recover
 
