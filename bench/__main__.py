@@ -23,9 +23,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # 26 s, in-graph search 12 s, server 7 s), the real pipeline 115 s (build + 10 warm-up batches 38 s, 30
 # timed batches 70 s). The cuts (eager_repeats, training_warmup, training_models, pipeline_steps 12)
 # brought it to 397 s in a second run (training 190 s, inference 40 s, server 4 s, real-size 49 s with
-# the stand-in's export cached from the first run, pipeline 114 s: its timed batches are mostly tracing
-# of new bucket shapes, 70 s for 12 as for 30), about 490 s from a fresh clone; the rest is the
-# stand-in's export (every graph and the SavedModel, where the benchmark needs 4 graphs) and tracing.
+# the stand-in's export cached from the first run, pipeline 114 s), about 490 s from a fresh clone. Since
+# then the stand-in exports only the graphs the benchmark runs (`bench.real_size.STAND_IN_GRAPHS`; its
+# `generate` conversion was 20 of 48 s), and the pipeline part has fewer warm-up and probe steps: its
+# 70 s were the timed batches plus the `train_on_batch` probe, not retracing (a probe of the recipe's
+# dataset saw every batch after the first take 0.5-1.4 s, a second `fit` of 12 batches 9.6 s).
 # The full one's real-size part alone took 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios
 # near 1.0 needed 5 rounds. `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {

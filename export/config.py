@@ -13,7 +13,7 @@ reference-only path and the serving runtime use this module on machines without 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from serving.contract import (
     ATTENTION,
@@ -169,21 +169,22 @@ def saved_model_signatures(graphs: Mapping[str, dict]) -> dict[str, dict]:
 def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[str, dict],
                         reference_cases: int, test_examples: int, quantized: dict | None = None,
                         opset: int = OPSET, in_place_updates: Sequence[str] = (),
-                        written: Collection[str] | None = None, saved_model: bool = True) -> ExportConfig:
+                        saved_model_graphs: Mapping[str, dict] | None = None) -> ExportConfig:
     """The export's `config.json` (`serving.export_config.ExportConfig`), complete: everything a runtime
     needs without TensorFlow.
 
     Args:
         run_config: the run's `keras_nlp_week4.runs.RunConfig` (`Run.config`).
         state: the decoding-state entries (`StateSpec.to_json()`).
-        graphs: `describe_graphs(...)`.
+        graphs: `describe_graphs(...)`, or the part of it the export has (`export_run(graphs=...)`).
         reference_cases, test_examples: what `reference.npz` holds (`export.reference.build_reference`).
         quantized: `export.quantize.quantize_graphs(...)` when int8 graphs were written.
         in_place_updates: updated entries the decoder step may write into its input's buffer
             (`export.transformer_step.in_place_updates`: its caches; none for a converted step).
         opset: the ONNX opset the graphs were converted with.
-        written: the graphs the export has (default all of `graphs`); the others are not described.
-        saved_model: whether the export has the SavedModel (its signatures come from all of `graphs`).
+        saved_model_graphs: all of `describe_graphs(...)` when the export has the SavedModel, whose
+            signatures follow them (it has every computation, whatever ONNX graphs were left out); None
+            when it has none.
     """
     return ExportConfig(
         format_version=FORMAT_VERSION,
@@ -201,8 +202,9 @@ def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[st
                         "rows padded with pad to the longest in the batch",
         state=[dict(entry) for entry in state],
         cache_layout=_cache_layout(state),
-        graphs={name: graph for name, graph in graphs.items() if written is None or name in written},
-        saved_model={"dir": "saved_model", "signatures": saved_model_signatures(graphs)} if saved_model else None,
+        graphs=dict(graphs),
+        saved_model=None if saved_model_graphs is None else
+        {"dir": "saved_model", "signatures": saved_model_signatures(saved_model_graphs)},
         reference="reference.npz",
         reference_cases=int(reference_cases),
         test_examples=int(test_examples),

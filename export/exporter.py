@@ -23,6 +23,7 @@ from pathlib import Path
 from export.config import COMPOSED_GRAPHS, GRAPH_FILES, OPSET, build_export_config
 from export.manifest import write_manifest
 from keras_nlp_week4.errors import UserError
+from serving.export_config import SERVED_GRAPHS
 
 __all__ = ["ExportFailed", "export_run"]
 
@@ -74,13 +75,14 @@ def _checked_graph_names(graphs: Collection[str] | None) -> frozenset[str]:
     unknown = sorted(names - set(GRAPH_FILES))
     if unknown:
         raise ValueError(f"unknown graphs {', '.join(unknown)}; the export's graphs are {', '.join(GRAPH_FILES)}")
-    needs = {"encoder": (), "decoder_step": (), "beam_search": ("decoder_step_top_k",),
-             "decoder_step_top_k": ("beam_search",), "generate_text": ("beam_search",)}
-    missing = sorted({"encoder", "decoder_step"} - names) + sorted(
+    # A composed graph needs what it is composed with; compose_search writes its two graphs together.
+    needs = {"beam_search": ("decoder_step_top_k",), "decoder_step_top_k": ("beam_search",),
+             "generate_text": ("beam_search",)}
+    missing = sorted(set(SERVED_GRAPHS) - names) + sorted(
         {need for name in names for need in needs.get(name, ())} - names)
     if missing:
         raise ValueError(f"an export of {', '.join(sorted(names))} also needs {', '.join(missing)} (the runtime "
-                         "serves encoder and decoder_step; beam_search and decoder_step_top_k are composed "
+                         f"serves {' and '.join(SERVED_GRAPHS)}; beam_search and decoder_step_top_k are composed "
                          "together, generate_text around beam_search)")
     return names
 
@@ -131,13 +133,15 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
     staging = run_dir / f"{STAGING_PREFIX}{os.getpid()}"
     staging.mkdir()
     try:
-        state, graphs = describe_model(run.model)
-        functions = GraphFunctions(run.model, graphs, run.config.special_ids)
+        state, described = describe_model(run.model)
+        # The SavedModel always has every computation; the ONNX graphs and config.json only `written`.
+        functions = GraphFunctions(run.model, described, run.config.special_ids)
+        graphs = {name: graph for name, graph in described.items() if name in written}
         shutil.copyfile(run.tokenizer.model_path, staging / "tokenizer.model")
         # A Transformer's step is written from its weights, for speed (export.transformer_step).
         step_by_hand = supports(run.model) is None
         for name in GRAPH_FILES:
-            if name in COMPOSED_GRAPHS or name not in written:
+            if name in COMPOSED_GRAPHS or name not in graphs:
                 continue  # composed from the converted graphs below, or left out
             if name == "decoder_step" and step_by_hand:
                 log("writing decoder_step as ONNX from the weights (export.transformer_step)")
@@ -146,10 +150,10 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
                 continue
             log(f"converting {name} to ONNX (opset {OPSET})")
             onnx_export.convert_graph(functions, name, staging / graphs[name]["file"])
-        if "beam_search" in written:
+        if "beam_search" in graphs:
             log("composing beam_search from the encoder and decoder_step (export.search_graph)")
             compose_search(staging, graphs, state, run.config.special_ids)
-        if "generate_text" in written:
+        if "generate_text" in graphs:
             log("composing generate_text around beam_search (export.text_graph)")
             write_generate_text(staging, graphs, "tokenizer.model", run.config.special_ids,
                                 run.config.max_source_length)
@@ -158,19 +162,17 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
             export_saved_model.save(functions, run.tokenizer, run.config.max_source_length,
                                     run.config.max_target_length, staging / "saved_model")
         log("computing the Keras reference outputs")
-        meta = reference.build_reference(run, graphs, state, staging / "reference.npz", max_test_examples,
-                                         case_graphs=written)
+        meta = reference.build_reference(run, graphs, state, staging / "reference.npz", max_test_examples)
         quantized = None
         if quantize:
             from export.quantize import quantize_graphs
 
             log("quantizing (dynamic int8)")
-            quantized = quantize_graphs(staging, {n: g for n, g in graphs.items() if n in written}, state,
-                                        run.config.special_ids)
+            quantized = quantize_graphs(staging, graphs, state, run.config.special_ids)
         build_export_config(run.config, state, graphs, reference_cases=len(meta["cases"]),
                             test_examples=meta["test_examples"], quantized=quantized,
                             in_place_updates=in_place_updates(state) if step_by_hand else (),
-                            written=written, saved_model=saved_model).write(staging)
+                            saved_model_graphs=described if saved_model else None).write(staging)
         write_manifest(staging)
         if validate:
             from export.validate import validate as run_validation

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -131,11 +131,11 @@ def _decoder_cases(model, name: str, encoder_input: np.ndarray, targets: list[li
 
 
 def build_reference(run: Run, graphs: dict, state: list[dict], path: Path,
-                    max_test_examples: int | None = None, case_graphs: Collection[str] | None = None) -> dict:
+                    max_test_examples: int | None = None) -> dict:
     """Computes the Keras outputs of every case and of greedy decoding on the test split; writes `path`.
 
-    `case_graphs`: the graphs to store cases of (default every one in `graphs` that has cases); greedy
-    decoding on the test split is always stored.
+    Cases are stored for the graphs in `graphs` (an export may leave out `generate`); greedy decoding on
+    the test split always is.
 
     Returns:
         The metadata stored under "meta".
@@ -146,7 +146,6 @@ def build_reference(run: Run, graphs: dict, state: list[dict], path: Path,
     held_out = run.pairs("validation") or run.pairs("test")
     arrays = _Arrays()
     cases = []
-    with_generate = case_graphs is None or "generate" in case_graphs
 
     def add(graph: str, case: str, inputs: dict, texts: list[str], note: str) -> None:
         inputs = {e["name"]: np.asarray(inputs[e["name"]], numpy_dtype(e["dtype"]))
@@ -177,7 +176,8 @@ def build_reference(run: Run, graphs: dict, state: list[dict], path: Path,
                                           cache_length, indices):
             add("decoder_step", case, feeds, texts,
                 f"{shape}, max_length {cache_length}, index {int(feeds['index'])}")
-        for max_length in ((max_target, 3) if batch > 1 else (max_target,)) if with_generate else ():
+        generate_lengths = (max_target, 3) if batch > 1 else (max_target,)
+        for max_length in generate_lengths if "generate" in graphs else ():  # an export may leave it out
             add("generate", f"{name}_max{max_length}",
                 {"encoder_input": encoder_input, "max_length": np.array(max_length, np.int32)},
                 texts, f"{shape}, max_length {max_length}")

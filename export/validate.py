@@ -111,9 +111,9 @@ def _onnx_rows(export_dir: Path, config: ExportConfig, reference: parity.Referen
             if generate is None:
                 log("  int8 quality not measured: it decodes with the generate graph, which this export "
                     "left out")
-                continue
-            log("  int8 quality on the test split")
-            quality = _quality(export_dir, config, reference, provider, threads, decode, generate)
+            else:
+                log("  int8 quality on the test split")
+                quality = _quality(export_dir, config, reference, provider, threads, decode, generate)
     return rows, quality
 
 
