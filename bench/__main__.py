@@ -27,7 +27,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # then the stand-in exports only the graphs the benchmark runs (`bench.real_size.STAND_IN_GRAPHS`; its
 # `generate` conversion was 20 of 48 s), and the pipeline part has fewer warm-up and probe steps: its
 # 70 s were the timed batches plus the `train_on_batch` probe, not retracing (a probe of the recipe's
-# dataset saw every batch after the first take 0.5-1.4 s, a second `fit` of 12 batches 9.6 s).
+# dataset saw every batch after the first take 0.5-1.4 s, a second `fit` of 12 batches 9.6 s). Re-measured
+# from a fresh clone after `make train` (2-core Xeon, AVX-512, L3 480 MiB): `make bench QUICK=1` 262 s wall,
+# the dates export 31 s, the benchmark 215 s (training 78 s, inference 27 s, server 3 s, real-size 60 s
+# with the stand-in's export and int8 graphs 22 s, pipeline 47 s).
 # The full one's real-size part alone took 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios
 # near 1.0 needed 5 rounds. `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("artifacts/dates-transformer"),
                         help="trained run with an export/ (default: artifacts/dates-transformer)")
-    parser.add_argument("--quick", action="store_true", help="a short version (about 8 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="a short version (about 4.5 minutes on a 2-core Xeon)")
     parser.add_argument("--out-dir", type=Path, help="write all outputs here (default: repo root + docs/)")
     parser.add_argument("--work", type=Path, default=Path("artifacts/bench-work"),
                         help="scratch: the benchmark SavedModel, int8 and patched graphs")
