@@ -33,6 +33,8 @@ RUN ?=
 QUICK ?=
 # `make export QUANTIZE=1`: also dynamic-int8 ONNX graphs, with their test-split quality in the report.
 QUANTIZE ?=
+# `make export FUSED_ATTENTION=1`: the Transformer step with onnxruntime's fused attention (onnxruntime >= 1.32).
+FUSED_ATTENTION ?=
 # `make export TARGET=triton` (or tfserving, or both: TARGET=triton,tfserving): server-ready layouts too;
 # TARGET=ctranslate2: a Transformer run as a CTranslate2 model (RUN/ctranslate2/), validated against Keras.
 TARGET ?=
@@ -92,6 +94,7 @@ export: $(STAMP)
 	@$(if $(findstring ctranslate2,$(TARGET)),$(PY) -c "import ctranslate2" 2>/dev/null || \
 		$(PIP_QUIET) -e ".[ctranslate2]")
 	$(PY) -m export $(RUN) $(if $(filter 1 yes true,$(QUANTIZE)),--quantize) \
+		$(if $(filter 1 yes true,$(FUSED_ATTENTION)),--fused-attention) \
 		$(foreach t,$(subst $(comma), ,$(TARGET)),--target $(t))
 
 # Training/inference/server benchmarks against the peers: BENCHMARKS.md, docs/benchmarks.json and

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--providers", nargs="+", default=None,
                         help="onnxruntime providers to validate (default: CPU, and CUDA when offered)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: auto)")
+    parser.add_argument("--fused-attention", action="store_true",
+                        help="a Transformer's decoder step with onnxruntime's fused decoding attention "
+                             "(com.microsoft.DecoderMaskedMultiHeadAttention; onnxruntime >= 1.32 only, not "
+                             "onnxruntime-node/-web 1.30); by default standard ONNX operators only")
     parser.add_argument("--target", action="append", choices=("triton", "tfserving", "ctranslate2"),
                         default=[],
                         help="also lay the export out for Triton (RUN/triton/) or TensorFlow Serving "
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             check_convertible(run_dir)  # before the ONNX export, not after it
         export_run(run_dir, quantize=args.quantize, validate=not args.no_validate,
                    max_test_examples=args.max_test_examples, providers=args.providers,
-                   threads=args.threads)
+                   threads=args.threads, fused_attention=args.fused_attention)
         from export.serving_layouts import write_target
 
         for target in args.target:

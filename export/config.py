@@ -169,7 +169,8 @@ def saved_model_signatures(graphs: Mapping[str, dict]) -> dict[str, dict]:
 def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[str, dict],
                         reference_cases: int, test_examples: int, quantized: dict | None = None,
                         opset: int = OPSET, in_place_updates: Sequence[str] = (),
-                        saved_model_graphs: Mapping[str, dict] | None = None) -> ExportConfig:
+                        saved_model_graphs: Mapping[str, dict] | None = None,
+                        operators: str = "standard") -> ExportConfig:
     """The export's `config.json` (`serving.export_config.ExportConfig`), complete: everything a runtime
     needs without TensorFlow.
 
@@ -182,6 +183,8 @@ def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[st
         in_place_updates: updated entries the decoder step may write into its input's buffer
             (`export.transformer_step.in_place_updates`: its caches; none for a converted step).
         opset: the ONNX opset the graphs were converted with.
+        operators: "standard" (standard ONNX operators only) or "onnxruntime" (also onnxruntime's own,
+            `com.microsoft`: the Transformer step's fused attention).
         saved_model_graphs: all of `describe_graphs(...)` when the export has the SavedModel, whose
             signatures follow them (it has every computation, whatever ONNX graphs were left out); None
             when it has none.
@@ -210,6 +213,7 @@ def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[st
         test_examples=int(test_examples),
         quantized=quantized,
         in_place_updates=list(in_place_updates),
+        operators=operators,
     )
 
 

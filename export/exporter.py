@@ -90,7 +90,7 @@ def _checked_graph_names(graphs: Collection[str] | None) -> frozenset[str]:
 def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
                max_test_examples: int | None = None, providers: list[str] | None = None,
                threads: int = 0, verbose: bool = True, graphs: Collection[str] | None = None,
-               saved_model: bool = True) -> Path:
+               saved_model: bool = True, fused_attention: bool = False) -> Path:
     """Exports the run at `run_dir` into `run_dir/export` and validates it.
 
     Args:
@@ -105,6 +105,11 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
             `decoder_step_top_k` are composed together from them, `generate_text` from `beam_search`.
             The benchmark's random stand-in leaves out `generate`, the slowest graph to convert.
         saved_model: also write the SavedModel (`saved_model/`).
+        fused_attention: a Transformer's decoder step with onnxruntime's fused decoding self-attention
+            (`export.transformer_step`: 93 nodes for the Multi30k model against 126; config.json's
+            `operators` is then "onnxruntime"), for onnxruntime 1.32 or newer only: 1.30, the newest
+            onnxruntime-node and onnxruntime-web, computes its first position wrongly (native) or hangs
+            (WebAssembly). By default every graph has standard ONNX operators only, and runs anywhere.
 
     Returns:
         The export directory.
@@ -140,13 +145,16 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         shutil.copyfile(run.tokenizer.model_path, staging / "tokenizer.model")
         # A Transformer's step is written from its weights, for speed (export.transformer_step).
         step_by_hand = supports(run.model) is None
+        fused = step_by_hand and fused_attention
         for name in GRAPH_FILES:
             if name in COMPOSED_GRAPHS or name not in graphs:
                 continue  # composed from the converted graphs below, or left out
             if name == "decoder_step" and step_by_hand:
-                log("writing decoder_step as ONNX from the weights (export.transformer_step)")
+                log("writing decoder_step as ONNX from the weights (export.transformer_step"
+                    f"{', fused attention' if fused else ', standard operators'})")
                 onnx_export.write_transformer_step(run.model, graphs[name], staging / graphs[name]["file"],
-                                                   step_positions(run.config.max_target_length))
+                                                   step_positions(run.config.max_target_length),
+                                                   fused_attention=fused)
                 continue
             log(f"converting {name} to ONNX (opset {OPSET})")
             onnx_export.convert_graph(functions, name, staging / graphs[name]["file"])
@@ -172,6 +180,7 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         build_export_config(run.config, state, graphs, reference_cases=len(meta["cases"]),
                             test_examples=meta["test_examples"], quantized=quantized,
                             in_place_updates=in_place_updates(state) if step_by_hand else (),
+                            operators="onnxruntime" if fused else "standard",
                             saved_model_graphs=described if saved_model else None).write(staging)
         write_manifest(staging)
         if validate:

@@ -1,11 +1,14 @@
-"""Checks that an ONNX file is well-formed and runnable: `onnx.checker`, opset, standard operators only.
+"""Checks that an ONNX file is well-formed and runnable: `onnx.checker`, opset, and operators that
+onnxruntime runs: standard ONNX ones, onnxruntime's own (`com.microsoft`, the fused decoder attention of
+`export.transformer_step`) and those of a library the graph's description names.
 
-Imports onnx and `serving.errors` alone (no TensorFlow, no tf2onnx), so validation can re-check files on
-any machine.
+Imports onnx, onnxruntime and `serving.errors` alone (no TensorFlow, no tf2onnx), so validation can
+re-check files on any machine.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import onnx
@@ -13,7 +16,11 @@ import onnx
 from export.config import OPSET
 from serving.errors import first_line
 
-__all__ = ["check_onnx", "constant_tensors", "nested_graphs", "subgraphs", "unsupported_ops"]
+__all__ = ["ONNXRUNTIME_DOMAIN", "check_onnx", "constant_tensors", "nested_graphs", "nonstandard_ops", "subgraphs",
+           "unsupported_ops"]
+
+# onnxruntime's contrib operators, which its CPU, CUDA and WebAssembly builds register.
+ONNXRUNTIME_DOMAIN = "com.microsoft"
 
 
 def nested_graphs(graph: onnx.GraphProto):
@@ -41,9 +48,20 @@ def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return tensors
 
 
+@functools.cache
+def _onnxruntime_ops() -> frozenset[str]:
+    """The `com.microsoft` operators the installed onnxruntime has schemas for."""
+    from onnxruntime.capi import onnxruntime_pybind11_state
+
+    return frozenset(schema.name for schema in onnxruntime_pybind11_state.get_all_operator_schema()
+                     if schema.domain == ONNXRUNTIME_DOMAIN)
+
+
 def unsupported_ops(model: onnx.ModelProto, custom_domains: tuple[str, ...] = ()) -> list[str]:
-    """Node types (in any subgraph) that are not standard ONNX operators of the model's opset, besides
-    those of `custom_domains` (a library the graph's description names, e.g. onnxruntime-extensions')."""
+    """Node types (in any subgraph) that are neither standard ONNX operators of the model's opset nor
+    onnxruntime's own operators (`ONNXRUNTIME_DOMAIN`), besides those of `custom_domains` (a library the
+    graph's description names, e.g. onnxruntime-extensions'). tf2onnx leaves the TensorFlow operations it
+    cannot convert in the graph under their own names, which this finds."""
     opset = {entry.domain: entry.version for entry in model.opset_import}
     bad = set()
     for graph in subgraphs(model.graph):
@@ -51,10 +69,20 @@ def unsupported_ops(model: onnx.ModelProto, custom_domains: tuple[str, ...] = ()
             domain = node.domain or ""
             if domain in custom_domains:
                 continue
+            if domain == ONNXRUNTIME_DOMAIN and domain in opset and node.op_type in _onnxruntime_ops():
+                continue
             if domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type, opset.get(domain, OPSET),
                                                                    domain):
                 bad.add(f"{domain + '.' if domain else ''}{node.op_type}")
     return sorted(bad)
+
+
+def nonstandard_ops(model: onnx.ModelProto, custom_domains: tuple[str, ...] = ()) -> list[str]:
+    """`domain.op_type` of the nodes (in any subgraph) outside standard ONNX, besides those of
+    `custom_domains`: what an export with standard operators only (the default, without
+    `export_run(fused_attention=True)`) must not hold."""
+    return sorted({f"{node.domain}.{node.op_type}" for graph in subgraphs(model.graph) for node in graph.node
+                   if (node.domain or "") not in ("", "ai.onnx", *custom_domains)})
 
 
 def check_onnx(path: Path, custom_domains: tuple[str, ...] = ()) -> onnx.ModelProto:

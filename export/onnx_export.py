@@ -76,12 +76,13 @@ def convert_graph(functions: GraphFunctions, graph: str, path: Path, opset: int 
 
 
 def write_transformer_step(model, description: Mapping, path: Path, max_positions: int,
-                           opset: int = OPSET) -> Path:
-    """The Transformer's decoder step written from its weights (`export.transformer_step`), saved and
-    checked like a converted graph."""
+                           opset: int = OPSET, fused_attention: bool = False) -> Path:
+    """The Transformer's decoder step written from its weights (`export.transformer_step`, with
+    onnxruntime's fused self-attention or standard operators only), saved and checked like a converted
+    graph."""
     from export.transformer_step import transformer_step_graph
 
-    proto = transformer_step_graph(model, description, max_positions, opset)
+    proto = transformer_step_graph(model, description, max_positions, opset, fused_attention=fused_attention)
     _conform(proto, description, "decoder_step")
     return save_graph(proto, description, "decoder_step", path, "keras-nlp-week4 export/transformer_step")
 

@@ -3,8 +3,7 @@
 tf2onnx turns `Transformer.decode_step` into about 340 nodes for 3 decoder layers, most of them shape
 arithmetic around a handful of matrix products, and on these model sizes onnxruntime spends a decoder step
 mostly on per-node overhead and on copying caches, not on arithmetic. As CTranslate2's converter does,
-this module reads the trained weights and writes the step the way an inference engine wants it, with
-standard ONNX operators only (so onnxruntime-web and other engines run it):
+this module reads the trained weights and writes the step the way an inference engine wants it:
 
 - one `MatMul` for the self-attention's query, key and value together, split into heads by one
   `Reshape` and one `Split`; the 1/sqrt(d_k) scale folded into the query weights;
@@ -17,6 +16,16 @@ standard ONNX operators only (so onnxruntime-web and other engines run it):
   never repeats them;
 - the causal mask over the cache, the scatter positions and the beam grouping worked out once per
   step for all layers; the position encoding a table lookup.
+
+With `fused_attention` (`python -m export --fused-attention`), each layer's self-attention, from the query, key and
+value to the context, is one `com.microsoft.DecoderMaskedMultiHeadAttention`, onnxruntime's decoding
+attention (CPU, CUDA and WebAssembly kernels): it writes the new key and value at `index` into the cache
+it was given (the same buffer, bound in place) and attends over positions 0..index only, so the scatter
+addresses and the causal mask go too: 93 nodes for the Multi30k model's 3 layers against 126, at the
+same speed on CPU (BENCHMARKS.md). onnxruntime 1.30 (the newest onnxruntime-node and -web) gets its
+first position wrong (native) or hangs on it (WebAssembly), 1.32 computes what Keras computes; so by
+default the step has standard ONNX operators only and runs in any engine. Both compute the same numbers
+(`tests/test_transformer_step.py`).
 
 It computes what `Transformer.decode_step` computes, on the same state entries (`state_specs()`), and
 the export validates it against that Keras step like every graph (`export.validate`): the same
@@ -37,6 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.config import IR_VERSION, OPSET
+from export.onnx_check import ONNXRUNTIME_DOMAIN
 from keras_nlp_week4.models.transformer import cache_entries
 from serving.contract import numpy_dtype, updated_name
 
@@ -56,7 +66,8 @@ _MASKED = -1e9
 
 def in_place_updates(state: list[Mapping]) -> list[str]:
     """The updated state entries of the written step that a runtime may update in place (config.json's
-    `in_place_updates`): every cache, since each is read only by the `ScatterND` writing its `_out`."""
+    `in_place_updates`): every cache, since each is read only by the node writing its `_out` (a
+    `ScatterND`, or the fused attention, which onnxruntime lets share its past and present buffers)."""
     return [entry["name"] for entry in state if entry["updated"]]
 
 
@@ -80,6 +91,7 @@ class _Graph:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self.value_info: list[onnx.ValueInfoProto] = []
         self._count = 0
 
     def _name(self, hint: str) -> str:
@@ -128,10 +140,12 @@ def _positions(model, count: int) -> np.ndarray:
     return _array(embedding.position_encoding(np.zeros((1, count, model.d_model), np.float32))[0])
 
 
-def transformer_step_graph(model, description: Mapping, max_positions: int, opset: int = OPSET) -> onnx.ModelProto:
+def transformer_step_graph(model, description: Mapping, max_positions: int, opset: int = OPSET,
+                           fused_attention: bool = False) -> onnx.ModelProto:
     """The decoder-step graph of `model` (a `Transformer`, see `supports`) with the inputs and outputs of
     `description` (`export.config.describe_graphs(...)["decoder_step"]`), for output positions below
-    `max_positions`."""
+    `max_positions`; with `fused_attention`, each self-attention is onnxruntime's
+    `DecoderMaskedMultiHeadAttention` (see the module's docstring), else standard operators only."""
     reason = supports(model)
     if reason is not None:
         raise ValueError(f"cannot write this model's decoder step by hand: {reason}")
@@ -149,23 +163,24 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
     position = g.op("Gather", [g.const("positions", _positions(model, max_positions)), "index"], "position",
                     axis=0)  # (d,)
     x = g.op("Add", [x, position], "decoder_input")  # (B, d)
-    # Cache positions 0..index may be attended (the causal rule); later slots are empty.
-    cache_length = g.op("Squeeze", [g.op("Shape", [cache_entries("self", 0)[0]], "cache_shape", start=2, end=3)],
-                        "cache_length")
-    zero, one = g.const("zero", np.int64(0)), g.const("one", np.int64(1))
-    slots = g.op("Range", [zero, cache_length, one], "slots")
-    index64 = g.op("Cast", ["index"], "index64", to=TensorProto.INT64)
-    visible = g.op("LessOrEqual", [slots, index64], "visible")  # (L,)
-    # ScatterND addresses `[row, head, index]` for each new (row, head) key or value vector: one memcpy
-    # of head_dim floats each (ScatterElements, one index per float, took 14 of 41 ms a step at B = 128).
-    rows = g.op("Shape", ["token_ids"], "rows")  # (1,) = [B]
-    grid = g.op("Concat", [rows, g.const("grid_tail", np.array([heads, 1, 1], np.int64))], "grid", axis=0)
-    row_ids = g.op("Reshape", [g.op("Range", [zero, g.op("Squeeze", [rows]), one]),
-                               g.const("row_shape", np.array([-1, 1, 1, 1], np.int64))], "row_ids")
-    head_ids = g.const("head_ids", np.arange(heads, dtype=np.int64).reshape(1, heads, 1, 1))
-    scatter_at = g.op("Concat", [g.op("Expand", [row_ids, grid]), g.op("Expand", [head_ids, grid]),
-                                 g.op("Expand", [g.op("Reshape", [index64, g.const("one_4d", np.ones(4, np.int64))]),
-                                                 grid])], "scatter_at", axis=3)  # (B, H, 1, 3)
+    if not fused_attention:
+        zero, one = g.const("zero", np.int64(0)), g.const("one", np.int64(1))
+        # Cache positions 0..index may be attended (the causal rule); later slots are empty.
+        cache_length = g.op("Squeeze", [g.op("Shape", [cache_entries("self", 0)[0]], "cache_shape", start=2, end=3)],
+                            "cache_length")
+        slots = g.op("Range", [zero, cache_length, one], "slots")
+        index64 = g.op("Cast", ["index"], "index64", to=TensorProto.INT64)
+        visible = g.op("LessOrEqual", [slots, index64], "visible")  # (L,)
+        # ScatterND addresses `[row, head, index]` for each new (row, head) key or value vector: one memcpy
+        # of head_dim floats each (ScatterElements, one index per float, took 14 of 41 ms a step at B = 128).
+        rows = g.op("Shape", ["token_ids"], "rows")  # (1,) = [B]
+        grid = g.op("Concat", [rows, g.const("grid_tail", np.array([heads, 1, 1], np.int64))], "grid", axis=0)
+        row_ids = g.op("Reshape", [g.op("Range", [zero, g.op("Squeeze", [rows]), one]),
+                                   g.const("row_shape", np.array([-1, 1, 1, 1], np.int64))], "row_ids")
+        head_ids = g.const("head_ids", np.arange(heads, dtype=np.int64).reshape(1, heads, 1, 1))
+        scatter_at = g.op("Concat", [g.op("Expand", [row_ids, grid]), g.op("Expand", [head_ids, grid]),
+                                     g.op("Expand", [g.op("Reshape", [index64, g.const("one_4d", np.ones(4, np.int64))]),
+                                                     grid])], "scatter_at", axis=3)  # (B, H, 1, 3)
     # Beams as query positions of their sentence: (B, d) -> (Bs, B / Bs, H, hd).
     sources = g.op("Shape", ["encoder_padding_mask"], "sources", start=0, end=1)
     grouped_shape = g.op("Concat", [sources, g.const("grouped_tail", np.array([-1, heads, hd], np.int64))],
@@ -186,9 +201,26 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
             bias = np.concatenate([_array(mha.query_dense.bias).reshape(-1) * scale,
                                    _array(mha.key_dense.bias).reshape(-1), _array(mha.value_dense.bias).reshape(-1)])
             qkv = _dense(g, h, kernel, bias, f"l{i}_self_qkv")  # (B, 3d)
+            key_entry, value_entry = cache_entries("self", i)
+            if fused_attention:
+                # onnxruntime's kernel writes the new key and value at `index` into the caches (the same
+                # buffers when the runtime binds them in place) and attends over positions 0..index only.
+                # Its CPU kernel misreads a packed query (it reshapes the packed input as if it held the
+                # query alone), so q, k and v go in as three inputs.
+                qkv = g.op("Reshape", [qkv, g.const("qkv_3d", np.array([-1, 1, 3 * d], np.int64))])
+                q, k, v = g.op("Split", [qkv], f"l{i}_self", outputs=3, axis=2, num_outputs=3)  # (B, 1, d)
+                context = g.op("DecoderMaskedMultiHeadAttention",
+                               [q, k, v, "", "", key_entry, value_entry, "index"],
+                               outputs=[f"l{i}_self_context", updated_name(key_entry), updated_name(value_entry)],
+                               domain=ONNXRUNTIME_DOMAIN, num_heads=heads, past_present_share_buffer=1,
+                               scale=1.0)[0]  # (B, 1, d); 1/sqrt(hd) is in the query weights
+                # onnx's shape inference knows no contrib operator: typed here, later nodes (and
+                # onnxruntime's quantizer, which reads their types) are inferred as usual
+                g.value_info.append(helper.make_tensor_value_info(context, TensorProto.FLOAT, ["batch", 1, d]))
+                return _dense(g, g.op("Reshape", [context, flat]), _array(mha.output_dense.kernel).reshape(-1, d),
+                              _array(mha.output_dense.bias), f"l{i}_self_out")
             qkv = g.op("Reshape", [qkv, g.const("qkv_shape", np.array([-1, 3 * heads, 1, hd], np.int64))])
             q, k, v = g.op("Split", [qkv], f"l{i}_self", outputs=3, axis=1, num_outputs=3)  # (B, H, 1, hd)
-            key_entry, value_entry = cache_entries("self", i)
             keys = g.op("ScatterND", [key_entry, scatter_at, k], outputs=[updated_name(key_entry)])[0]
             values = g.op("ScatterND", [value_entry, scatter_at, v], outputs=[updated_name(value_entry)])[0]
             scores = g.op("MatMul", [q, g.op("Transpose", [keys], perm=[0, 1, 3, 2])], f"l{i}_self_scores")
@@ -237,6 +269,10 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
         return helper.make_tensor_value_info(entry["name"], elem_type, list(entry["shape"]))
 
     graph = helper.make_graph(g.nodes, "decoder_step", [value(e) for e in description["inputs"]],
-                              [value(e) for e in description["outputs"]], g.initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION,
+                              [value(e) for e in description["outputs"]], g.initializers,
+                              value_info=g.value_info)
+    opsets = [helper.make_opsetid("", opset)]
+    if fused_attention:
+        opsets.append(helper.make_opsetid(ONNXRUNTIME_DOMAIN, 1))
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
                              producer_name="keras-nlp-week4 export/transformer_step")

@@ -146,6 +146,22 @@ def session_options(intra_op_threads: int = 1, inter_op_threads: int = 1,
     return options
 
 
+# onnxruntime's fused decoding attention (`python -m export --fused-attention`) computes what Keras
+# computes from this release on; 1.30 gets the first output position wrong.
+FUSED_ATTENTION_MIN_ONNXRUNTIME = (1, 32)
+
+
+def _check_onnxruntime_runs(config: ExportConfig, export_dir: Path) -> None:
+    if config.operators != "onnxruntime":
+        return
+    version = tuple(int(part) for part in ort.__version__.split(".")[:2] if part.isdigit())
+    if version < FUSED_ATTENTION_MIN_ONNXRUNTIME:
+        wanted = ".".join(map(str, FUSED_ATTENTION_MIN_ONNXRUNTIME))
+        raise ExportError(f"{export_dir} was exported with onnxruntime's fused attention, which needs "
+                          f"onnxruntime >= {wanted} (this is {ort.__version__}): pip install -U onnxruntime, "
+                          "or export the run again without --fused-attention")
+
+
 class Runtime:
     """An export loaded into onnxruntime sessions.
 
@@ -178,6 +194,7 @@ class Runtime:
             verify_manifest(self.export_dir, required=self.config.served_files(int8), only_required=True,
                             require_validated=True)
         config = self.config
+        _check_onnxruntime_runs(config, self.export_dir)
         self.special_ids = dict(config.special_ids)
         self.bos_id, self.eos_id, self.pad_id = (self.special_ids[k] for k in ("bos", "eos", "pad"))
         self.max_source_length = int(config.max_source_length)

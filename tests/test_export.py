@@ -28,6 +28,7 @@ from export.manifest import verify_manifest, write_manifest
 from serving.errors import ExportError
 from serving.export_config import ExportConfig
 from serving.manifest import Manifest
+from serving.options import DecodingOptions
 
 # Transformer, RNN seq2seq, attention seq2seq (additive, and multiplicative with keys projected once).
 MODELS = ("transformer", "seq2seq-gru", "bahdanau", "luong-general")
@@ -460,24 +461,49 @@ def test_export_failing_validation_is_not_installed_nor_loadable(export_of, monk
         Runtime(run_dir / "export").generate(["9/27/94"])[0].text
 
 
-def test_an_export_of_some_graphs_is_validated_and_served(tiny_run, tmp_path):
+def test_an_export_of_some_graphs_with_fused_attention_is_validated_and_served(tiny_run, tmp_path):
     """`export_run(graphs=..., saved_model=False)` (what the benchmark's stand-in uses): only those graphs
     are written and described, validation checks them (the runtime's greedy loop against Keras) and
-    passes, and the runtime serves the export as it serves a whole one."""
+    passes, and the runtime serves the export as it serves a whole one. With `fused_attention` the step
+    and the in-graph search hold onnxruntime's decoding attention (a default export: standard operators
+    only) and the same texts come out; validation refuses a config.json that claims standard operators
+    over them."""
     from export.exporter import export_run
+    from export.onnx_check import nonstandard_ops
+    from export.validate import validate
     from serving.runtime import Runtime
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("export*", "plots"))
-    export = export_run(run_dir, max_test_examples=4, threads=1, verbose=False,
-                        graphs=("encoder", "decoder_step"), saved_model=False)
+    names = ("encoder", "decoder_step", "beam_search", "decoder_step_top_k")
+    export = export_run(run_dir, max_test_examples=4, threads=1, verbose=False, graphs=names,
+                        saved_model=False, fused_attention=True)
     config = ExportConfig.read(export)
-    assert config.graph_names == ("encoder", "decoder_step") and config.saved_model is None
+    assert config.graph_names == names and config.saved_model is None and config.operators == "onnxruntime"
     assert not (export / "saved_model").exists() and not (export / "onnx" / "generate.onnx").exists()
     report = json.loads((export / "parity.json").read_text())
     graphs = {row["graph"] for row in report["checks"]}
     assert report["passed"] and "encoder+decoder_step" in graphs and "generate" not in graphs
-    assert Runtime(export).generate(["9/27/94"])[0].text == Runtime(tiny_run / "export").generate(["9/27/94"])[0].text
+    for name in ("decoder_step", "beam_search", "decoder_step_top_k"):
+        ops = nonstandard_ops(onnx.load(str(export / config.graph_file(name))))
+        assert ops == ["com.microsoft.DecoderMaskedMultiHeadAttention"], (name, ops)
+    default = ExportConfig.read(tiny_run / "export")
+    assert default.operators == "standard"
+    for name in default.graph_names:
+        custom = (default.graph(name).custom_ops or {}).get("domain")
+        assert nonstandard_ops(onnx.load(str(tiny_run / "export" / default.graph_file(name))),
+                               (custom,) if custom else ()) == [], name
+    texts = ["9/27/94", "March 3, 2001"]
+    for method in ("greedy", "beam"):
+        options = DecodingOptions(method=method, beam_size=3)
+        assert [r.text for r in Runtime(export).generate(texts, options)] == \
+            [r.text for r in Runtime(tiny_run / "export").generate(texts, options)]
+    # config.json saying "standard" over the fused graphs is refused, in one line
+    values = json.loads((export / "config.json").read_text())
+    (export / "config.json").write_text(json.dumps({**values, "operators": "standard"}))
+    write_manifest(export)
+    with pytest.raises(ExportError, match="standard operators only; export the run again"):
+        validate(export, providers=["CPUExecutionProvider"], threads=1, verbose=False)
 
 
 @pytest.mark.parametrize("graphs, message", [

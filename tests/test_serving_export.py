@@ -56,12 +56,14 @@ def test_runtime_loads_and_describes(runtime):
     ("no_config", "config.json is missing"),
     ("config_not_json", "config.json is not valid JSON"),
     ("old_format", "format_version"),
+    ("unknown_operators", "operators 'tensorrt', not one of standard, onnxruntime"),
+    ("fused_on_old_onnxruntime", "needs onnxruntime >= 1.32 (this is 1.30.0): pip install -U onnxruntime"),
     ("tokenizer_changed", "tokenizer.model does not match its sha256"),
     ("onnx_truncated", "decoder_step.onnx does not match its sha256"),
     ("onnx_deleted", "encoder.onnx is missing"),
     ("manifest_lacks_graph", "does not list onnx/decoder_step.onnx"),
 ])
-def test_damaged_export_is_a_one_line_error_naming_the_file(tiny_export, tmp_path, damage, expected):
+def test_damaged_export_is_a_one_line_error_naming_the_file(tiny_export, tmp_path, damage, expected, monkeypatch):
     export = copy_export(tiny_export, tmp_path)
     manifest = json.loads((export / "manifest.json").read_text())
     if damage == "missing_dir":
@@ -75,6 +77,12 @@ def test_damaged_export_is_a_one_line_error_naming_the_file(tiny_export, tmp_pat
     elif damage == "old_format":
         config = json.loads((export / "config.json").read_text())
         (export / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    elif damage in ("unknown_operators", "fused_on_old_onnxruntime"):
+        config = json.loads((export / "config.json").read_text())
+        operators = "tensorrt" if damage == "unknown_operators" else "onnxruntime"
+        (export / "config.json").write_text(json.dumps({**config, "operators": operators}))
+        rewrite_manifest(export)
+        monkeypatch.setattr("serving.runtime.ort.__version__", "1.30.0")
     elif damage == "tokenizer_changed":
         data = bytearray((export / "tokenizer.model").read_bytes())
         data[len(data) // 2] ^= 0xFF

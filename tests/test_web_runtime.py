@@ -153,6 +153,17 @@ def test_node_example_errors_are_one_line(tiny_export, args, stdin, message):
 
 
 @needs_node
+def test_node_example_refuses_an_export_with_fused_attention(tiny_export, tmp_path):
+    """onnxruntime-node 1.30 gets the fused attention's first position wrong: refused, in one line."""
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    config = json.loads((export / "config.json").read_text())
+    (export / "config.json").write_text(json.dumps({**config, "operators": "onnxruntime"}))
+    done = translate(export, "[[5, 3]]")
+    assert done.returncode == 2 and "without --fused-attention" in done.stderr and done.stderr.count("\n") == 1
+
+
+@needs_node
 def test_node_example_refuses_a_missing_export(tmp_path):
     done = translate(tmp_path / "nothing", "[[5, 3]]")
     assert done.returncode == 2 and "does not exist" in done.stderr and done.stderr.count("\n") == 1

@@ -103,6 +103,11 @@ function readConfig(exportDir) {
   for (const key of ["special_ids", "max_source_length", "max_target_length", "vocab_size", "graphs"]) {
     if (!(key in config)) fail(`${join(exportDir, "config.json")} lacks "${key}"; export the run again`);
   }
+  // onnxruntime-node 1.30 computes the fused attention's first position wrongly (export.transformer_step).
+  if (config.operators === "onnxruntime") {
+    fail(`${exportDir} uses onnxruntime's fused attention, which onnxruntime-node 1.30 does not compute ` +
+         "correctly; export the run again without --fused-attention");
+  }
   return config;
 }
 

@@ -37,6 +37,11 @@ export class WebBackend {
     const config = await (await fetchOk("config.json")).json();
     const graph = config.graphs.beam_search;
     if (!graph) throw new Error("this export has no beam_search graph; export the run again");
+    // onnxruntime-web 1.30 hangs on the fused attention's first position (export.transformer_step).
+    if (config.operators === "onnxruntime") {
+      throw new Error("this export uses onnxruntime's fused attention, which onnxruntime-web does not run " +
+                      "correctly; export the run again without --fused-attention");
+    }
     const tokenizer = SentencePiece.fromBytes(new Uint8Array(await (await fetchOk(config.tokenizer)).arrayBuffer()));
     const model = new Uint8Array(await (await fetchOk(graph.file)).arrayBuffer());
     const session = await ort.InferenceSession.create(model, { executionProviders: ["wasm"] });
