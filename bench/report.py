@@ -171,20 +171,32 @@ random weights unless said):
   0.65 ms per step at batch 1 and 23.3 against 23.2 ms at 128 rows, with no better logits on these
   weights. The attention products as `Mul` + `ReduceSum` instead of `MatMul` (2,623 against 528 us per
   attention at 128 rows), or as keys x query instead of query x keys (within 2 %).
-- Prototyped, not kept: each layer's self-attention as one `com.microsoft.DecoderMaskedMultiHeadAttention`
-  (`past_present_share_buffer=1`, `past_sequence_length` = `index`, `scale` 1 since the query weights
-  carry 1/sqrt(d_k)), by surgery on the trained Multi30k step: **94 nodes** instead of 126 (the
-  scatter-address prelude goes too), logits and caches within 3.3e-6 of the standard step over 12
-  steps, greedy texts identical on 64 of 64 test sentences. Traps: the CPU kernel fails on packed QKV
-  (`Tensor size (12288) != new size (4096)`: it reshapes the packed query as if it held the query
-  alone), so q, k and v go in as three inputs; its beam path (`beam_width` > 1 with `cache_indirection`)
-  reads `mask_index` and `attention_bias` without checking that they were given (`ApplyAttentionWithBeams`
-  in `contrib_ops/cpu/bert/decoder_masked_multihead_attention.cc`). Speed in place with IO binding, 32
-  greedy steps, idle machine, standard / fused ms per step: 2.82/2.68, 3.79/3.68, 12.8/12.7, 36.5/36.7 at
-  1, 4, 32, 128 rows (1.05, 1.03, 1.01, 0.99x). The node target (under 100) is reachable only with
-  contrib operators and buys no speed, so the export keeps the 126-node standard step (117 after
-  onnxruntime's optimizer); per-node overhead is about 1 us here (a chain of 100 small `Add`/`Mul`
-  nodes: 127 against 17 us for one), about 0.13 ms of a 3 ms step at batch 1.
+- Kept as an option, not the default (2026-12-03): each layer's self-attention as one
+  `com.microsoft.DecoderMaskedMultiHeadAttention` (`past_present_share_buffer=1`,
+  `past_sequence_length` = `index`, `scale` 1 since the query weights carry 1/sqrt(d_k)), written by
+  `export/transformer_step.py` with `python -m export --fused-attention` (`make export
+  FUSED_ATTENTION=1`; config.json's `operators` is then "onnxruntime"): **93 nodes** for the Multi30k
+  model's 3 layers instead of 126 (the scatter-address prelude and the causal mask go too; the kernel
+  attends over positions 0..index only), logits and caches within 2.4e-6 of the standard step over 12
+  steps, and Keras's numbers at every step (`tests/test_transformer_step.py`). Traps: the CPU kernel
+  fails on packed QKV (`Tensor size (12288) != new size (4096)`: it reshapes the packed query as if it
+  held the query alone), so q, k and v go in as three inputs; its beam path (`beam_width` > 1 with
+  `cache_indirection`) reads `mask_index` and `attention_bias` without checking that they were given
+  (`ApplyAttentionWithBeams` in `contrib_ops/cpu/bert/decoder_masked_multihead_attention.cc`), so the
+  numpy search keeps reordering rows in place; onnx's shape inference knows no contrib operator, so the
+  step types the kernel's output (onnxruntime's quantizer reads it); and onnxruntime 1.30, the newest
+  onnxruntime-node and onnxruntime-web on npm, computes the first position (`past_sequence_length` 0)
+  wrongly in native code and never returns from it in WebAssembly, while 1.32 (Python) matches Keras.
+  Speed in place with IO binding, standard / fused ms per step, 1 thread, random Multi30k weights,
+  alternating, 7 rounds: on 2026-12-02 (idle EPYC, 32 steps) 2.82/2.68, 3.79/3.68, 12.8/12.7,
+  36.5/36.7 at 1, 4, 32, 128 rows (1.05, 1.03, 1.01, 0.99x); on 2026-12-03 (another EPYC, a training
+  run paused) 1.24/1.32, 6.71/6.50 and 20.8/20.9 at 1, 32 and 128 rows with 32 cache slots (0.91, 1.07,
+  0.99x, each round's ratio ranging over 0.74-1.19), 1.22/1.20 and 6.58/6.55 at 1 and 32 rows with 64
+  slots (1.07, 1.00x). The same speed within the noise, so the default export keeps the standard
+  126-node step (117 after onnxruntime's optimizer), which every engine runs; the fused one is for
+  onnxruntime >= 1.32 (the runtime refuses it on older ones, the Node example and the web page refuse
+  it in one line) and, untried here, CUDA. Per-node overhead is about 1 us here (a chain of 100 small
+  `Add`/`Mul` nodes: 127 against 17 us for one), about 0.13 ms of a 3 ms step at batch 1.
 - Where the time goes now (2026-12-02, onnxruntime's profiler, the trained Multi30k step in place, one
   thread, 32 greedy steps over 32 cache slots). Batch 1, float32: 3.15 ms a step, of which the 19
   `Gemm`s take 69 % of the kernel time. They read 19.2 MB of weights per step (the tied 8,000 x 256
