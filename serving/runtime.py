@@ -162,6 +162,37 @@ def _check_onnxruntime_runs(config: ExportConfig, export_dir: Path) -> None:
                           "or export the run again without --fused-attention")
 
 
+# Cache positions a search starts with (`growing_caches` doubles them as needed).
+FIRST_CACHE_POSITIONS = 16
+
+
+def growing_caches(step: Callable[[np.ndarray, int, dict], tuple], position_axes: Mapping[str, int],
+                   max_length: int) -> Callable[[np.ndarray, int, dict], tuple]:
+    """`step` with the state entries of `position_axes` (a self-attention cache's `max_length` axis)
+    grown before the step that would write past their end: twice as many positions (at most
+    `max_length`), the written ones copied, the rest zeros. The step attends over every position of
+    the cache it is given and masks the unwritten ones, so a cache sized for the longest output made
+    every step of a short one pay for all `max_length` positions (the Multi30k model: 64, where most
+    outputs end within 20). The grown arrays come back among the step's updates (a step returns every
+    updated entry), so the search keeps them. Entries without a position axis pass through."""
+    if not position_axes:
+        return step
+
+    def grown(token_ids: np.ndarray, index: int, state: dict) -> tuple:
+        for name, axis in position_axes.items():
+            value = state.get(name)
+            if value is None or value.shape[axis] > index:
+                continue
+            shape = list(value.shape)
+            shape[axis] = min(max_length, max(2 * shape[axis], index + 1))
+            bigger = np.zeros(shape, value.dtype)
+            bigger[(slice(None),) * axis + (slice(0, value.shape[axis]),)] = value
+            state = {**state, name: bigger}
+        return step(token_ids, index, state)
+
+    return grown
+
+
 class Runtime:
     """An export loaded into onnxruntime sessions.
 
@@ -377,16 +408,19 @@ class Runtime:
     def _search_steps(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
                       seeds: Sequence | None) -> SearchSteps:
         max_length = options.max_new_tokens or self.max_target_length
-        state = self.initial_state(encoder_input, max_length)
+        # The caches start with room for a few positions and grow as the outputs do (`growing_caches`).
+        state = self.initial_state(encoder_input, min(max_length, FIRST_CACHE_POSITIONS))
         kwargs = {**options.search_kwargs(), "shared": self.shared_state, "position_axes": self.position_axes}
         if options.method == "sample" and seeds is not None:
             kwargs["seed"] = list(seeds)
         constraints = options.constraints(encoder_input.shape[0], max_length,
                                           encode=lambda text: self.tokenizer.encode([text])[0])
         if options.method in ("greedy", "beam") and not constraints:
-            kwargs["top_k_step"] = self.top_k_step(options.beam_size if options.method == "beam" else 1)
+            top_k_step = self.top_k_step(options.beam_size if options.method == "beam" else 1)
+            kwargs["top_k_step"] = top_k_step and growing_caches(top_k_step, self.position_axes, max_length)
+        step = growing_caches(self.in_place_step(), self.position_axes, max_length)
         return STREAMS[options.method](
-            self.in_place_step(), state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
+            step, state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
             return_attention=return_attention and self.has_attention, constraints=constraints, **kwargs)
 
     # Text --------------------------------------------------------------------------------------------

@@ -288,3 +288,35 @@ def test_the_in_place_step_searches_as_the_pure_step(runtime, method, kwargs):
     _, updates, _ = step(np.full((3,), runtime.bos_id, np.int32), 0, state)
     assert updates and all(updates[name] is state[name] for name in updates)
     assert all(state[name][:, :, 0].any() and not state[name][:, :, 1:].any() for name in updates)
+
+
+def test_growing_caches_double_from_a_few_positions_and_change_nothing(runtime, monkeypatch):
+    """Caches that start with 2 positions and double as the output grows (`growing_caches`) give the
+    texts, scores and attention of caches sized for max_length up front, in every search; only the
+    written positions are copied, the new ones are zeros."""
+    from serving import runtime as runtime_module
+    from serving.runtime import growing_caches
+
+    texts = ["9/27/94", "sept. 3, 2001", "1 jan 2000", "Thursday, September 18, 2025"]
+    options = [DecodingOptions(), DecodingOptions(method="beam", beam_size=3),
+               DecodingOptions(method="sample", seed=3, temperature=0.8)]
+    full = [runtime.generate(texts, o) for o in options]
+    monkeypatch.setattr(runtime_module, "FIRST_CACHE_POSITIONS", 2)
+    grown = [runtime.generate(texts, o) for o in options]
+    for a, b in zip(full, grown, strict=True):
+        assert [g.text for g in a] == [g.text for g in b]
+        np.testing.assert_allclose([g.score for g in a], [g.score for g in b], rtol=1e-6)
+
+    seen = []
+    def step(token_ids, index, state):
+        seen.append(state["cache"].shape[2])
+        state["cache"][:, :, index] = index + 1  # what a step writes at `index`
+        return None, {"cache": state["cache"]}, None
+    state = {"cache": np.zeros((2, 3, 2, 4), np.float32), "other": np.ones(1)}
+    wrapped = growing_caches(step, {"cache": 2}, max_length=5)
+    for index in range(5):
+        _, updates, _ = wrapped(None, index, state)
+        state.update(updates)
+    assert seen == [2, 2, 4, 4, 5]  # doubled, capped at max_length
+    np.testing.assert_array_equal(state["cache"][0, 0, :, 0], [1, 2, 3, 4, 5])
+    assert growing_caches(step, {}, 5) is step
