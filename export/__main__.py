@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     from keras_nlp_week4.quiet import import_tensorflow_quietly
     from serving.errors import ServingError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.fused_attention and "triton" in args.target:
+        # Triton's onnxruntime backend may predate 1.32, which computes the fused step wrongly.
+        parser.error("--fused-attention cannot go with --target triton; export without --fused-attention")
     import_tensorflow_quietly()
     from export.exporter import ExportFailed, export_run
     from keras_nlp_week4.runs import latest_run

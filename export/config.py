@@ -213,7 +213,7 @@ def build_export_config(run_config, state: Sequence[Mapping], graphs: Mapping[st
         test_examples=int(test_examples),
         quantized=quantized,
         in_place_updates=list(in_place_updates),
-        operators=operators,
+        operators=None if operators == "standard" else operators,  # absent means standard
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from export.config import COMPOSED_GRAPHS, GRAPH_FILES, OPSET, build_export_config
@@ -87,6 +87,20 @@ def _checked_graph_names(graphs: Collection[str] | None) -> frozenset[str]:
     return names
 
 
+def _check_standard(export_dir: Path, graphs: Mapping[str, dict]) -> None:
+    """Raises ValueError where a written graph holds operators outside standard ONNX (besides the
+    library operators its description names)."""
+    import onnx
+
+    from export.onnx_check import nonstandard_ops
+
+    for name, graph in graphs.items():
+        custom = (graph.get("custom_ops") or {}).get("domain")
+        extra = nonstandard_ops(onnx.load(str(export_dir / graph["file"])), (custom,) if custom else ())
+        if extra:
+            raise ValueError(f"{name}: {', '.join(extra)} in an export of standard operators only")
+
+
 def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
                max_test_examples: int | None = None, providers: list[str] | None = None,
                threads: int = 0, verbose: bool = True, graphs: Collection[str] | None = None,
@@ -146,6 +160,8 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         # A Transformer's step is written from its weights, for speed (export.transformer_step).
         step_by_hand = supports(run.model) is None
         fused = step_by_hand and fused_attention
+        if fused_attention and not fused:
+            log(f"--fused-attention ignored: {supports(run.model)}; the step is converted with standard operators")
         for name in GRAPH_FILES:
             if name in COMPOSED_GRAPHS or name not in graphs:
                 continue  # composed from the converted graphs below, or left out
@@ -165,6 +181,8 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
             log("composing generate_text around beam_search (export.text_graph)")
             write_generate_text(staging, graphs, "tokenizer.model", run.config.special_ids,
                                 run.config.max_source_length)
+        if not fused:  # config.json will say standard operators: hold every graph to it, validated or not
+            _check_standard(staging, graphs)
         if saved_model:
             log("writing the SavedModel")
             export_saved_model.save(functions, run.tokenizer, run.config.max_source_length,

@@ -1,4 +1,5 @@
-"""`onnx/beam_search.onnx`: the runtime's beam search as one ONNX graph, standard operators only.
+"""`onnx/beam_search.onnx`: the runtime's beam search as one ONNX graph, standard operators only (with
+`python -m export --fused-attention`, the step's onnxruntime attention inside it: onnxruntime >= 1.32 only).
 
 The graph is composed from the export's own `encoder.onnx` and `decoder_step.onnx` (their nodes inlined,
 their weights shared) and the state contract in `config.json`, so every model family that has those two

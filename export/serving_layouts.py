@@ -16,6 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
+from serving.errors import ExportError
 from serving.export_config import ExportConfig
 
 TARGETS = ("triton", "tfserving")
@@ -77,6 +78,10 @@ def write_triton_repository(export_dir: Path, destination: Path) -> Path:
     """Writes a Triton model repository for `export_dir` at `destination` and returns it."""
     export_dir, destination = Path(export_dir), Path(destination)
     config = ExportConfig.read(export_dir)
+    if config.operators == "onnxruntime":
+        raise ExportError(f"{export_dir} uses onnxruntime's fused attention, which needs onnxruntime >= 1.32 "
+                          "and Triton's backend may bundle an older one; export the run again without "
+                          "--fused-attention")
     staging = _atomic_dir(destination)
     for name in config.graph_names:
         graph = config.graph(name)

@@ -12,7 +12,8 @@ beam_size 1 with length_penalty 0 is greedy decoding. The source ids are made as
 makes them (`serving.tokenizer.SentencePieceTokenizer.encode_sources`: cut to max_source_length - 1,
 EOS, PAD to the longest row) and each output row is cut at its first EOS, without PAD and BOS, before it
 is decoded (`strip_special_ids`); `export.validate` compares the texts with `python -m serving`'s on the
-whole test split. Only these two operators are not standard ONNX: onnxruntime-web does not run them
+whole test split. Only these two operators are not standard ONNX (besides the step's fused attention
+in an export made with `--fused-attention`): onnxruntime-web does not run them
 (its page tokenizes in JavaScript, `serving/static/sentencepiece.js`, and runs `beam_search.onnx`).
 
 The decoder takes one sequence at a time (`[n]` or `[1, n]`), so the rows are decoded in a `Loop`.

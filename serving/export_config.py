@@ -25,7 +25,7 @@ CONFIG = "config.json"
 # 2: per-layer state entries (a Transformer's `self_key_<i>`, `cross_key_<i>`, ...) and entries shared by
 # the beams of a sentence (`shared_by_beams`, batch axis "source_batch"); 1 had stacked caches.
 FORMAT_VERSION = 2
-OPERATOR_SETS = ("standard", "onnxruntime")  # config.json's `operators`
+OPERATOR_SETS = ("standard", "onnxruntime")  # config.json's `operators` (absent: standard)
 SERVED_GRAPHS = ("encoder", "decoder_step")  # what the runtime loads; "generate" is the greedy loop
 # Loaded too where the export has it: the decoder step returning each row's best log-probabilities
 # instead of its logits, which beam search without constraints steps with.
@@ -69,11 +69,13 @@ class ExportConfig:
     test_examples: int | None = None
     quantized: dict | None = None  # {"method", "weight_type", "graphs": {name: {"file", "quantized_ops"}}}
     # Updated state entries that the decoder step reads only in the node writing their `<name>_out`
-    # (a `ScatterND`), so a runtime may bind input and output to one buffer and skip the cache copy.
+    # (a `ScatterND` or the fused attention), so a runtime may bind input and output to one buffer and
+    # skip the cache copy.
     in_place_updates: list[str] = field(default_factory=list)
-    # "standard": standard ONNX operators only; "onnxruntime": also onnxruntime's own (`com.microsoft`,
-    # the Transformer step's fused attention), which onnxruntime's CPU, CUDA and WebAssembly builds run.
-    operators: str = "standard"
+    # None or "standard": standard ONNX operators only (not written, so runtimes from before the field
+    # still read such an export); "onnxruntime": also onnxruntime's own (`com.microsoft`, the
+    # Transformer step's fused attention, `python -m export --fused-attention`).
+    operators: str | None = None
 
     # Reading ------------------------------------------------------------------------------------------
 
@@ -99,7 +101,7 @@ class ExportConfig:
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise ExportError(f"{path} has unknown keys {', '.join(unknown)}; export the run again")
-        if values.get("operators", "standard") not in OPERATOR_SETS:
+        if values.get("operators") not in (None, *OPERATOR_SETS):
             raise ExportError(f"{path} has operators {values['operators']!r}, not one of "
                               f"{', '.join(OPERATOR_SETS)}; export the run again")
         graphs = values["graphs"]

@@ -170,10 +170,11 @@ def growing_caches(step: Callable[[np.ndarray, int, dict], tuple], position_axes
                    max_length: int) -> Callable[[np.ndarray, int, dict], tuple]:
     """`step` with the state entries of `position_axes` (a self-attention cache's `max_length` axis)
     grown before the step that would write past their end: twice as many positions (at most
-    `max_length`), the written ones copied, the rest zeros. The step attends over every position of
-    the cache it is given and masks the unwritten ones, so a cache sized for the longest output made
-    every step of a short one pay for all `max_length` positions (the Multi30k model: 64, where most
-    outputs end within 20). The grown arrays come back among the step's updates (a step returns every
+    `max_length`), the written ones copied, the rest zeros. The standard-operators step attends over
+    every position of the cache it is given and masks the unwritten ones, so a cache sized for the
+    longest output made every step of a short one pay for all `max_length` positions (the Multi30k
+    model: 64, where most outputs end within 20); the fused step reads positions 0..index only either
+    way. The grown arrays come back among the step's updates (a step returns every
     updated entry), so the search keeps them. Entries without a position axis pass through."""
     if not position_axes:
         return step
@@ -315,10 +316,11 @@ class Runtime:
 
         Each updated state entry is bound with onnxruntime's IO binding as both the input and the
         `<name>_out` output of the step where the export says that is safe (config.json's
-        `in_place_updates`: the Transformer's caches), so the graph's cache write (`ScatterND`) happens
-        in the caller's array instead of in a fresh copy of the whole cache every step; the updates it
-        returns are those same arrays (other updates are new arrays, as from `step`). An entry replaced
-        by another array (beam search reorders hypotheses) is bound again. Mutating its input makes it the
+        `in_place_updates`: the Transformer's caches), so the graph's cache write (a `ScatterND`, or the
+        fused attention's) happens in the caller's array instead of in a fresh copy of the whole cache
+        every step; the updates it returns are those same arrays (other updates are new arrays, as from
+        `step`). An entry replaced by another array (a cache grown by `growing_caches`, or a reorder that
+        could not happen in place) is bound again. Mutating its input makes it the
         wrong step to share between searches, or for a caller that keeps the previous state, and what it
         returns is valid until its next call (what the searches need): `step` is the pure one.
 
@@ -397,8 +399,8 @@ class Runtime:
         return self._search(encoder_input, options, return_attention, seeds)
 
     def _validate(self, options: DecodingOptions) -> None:
-        # The caches are allocated for max_new_tokens steps up front, and the model was trained (and its
-        # positions sized) for max_target_length: more can only allocate memory, never help.
+        # The caches grow up to max_new_tokens positions, and the model was trained (and its positions
+        # sized) for max_target_length: more can only allocate memory, never help.
         options.validate(max_new_tokens_limit=self.max_target_length)
 
     def _search(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,

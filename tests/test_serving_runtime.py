@@ -292,20 +292,24 @@ def test_the_in_place_step_searches_as_the_pure_step(runtime, method, kwargs):
 
 def test_growing_caches_double_from_a_few_positions_and_change_nothing(runtime, monkeypatch):
     """Caches that start with 2 positions and double as the output grows (`growing_caches`) give the
-    texts, scores and attention of caches sized for max_length up front, in every search; only the
-    written positions are copied, the new ones are zeros."""
+    texts, scores and attention of caches sized for the whole output up front (the tiny model's
+    max_target_length is under the runtime's 16 first positions), in every search; the written
+    positions are copied, doubling stops at max_length."""
     from serving import runtime as runtime_module
     from serving.runtime import growing_caches
 
     texts = ["9/27/94", "sept. 3, 2001", "1 jan 2000", "Thursday, September 18, 2025"]
     options = [DecodingOptions(), DecodingOptions(method="beam", beam_size=3),
                DecodingOptions(method="sample", seed=3, temperature=0.8)]
-    full = [runtime.generate(texts, o) for o in options]
+    assert runtime.max_target_length <= runtime_module.FIRST_CACHE_POSITIONS
+    full = [runtime.generate(texts, o, return_attention=True) for o in options]
     monkeypatch.setattr(runtime_module, "FIRST_CACHE_POSITIONS", 2)
-    grown = [runtime.generate(texts, o) for o in options]
+    grown = [runtime.generate(texts, o, return_attention=True) for o in options]
     for a, b in zip(full, grown, strict=True):
         assert [g.text for g in a] == [g.text for g in b]
         np.testing.assert_allclose([g.score for g in a], [g.score for g in b], rtol=1e-6)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x.attention, y.attention, atol=1e-6)
 
     seen = []
     def step(token_ids, index, state):
