@@ -196,19 +196,14 @@ def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_R
 
 # ---------------------------------------------------------------------------------------------- engines
 def _ours(export_dir: Path, threads: int, int8: bool) -> Callable:
-    from serving.runtime import FIRST_CACHE_POSITIONS, Runtime, growing_caches
+    from serving.runtime import Runtime
     from serving.search import beam_search, greedy_search
 
     runtime = Runtime(export_dir, intra_op_threads=threads, verify=False, int8=int8)
     bos, pad = runtime.bos_id, runtime.pad_id
 
     def generate(source: np.ndarray, tokens: int, beam: int) -> np.ndarray:
-        # What the runtime's own unconstrained searches run: the in-place top-k step, caches grown
-        # from a few positions (`Runtime._search_steps`).
-        state = runtime.initial_state(source, min(tokens, FIRST_CACHE_POSITIONS))
-        step = growing_caches(runtime.in_place_step(), runtime.position_axes, tokens)
-        top_k = runtime.top_k_step(beam)
-        top_k = top_k and growing_caches(top_k, runtime.position_axes, tokens)
+        state, step, top_k = runtime.search_start(source, tokens, beam)  # as the runtime's own searches
         if beam == 1:
             return greedy_search(step, state, source.shape[0], tokens, bos, NEVER, pad, top_k_step=top_k).tokens
         return beam_search(step, state, source.shape[0], tokens, bos, NEVER, pad, beam_size=beam,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
 
 from export.config import COMPOSED_GRAPHS, GRAPH_FILES, OPSET, build_export_config
@@ -85,20 +85,6 @@ def _checked_graph_names(graphs: Collection[str] | None) -> frozenset[str]:
                          f"serves {' and '.join(SERVED_GRAPHS)}; beam_search and decoder_step_top_k are composed "
                          "together, generate_text around beam_search)")
     return names
-
-
-def _check_standard(export_dir: Path, graphs: Mapping[str, dict]) -> None:
-    """Raises ValueError where a written graph holds operators outside standard ONNX (besides the
-    library operators its description names)."""
-    import onnx
-
-    from export.onnx_check import nonstandard_ops
-
-    for name, graph in graphs.items():
-        custom = (graph.get("custom_ops") or {}).get("domain")
-        extra = nonstandard_ops(onnx.load(str(export_dir / graph["file"])), (custom,) if custom else ())
-        if extra:
-            raise ValueError(f"{name}: {', '.join(extra)} in an export of standard operators only")
 
 
 def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
@@ -181,8 +167,6 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
             log("composing generate_text around beam_search (export.text_graph)")
             write_generate_text(staging, graphs, "tokenizer.model", run.config.special_ids,
                                 run.config.max_source_length)
-        if not fused:  # config.json will say standard operators: hold every graph to it, validated or not
-            _check_standard(staging, graphs)
         if saved_model:
             log("writing the SavedModel")
             export_saved_model.save(functions, run.tokenizer, run.config.max_source_length,

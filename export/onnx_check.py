@@ -17,7 +17,7 @@ from export.config import OPSET
 from serving.errors import first_line
 
 __all__ = ["ONNXRUNTIME_DOMAIN", "check_onnx", "constant_tensors", "nested_graphs", "nonstandard_ops", "subgraphs",
-           "unsupported_ops"]
+           "unsupported_ops", "uses_onnxruntime_ops"]
 
 # onnxruntime's contrib operators, which its CPU, CUDA and WebAssembly builds register.
 ONNXRUNTIME_DOMAIN = "com.microsoft"
@@ -85,9 +85,16 @@ def nonstandard_ops(model: onnx.ModelProto, custom_domains: tuple[str, ...] = ()
                    if (node.domain or "") not in ("", "ai.onnx", *custom_domains)})
 
 
-def check_onnx(path: Path, custom_domains: tuple[str, ...] = ()) -> onnx.ModelProto:
-    """`onnx.checker` (full check with shape inference) and the opset limit; raises ValueError naming the
-    file. Operators of `custom_domains` are allowed (`unsupported_ops`)."""
+def uses_onnxruntime_ops(model: onnx.ModelProto) -> bool:
+    """Whether `model` imports onnxruntime's operator set (a graph composed from a fused step does)."""
+    return any(entry.domain == ONNXRUNTIME_DOMAIN for entry in model.opset_import)
+
+
+def check_onnx(path: Path, custom_domains: tuple[str, ...] = (), onnxruntime_ops: bool = False) -> onnx.ModelProto:
+    """`onnx.checker` (full check with shape inference), the opset limit and the operators; raises
+    ValueError naming the file. Operators of `custom_domains` are allowed (`unsupported_ops`), and
+    onnxruntime's own only with `onnxruntime_ops` (an export with config.json's `operators`
+    "onnxruntime"): else the graph has standard operators only."""
     path = Path(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -100,4 +107,8 @@ def check_onnx(path: Path, custom_domains: tuple[str, ...] = ()) -> onnx.ModelPr
     bad = unsupported_ops(model, custom_domains)
     if bad:
         raise ValueError(f"{path} holds operators onnxruntime cannot run: {', '.join(bad)}")
+    extra = [] if onnxruntime_ops else nonstandard_ops(model, custom_domains)
+    if extra:
+        raise ValueError(f"{path} holds {', '.join(extra)}, but the export has standard operators only; "
+                         "export the run again")
     return model

@@ -84,16 +84,19 @@ def write_transformer_step(model, description: Mapping, path: Path, max_position
 
     proto = transformer_step_graph(model, description, max_positions, opset, fused_attention=fused_attention)
     _conform(proto, description, "decoder_step")
-    return save_graph(proto, description, "decoder_step", path, "keras-nlp-week4 export/transformer_step")
+    return save_graph(proto, description, "decoder_step", path, "keras-nlp-week4 export/transformer_step",
+                      onnxruntime_ops=fused_attention)
 
 
-def save_graph(model: onnx.ModelProto, description: Mapping, graph: str, path: Path, producer: str) -> Path:
-    """Names, saves and checks (`check_onnx`) one graph of the export."""
+def save_graph(model: onnx.ModelProto, description: Mapping, graph: str, path: Path, producer: str,
+               onnxruntime_ops: bool = False) -> Path:
+    """Names, saves and checks (`check_onnx`) one graph of the export; standard operators only unless
+    `onnxruntime_ops` (the fused step)."""
     model.doc_string = f"keras-nlp-week4 {graph} graph (see config.json)"
     model.producer_name = producer
     helper.set_model_props(model, {"graph": graph})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
-    check_onnx(path)
+    check_onnx(path, onnxruntime_ops=onnxruntime_ops)
     return path

@@ -43,7 +43,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.config import IR_VERSION
-from export.onnx_check import check_onnx, nested_graphs, subgraphs
+from export.onnx_check import check_onnx, nested_graphs, subgraphs, uses_onnxruntime_ops
 from serving.contract import (
     ATTENTION,
     BEAM_SIZE,
@@ -412,7 +412,7 @@ def write_beam_search(encoder_path: Path, step_path: Path, path: Path, state: Se
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
-    check_onnx(path)
+    check_onnx(path, onnxruntime_ops=uses_onnxruntime_ops(model))  # as its step
     return path
 
 
@@ -422,7 +422,7 @@ def write_top_k_step(step_path: Path, path: Path, description: Mapping) -> Path:
     model.doc_string = "keras-nlp-week4 decoder_step_top_k graph (see config.json)"
     helper.set_model_props(model, {"graph": "decoder_step_top_k"})
     onnx.save(model, str(path))
-    check_onnx(path)
+    check_onnx(path, onnxruntime_ops=uses_onnxruntime_ops(model))  # as its step
     return path
 
 

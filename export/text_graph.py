@@ -31,7 +31,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from export.config import EXTENSIONS_OPS, IR_VERSION
-from export.onnx_check import check_onnx
+from export.onnx_check import check_onnx, uses_onnxruntime_ops
 from export.search_graph import GraphBuilder, inline_graph
 from serving.contract import (
     BEAM_SIZE,
@@ -137,5 +137,5 @@ def write_generate_text(export_dir: Path, graphs: Mapping[str, dict], tokenizer:
     helper.set_model_props(model, {"graph": "generate_text"})
     path = export_dir / description["file"]
     onnx.save(model, str(path))
-    check_onnx(path, custom_domains=(CUSTOM_DOMAIN,))
+    check_onnx(path, custom_domains=(CUSTOM_DOMAIN,), onnxruntime_ops=uses_onnxruntime_ops(model))
     return path

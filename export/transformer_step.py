@@ -189,6 +189,8 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
                           "source_visible")  # (Bs, 1, 1, S)
     masked = g.const("masked", np.float32(_MASKED))
     flat = g.const("flat", np.array([-1, d], np.int64))
+    if fused_attention:
+        qkv_3d = g.const("qkv_3d", np.array([-1, 1, 3 * d], np.int64))  # (B, 3d) -> (B, 1, 3d)
     attention_shape = g.const("attention_shape", np.array([-1, 1, heads, 0], np.int64))  # 0: keep S
 
     attentions = []
@@ -207,7 +209,7 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
                 # buffers when the runtime binds them in place) and attends over positions 0..index only.
                 # Its CPU kernel misreads a packed query (it reshapes the packed input as if it held the
                 # query alone), so q, k and v go in as three inputs.
-                qkv = g.op("Reshape", [qkv, g.const("qkv_3d", np.array([-1, 1, 3 * d], np.int64))])
+                qkv = g.op("Reshape", [qkv, qkv_3d])
                 q, k, v = g.op("Split", [qkv], f"l{i}_self", outputs=3, axis=2, num_outputs=3)  # (B, 1, d)
                 context = g.op("DecoderMaskedMultiHeadAttention",
                                [q, k, v, "", "", key_entry, value_entry, "index"],

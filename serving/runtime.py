@@ -368,6 +368,18 @@ class Runtime:
 
         return step
 
+    def search_start(self, encoder_input: np.ndarray, max_length: int, top_k: int | None = None
+                     ) -> tuple[dict[str, np.ndarray], Callable, Callable | None]:
+        """What a search of up to `max_length` steps starts from: the initial state, with caches of a few
+        positions, and the in-place step (and, with `top_k`, the top-k step: `top_k_step`), which grow
+        them as the output does (`growing_caches`)."""
+        state = self.initial_state(encoder_input, min(max_length, FIRST_CACHE_POSITIONS))
+        step = growing_caches(self.in_place_step(), self.position_axes, max_length)
+        top_k_step = self.top_k_step(top_k) if top_k is not None else None
+        if top_k_step is not None:
+            top_k_step = growing_caches(top_k_step, self.position_axes, max_length)
+        return state, step, top_k_step
+
     def top_k_step(self, columns: int) -> Callable[[np.ndarray, int, dict], tuple] | None:
         """The in-place step returning each hypothesis's `columns` best log-probabilities and ids, which
         greedy (1) and beam search (`beam_size`) choose from where no constraint needs the logits; None
@@ -410,17 +422,17 @@ class Runtime:
     def _search_steps(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
                       seeds: Sequence | None) -> SearchSteps:
         max_length = options.max_new_tokens or self.max_target_length
-        # The caches start with room for a few positions and grow as the outputs do (`growing_caches`).
-        state = self.initial_state(encoder_input, min(max_length, FIRST_CACHE_POSITIONS))
         kwargs = {**options.search_kwargs(), "shared": self.shared_state, "position_axes": self.position_axes}
         if options.method == "sample" and seeds is not None:
             kwargs["seed"] = list(seeds)
         constraints = options.constraints(encoder_input.shape[0], max_length,
                                           encode=lambda text: self.tokenizer.encode([text])[0])
+        columns = None
         if options.method in ("greedy", "beam") and not constraints:
-            top_k_step = self.top_k_step(options.beam_size if options.method == "beam" else 1)
-            kwargs["top_k_step"] = top_k_step and growing_caches(top_k_step, self.position_axes, max_length)
-        step = growing_caches(self.in_place_step(), self.position_axes, max_length)
+            columns = options.beam_size if options.method == "beam" else 1
+        state, step, top_k_step = self.search_start(encoder_input, max_length, columns)
+        if columns is not None:
+            kwargs["top_k_step"] = top_k_step
         return STREAMS[options.method](
             step, state, encoder_input.shape[0], max_length, self.bos_id, self.eos_id, self.pad_id,
             return_attention=return_attention and self.has_attention, constraints=constraints, **kwargs)
