@@ -86,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # Quiet start-up, and no retracing notices: the benchmark traces on purpose (shapes vary by row).
     import_tensorflow_quietly()
+    if "real-size" not in args.skip:  # before anything runs, not after the first parts
+        from bench.real_size import stand_in_problem
+
+        problem = stand_in_problem(args.real_run, args.multi30k)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     if "inference" not in args.skip or "server" not in args.skip:
         if not (args.run / "export" / "config.json").is_file():
             print(f"error: {args.run}/export is missing; train and export a run first "
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.real_size import prepare_models, run_generation, run_in_graph_search
         from bench.server import run_server
 
-        models = prepare_models(args.run, args.work / "real-size", args.real_run, log=log,
+        models = prepare_models(args.run, args.work / "real-size", args.real_run, log=log, multi30k=args.multi30k,
                                 names=s["real_sizes"])
         real = run_generation(models, args.work / "real-size", threads=s["real_threads"],
                               rounds=s["real_rounds"], with_savedmodel=s["real_savedmodel"], log=log)

@@ -64,15 +64,32 @@ class RealModel:
 
 
 # ---------------------------------------------------------------------------------------------- models
-def _stand_in_tokenizer(destination: Path, vocab_size: int) -> Path:
-    """A BPE tokenizer of `vocab_size` pieces trained on Multi30k's training text, as the recipe's is, so
-    every id the random model can generate is a piece the server can detokenize (a borrowed dates
-    tokenizer has a few dozen: its warm-up failed on the first id beyond them)."""
-    from keras_nlp_week4.data.tokenizer import train_sentencepiece
-    from keras_nlp_week4.tasks import MULTI30K_DEFAULT_FOLDER, MULTI30K_FILES, MULTI30K_LANGUAGES
+def _training_text(folder: Path) -> list[Path]:
+    from keras_nlp_week4.tasks import MULTI30K_FILES, MULTI30K_LANGUAGES
 
-    folder = Path(MULTI30K_DEFAULT_FOLDER)
-    files = [folder / f"{MULTI30K_FILES['train']}.{language}" for language in MULTI30K_LANGUAGES]
+    return [Path(folder) / f"{MULTI30K_FILES['train']}.{language}" for language in MULTI30K_LANGUAGES]
+
+
+def stand_in_problem(real_run: Path | None, multi30k: Path) -> str | None:
+    """Why the real-size part cannot run (one line), or None: without a trained export at `real_run`,
+    its random stand-in needs Multi30k's training text in `multi30k` for its tokenizer."""
+    if real_run is not None and (Path(real_run) / "export" / "config.json").is_file():
+        return None
+    missing = [str(f) for f in _training_text(multi30k) if not f.is_file()]
+    if not missing:
+        return None
+    return (f"the real-size part needs a trained Multi30k export ({real_run}/export) or, for its random "
+            f"stand-in's tokenizer, Multi30k's training text: missing {', '.join(missing)} (point --multi30k "
+            "at the folder, see ../shared/data/README.md, or add --skip real-size)")
+
+
+def _stand_in_tokenizer(destination: Path, vocab_size: int, multi30k: Path) -> Path:
+    """A BPE tokenizer of `vocab_size` pieces trained on Multi30k's training text (in `multi30k`), as the
+    recipe's is, so every id the random model can generate is a piece the server can detokenize (a
+    borrowed dates tokenizer has a few dozen: its warm-up failed on the first id beyond them)."""
+    from keras_nlp_week4.data.tokenizer import train_sentencepiece
+
+    files = _training_text(multi30k)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"the real-size stand-in needs Multi30k's training text for its {vocab_size:,}-"
@@ -86,7 +103,7 @@ def _stand_in_tokenizer(destination: Path, vocab_size: int) -> Path:
     return destination / "tokenizer.model"
 
 
-def _stand_in_run(base_run: Path, destination: Path, preset: str, vocab_size: int) -> Path:
+def _stand_in_run(base_run: Path, destination: Path, preset: str, vocab_size: int, multi30k: Path) -> Path:
     """A run directory with a randomly initialised Transformer of `preset` and `vocab_size` in place of
     `base_run`'s model, with a tokenizer of as many pieces (`_stand_in_tokenizer`); `base_run`'s splits
     are reused (only ids are benchmarked, and the export's check decodes a few test lines)."""
@@ -104,7 +121,7 @@ def _stand_in_run(base_run: Path, destination: Path, preset: str, vocab_size: in
             shutil.copyfile(base_run / name, destination / name)
     import sentencepiece as spm
 
-    tokenizer = spm.SentencePieceProcessor(model_file=str(_stand_in_tokenizer(destination, vocab_size)))
+    tokenizer = spm.SentencePieceProcessor(model_file=str(_stand_in_tokenizer(destination, vocab_size, multi30k)))
     vocab_size = tokenizer.get_piece_size()  # an upper bound for train_sentencepiece; Multi30k reaches it
     config = RunConfig.read(base_run)
     keras.utils.set_random_seed(0)
@@ -154,10 +171,11 @@ def _exported(run_dir: Path, log: Callable[[str], None]) -> Path:
 def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_REAL_RUN,
                    log: Callable[[str], None] = print,
                    names: tuple[str, ...] = ("multi30k", "base"),
-                   stand_in_shape: dict = MULTI30K_SHAPE) -> list[RealModel]:
+                   stand_in_shape: dict = MULTI30K_SHAPE,
+                   multi30k: Path = Path("../shared/data/multi30k")) -> list[RealModel]:
     """The Multi30k model (trained when `real_run` has an export, else a random model of
-    `stand_in_shape`) and `base` (random), exported to ONNX (fp32 + int8) and converted to CTranslate2,
-    cached under `work/`."""
+    `stand_in_shape`, with a tokenizer learned from the training text in `multi30k`) and `base`
+    (random), exported to ONNX (fp32 + int8) and converted to CTranslate2, cached under `work/`."""
     from keras_nlp_week4.models.transformer import TRANSFORMER_PRESETS
     from keras_nlp_week4.runs import RunConfig
 
@@ -167,11 +185,12 @@ def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_R
         run_dir, trained = Path(real_run), True
         vocab_size = RunConfig.read(run_dir).vocab_size
     else:
-        run_dir, trained = _stand_in_run(base_run, work / "multi30k-random", **stand_in_shape), False
+        run_dir, trained = _stand_in_run(base_run, work / "multi30k-random", **stand_in_shape,
+                                              multi30k=multi30k), False
         vocab_size = RunConfig.read(run_dir).vocab_size
     sizes = [("multi30k", run_dir, trained, vocab_size)]
     if "base" in names:  # only what is asked for: `--quick` measures the Multi30k size alone
-        sizes.append(("base", _stand_in_run(base_run, work / "base-random", "base", vocab_size), False,
+        sizes.append(("base", _stand_in_run(base_run, work / "base-random", "base", vocab_size, multi30k), False,
                       vocab_size))
     for name, run_dir, trained, vocab in sizes:
         export_dir = _exported(run_dir, log)

@@ -187,3 +187,16 @@ def test_the_random_stand_in_goes_through_every_real_size_step(tiny_run, tmp_pat
     assert len(search["rows"]) == 4 and all(r["identical"] == 4 and r["in_graph_ms"] > 0 for r in search["rows"])
     rows = run_server(str(model.run_dir / "export"), (1,), 4, 10.0, warmup=2, log=lambda _: None)
     assert rows and all(r["errors"] == 0 and r["requests"] == 4 for r in rows)
+
+
+def test_the_benchmark_refuses_a_real_size_part_it_cannot_run_before_running_anything(tmp_path, capsys):
+    """No trained Multi30k export and no Multi30k text for the stand-in's tokenizer: one line, exit 2,
+    nothing written (the other parts would otherwise run for minutes first)."""
+    from bench.__main__ import main
+
+    out = tmp_path / "out"
+    code = main(["--quick", "--out-dir", str(out), "--real-run", str(tmp_path / "no-run"),
+                 "--multi30k", str(tmp_path / "no-data"), "--skip", "training"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: the real-size part needs") and err.count("\n") == 1
+    assert "--skip real-size" in err and not out.exists()
