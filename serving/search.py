@@ -301,7 +301,7 @@ def _run(step: StepFn, state: dict, batch_size: int, max_length: int, bos_id: in
         scores += np.where(finished, 0.0, token_scores)
         columns.append(token)
         if return_attention and weights is not None:
-            attention.append(np.asarray(weights))
+            attention.append(np.array(weights))  # the step may reuse its array
         finished |= token == eos_id
         yield StreamStep(lambda done=list(columns): (np.stack(done, axis=1), np.full((batch_size,), len(done))))
         if finished.all():

@@ -285,9 +285,13 @@ def test_the_in_place_step_searches_as_the_pure_step(runtime, method, kwargs):
     assert runtime.config.in_place_updates == [s["name"] for s in runtime.state_specs if s["updated"]]
     step = runtime.in_place_step()
     state = runtime.initial_state(encoder_input, 4)
-    _, updates, _ = step(np.full((3,), runtime.bos_id, np.int32), 0, state)
+    first, updates, _ = step(np.full((3,), runtime.bos_id, np.int32), 0, state)
     assert updates and all(updates[name] is state[name] for name in updates)
     assert all(state[name][:, :, 0].any() and not state[name][:, :, 1:].any() for name in updates)
+    # From the second call on, the logits come back in the array bound as the output, rewritten.
+    values = first.copy()
+    second, _, _ = step(first.argmax(-1).astype(np.int32), 1, state)
+    assert second is first and not np.array_equal(second, values)
 
 
 def test_growing_caches_double_from_a_few_positions_and_change_nothing(runtime, monkeypatch):
