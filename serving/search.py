@@ -460,13 +460,16 @@ def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_
     attention = None
     updated: set[str] = set()
     rows = np.arange(batch_size)[:, None] * k
+    hypotheses = np.arange(batch_size * k)
+    any_finished = False
     for index in range(max_length):
         if candidates_only:
             (log_probs, ids), updates, weights = top_k_step(token, index, state)  # (batch * k, k) each
             log_probs, ids = np.array(log_probs, np.float32), np.array(ids, np.int64)
-            # A finished hypothesis may only continue with padding, at no cost, so it keeps its score.
-            log_probs[finished] = -np.inf
-            log_probs[finished, 0], ids[finished, 0] = 0.0, pad_id
+            if any_finished:
+                # A finished hypothesis may only continue with padding, at no cost, so it keeps its score.
+                log_probs[finished] = -np.inf
+                log_probs[finished, 0], ids[finished, 0] = 0.0, pad_id
         else:
             logits, updates, weights = step(token, index, state)
             logits = constraints.apply(logits, history, index, eos_id)
@@ -485,8 +488,8 @@ def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_
         source = (rows + best // width).reshape(-1)  # the hypothesis each new one extends
         column = (best % width).reshape(-1)
         token = (column if ids is None else ids[source, column]).astype(np.int32)
-        moved = np.flatnonzero(source != np.arange(source.shape[0]))
-        for name in updated:  # only updated entries differ between hypotheses; shared ones never are
+        moved = np.flatnonzero(source != hypotheses)
+        for name in updated if moved.size else ():  # only updated entries differ; shared ones never do
             axis = position_axes.get(name)
             filled = None if axis is None else (*(slice(None),) * (axis - 1), slice(0, index + 1))
             state[name] = _reorder_rows(state[name], source, moved, filled)
@@ -494,6 +497,7 @@ def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_
         was_finished = finished[source]
         lengths = lengths[source] + (~was_finished)
         finished = was_finished | (token == eos_id)
+        any_finished = finished.any()
         if return_attention and weights is not None:
             step_attention = np.asarray(weights)[source][:, None]
             attention = step_attention if attention is None else np.concatenate(
