@@ -411,6 +411,43 @@ def _reorder_rows(values: np.ndarray, source: np.ndarray, moved: np.ndarray, fil
     return values
 
 
+def _stay_in_place_row(parents: list[int], k: int) -> list[int]:
+    """`stay_in_place` of one sentence."""
+    order, others = [-1] * k, []
+    for child, parent in enumerate(parents):
+        if order[parent] < 0:
+            order[parent] = child
+        else:
+            others.append(child)
+    for row, child in zip([row for row in range(k) if order[row] < 0], others, strict=True):
+        order[row] = child
+    return order
+
+
+def stay_in_place(parents: np.ndarray) -> np.ndarray:
+    """The order in which a sentence's new hypotheses take its `k` rows of the state, `(batch, k)`:
+    row `t` takes new hypothesis `order[:, t]`, where `parents` `(batch, k)` is the row (0..k-1) each new
+    hypothesis extends, best first. Each parent's best child stays in its parent's row, the other
+    children take the rows no child continues, in order; so only those children's state is copied
+    (`_reorder_rows`), where ranking the new hypotheses into rows 0..k-1 moves most of them.
+
+    Which row a hypothesis lives in changes no score and no text; it only decides exact ties, which
+    the search breaks towards the lower row, as between candidates of equal score before."""
+    batch, k = parents.shape
+    if batch <= 8:  # the same rule one row at a time: numpy's per-call cost dominates small arrays
+        return np.array([_stay_in_place_row(row, k) for row in parents.tolist()], dtype=parents.dtype)
+    sibling = parents[:, :, None] == parents[:, None, :]  # (batch, k, k)
+    later = np.tril(sibling, -1).any(axis=2)  # a better child of the same parent came first
+    rows = np.broadcast_to(np.arange(batch)[:, None], (batch, k))
+    kept = np.zeros((batch, k), bool)
+    kept[rows[~later], parents[~later]] = True
+    free = np.argsort(kept, axis=1, kind="stable")  # the rows nobody stays in first, ascending
+    slot = np.where(later, np.take_along_axis(free, np.cumsum(later, axis=1) - 1, axis=1), parents)
+    order = np.empty_like(slot)
+    order[rows, slot] = np.arange(k)
+    return order
+
+
 def _settled(history: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`(tokens, final)` of a beam: per row the first live hypothesis `(batch, t)`, and the length of the
     prefix all its live hypotheses share, which no later step can change (every hypothesis the search
@@ -483,7 +520,8 @@ def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_
         updated.update(updates)
         width = log_probs.shape[-1]  # continuations ranked per hypothesis: k candidates, or the vocabulary
         total = (scores.reshape(-1, 1) + log_probs).reshape(batch_size, k * width)
-        best = top_k_stable(total, k)  # (batch, k)
+        best = top_k_stable(total, k)  # (batch, k), best first
+        best = np.take_along_axis(best, stay_in_place(best // width), axis=-1)  # fewest rows moved
         scores = np.take_along_axis(total, best, axis=-1)
         source = (rows + best // width).reshape(-1)  # the hypothesis each new one extends
         column = (best % width).reshape(-1)

@@ -236,3 +236,21 @@ def test_reorder_rows_equals_fancy_indexing():
     frozen.flags.writeable = False
     out = _reorder_rows(frozen, source, moved, None)
     assert out is not frozen and np.array_equal(out, expected) and np.array_equal(frozen, values)
+
+
+def test_stay_in_place_keeps_each_parents_best_child_in_its_row():
+    """The new hypotheses take rows so that every parent's best child stays in its parent's row and
+    only the other children move, the fewest rows a reorder can copy."""
+    from serving.search import stay_in_place
+
+    assert stay_in_place(np.array([[0, 0, 1, 2]])).tolist() == [[0, 2, 3, 1]]
+    assert stay_in_place(np.array([[0, 0, 0, 0]])).tolist() == [[0, 1, 2, 3]]  # the first step
+    parents = np.random.default_rng(0).integers(0, 4, (200, 4))
+    orders = stay_in_place(parents)  # numpy over many rows, Python over a few: the same rule
+    assert np.array_equal(np.concatenate([stay_in_place(parents[i:i + 2]) for i in range(0, 200, 2)]), orders)
+    for row_parents, order in zip(parents, orders, strict=True):
+        assert sorted(order) == [0, 1, 2, 3]  # each new hypothesis gets one row
+        staying = row_parents[order] == np.arange(4)  # the hypothesis in row t extends row t's
+        assert staying.sum() == len(set(row_parents))
+        for parent in set(row_parents):
+            assert order[parent] == list(row_parents).index(parent)
