@@ -107,9 +107,10 @@ def _load_note(env: dict) -> str:
 # What profiling found about ours vs CTranslate2 at real size (static: from the profiling sessions of
 # 2026-11-30, format 1, and 2026-12-01/02, format 2, one thread).
 REAL_SIZE_NOTES = """\
-Export format 2 (2026-12-01 and -02, 2-core AMD EPYC with AVX2 only; every ratio from one run, engines taking
-turns; the table above is on the trained Multi30k weights, the steps below on the Multi30k shape with
-random weights unless said):
+Export format 2, what each step gave. Items (1)-(8) were measured on 2026-12-01 and -02 on a 2-core AMD EPYC
+with AVX2 only, items (9)-(11) on 2026-12-03 on the machine of the table above (a 2-core AMD EPYC with
+AVX-512, Zen 4); every ratio from one run, engines or trees taking turns; on the Multi30k shape with
+random weights unless said:
 
 - What changed and what each gave. Before, on the same machine the same day (`--quick`, 2 rounds,
   format 1), ours fp32 / ct2 fp32 at one thread was 0.85 (greedy, batch 1), 0.75 (greedy, 32), 0.99
@@ -156,6 +157,56 @@ random weights unless said):
 - (8) Beam search ranks the top-k step's `k` x `k` candidates per sentence with one stable sort instead
   of `k` rounds of argmax (`top_k_stable` at 16 x `k` values or fewer): 3.6 against 80 us per step at 1
   sentence, 9.3 against 70 us at 32 (numpy alone), the same choice.
+- (9) Self-attention caches that start with 16 positions and double as the output grows
+  (`serving.runtime.growing_caches`, through `Runtime.search_start`): the standard step attends over every
+  slot of the cache it is given and masks the unwritten ones, so caches sized for the Multi30k model's
+  64 positions made every step of a 15-20 token output pay for 64. On the trained Multi30k run,
+  `Runtime.generate` over the first 128 lines of `val.de` (16 at batch 1; stopping at EOS), grown against
+  sized for 64 from the start, alternating, 9 rounds, speed grown / whole: fp32 greedy b1 1.07
+  (0.86-1.82), b32 1.03 (0.92-1.14), beam 4 b1 1.06 (0.99-1.13), b32 1.04 (0.92-1.11); int8 1.03
+  (0.88-1.24), 1.10 (0.97-1.21), 1.21 (0.89-1.45), 1.08 (0.96-1.22); the same texts in every round. An
+  earlier fp32 run of 5 rounds gave 0.95, 0.98, 1.14, 1.00: a few percent, clearest in int8, where the
+  attention is a larger part of the step.
+- (10) A step is one `run_with_iobinding` (`Runtime.in_place_step`): the token ids and the index are
+  written into arrays bound once, and after the first call the top k (or logits) and the attention rows
+  come back in arrays of the step's own bound as its outputs, where every call had bound both inputs
+  again and wrapped each output in a new `OrtValue` (about 80 us a call). The trained top-k step alone,
+  int8: 325 against 407 us at 1 row, 528 against 634 at 4. Whole searches (32 forced tokens, the
+  benchmark's sources), the tree before against after, alternating, 9 rounds: int8 greedy b1 1.23x
+  (0.95-1.34), b32 1.03, beam 4 b1 1.06, b32 0.99; fp32 1.08, 1.08, 1.11, 1.01; the same ids. Beam
+  search also skips the finished-row writes until a hypothesis has finished and the reorder on a step
+  where no hypothesis moved: the search alone on a stub step, 92 against 112 us a step at 1 sentence x 4
+  beams.
+- (11) Beam search leaves each parent's best child in its parent's rows and puts the other children in
+  the rows no child continues (`serving.search.stay_in_place`), where ranking the new hypotheses into
+  rows 0..k-1 moved most of them; reordering then copies only those children's caches. That reorder
+  had been 13 % of an int8 beam 4 search at batch 32 (cProfile; 157 us per cache at 128 rows with 93
+  moved at 21 positions, against 50 us for one `memcpy` of the same bytes). Before against after,
+  alternating, 9 rounds: beam 4 at batch 32 int8 1.08x (0.86-1.15), fp32 1.03x (0.95-1.14); at batch 1
+  0.98 and 1.05 (within the noise; the rule runs in Python below 9 sentences, 7.5 against 54 us with
+  numpy). The row a hypothesis lives in changes no score, only the row order exact ties are broken by:
+  the whole Multi30k test split gave the same 1,000 of 1,000 beam 4 texts (sacreBLEU 39.9) through
+  `Runtime.generate` as at the start of the day (22.9 against 21.4 s, one thread), and the export's
+  validation the same 1,000 of 1,000 in-graph beam searches.
+- Where the time goes on that Zen 4 EPYC (onnxruntime's profiler, the trained top-k step bound in place,
+  1 thread, 32 cache slots, index 20), at 128 rows (32 sentences x 4 beams): float32 20.4 ms of
+  kernels, `Gemm` and `FusedGemm` 66 % (about 90 GFLOP/s, near one core's peak: the dense layers are
+  compute-bound there, as CTranslate2's), the attention products (`FusedMatMul` + `MatMul`, 2 x 6 x
+  1,024 one-row products) 14.5 %, `TopK` + `LogSoftmax` 9 %, `ScatterND` 2 % (3.0 ms, 14 %, when the
+  caches are not bound in place: the copy the in-place binding saves); int8 12.9 ms,
+  `DynamicQuantizeMatMul` 35 %, the attention products 35 %, `TopK` + `LogSoftmax` 12 %, `ScatterND` 3 %.
+  Of a whole int8 beam 4 search at batch 32 (412 ms), 22 ms are the encoder and state, 315 the steps, 75
+  the numpy search (before (11)); at batch 1, 1.9 + 19.5 + 5.9 of 27.3 ms.
+- Tried and not kept (2026-12-03): the fused attention in int8 on the trained weights,
+  `Runtime.generate` over `val.de` as in (9), 7 rounds, speed standard / fused: 0.96 (0.86-1.37), 0.90
+  (0.87-1.08), 1.04 (0.93-1.25), 0.99 (0.80-1.13) at greedy b1, b32, beam 4 b1, b32: not faster in
+  int8 either. `TopK` on the logits with the log-probabilities from `ReduceLogSumExp` instead of
+  `LogSoftmax` then `TopK`: 4.3x slower (5.4 against 1.25 ms at 128 x 8,000; onnxruntime's
+  `ReduceLogSumExp` is slow), so the step keeps `LogSoftmax`.
+- On the fully trained Multi30k run (the recipe's 22 epochs, test BLEU lc 39.2 greedy; the table above):
+  the export passed validation (decoder step 6.7e-6 against Keras, the top-k step 5.3e-6; greedy and
+  beam 1 and 4 identical on 1,000 of 1,000 test sentences on every path); int8 sacreBLEU 38.95 against
+  39.00 in float32, 878 of 1,000 greedy outputs identical.
 - On trained weights (a Multi30k Transformer of the recipe after 3 epochs, test BLEU lc 19.0 greedy):
   the format-2 export passed validation (decoder step max abs difference 6.2e-6 against Keras; greedy
   identical on 1,000 of 1,000 test sentences on every path); beam 4 through `python -m serving` over the
@@ -273,6 +324,43 @@ REAL_TARGETS = tuple((ratio, size, method, batch,
 PIPELINE_TARGET = 0.8
 PADDING_TARGET = 0.15
 HUB_REAL_TARGET = 1.1
+
+
+# Measured by hand (`python -m serving.loadtest --stream`), not by `make bench`: kept in the full report so a
+# re-run of the benchmark does not drop it.
+STREAMING_NOTES = """\
+## HTTP server: streaming
+
+Not part of `make bench`'s report yet: measured 2026-12-01 11:20 UTC by hand, one after the other in one
+session, on a 2-core AMD EPYC (AVX2), with the load generator on the same 2 cores:
+`python -m serving.loadtest --export RUN/export --concurrency 32 --requests 2000` with and without
+`--stream`, on a dates export (the recipe of 2026-12-01, seed 1). Time to first token is from sending the
+request to the first `token` event.
+
+| endpoint | clients | requests | errors | req/s | p50 ms | p99 ms | first token p50 ms | first token p99 ms | texts per model call |
+|---|---|---|---|---|---|---|---|---|---|
+| `POST /v1/generate` | 32 | 2000 | 0 | 383.2 | 81.1 | 148.9 | | | 16.1 |
+| `POST /v1/generate_stream` | 32 | 2000 | 0 | 187.8 | 170.1 | 257.6 | 97.0 | 176.6 | 15.5 |
+
+Streaming halves the throughput here: a streamed call decodes its batch in one search without the
+length grouping `generate` does, and every token of every text becomes an event handed from the worker
+thread to the event loop and a chunk on the socket (12 per date). The first piece of text arrives in
+about half the time the whole answer takes.
+
+On a Multi30k export, measured 2026-12-01 15:00 UTC on the same machine, export format 2: a Transformer of
+the recipe trained for 3 epochs only (`python -m keras_nlp_week4 train --task multi30k --epochs 3`, 27
+minutes of `model.fit`; test BLEU lc 19.0 greedy, 22.2 beam 4), `python -m serving.loadtest --export
+RUN/export --concurrency 32 --requests 500 --texts test_2016_flickr.de`, with and without `--stream`:
+
+| endpoint | clients | requests | errors | req/s | p50 ms | p99 ms | first token p50 ms | first token p99 ms | texts per model call |
+|---|---|---|---|---|---|---|---|---|---|
+| `POST /v1/generate` | 32 | 500 | 0 | 58.8 | 521.7 | 757.4 | | | 16.7 |
+| `POST /v1/generate_stream` | 32 | 500 | 0 | 53.6 | 550.6 | 903.6 | 213.5 | 738.5 | 16.1 |
+
+At this size the model calls dominate, so streaming costs 9 % of the throughput (against half on the
+dates model, whose steps are tiny) and the first words of a sentence arrive in 40 % of the time the whole
+translation takes.
+"""
 
 
 def real_size_targets(real: dict) -> list[dict]:
@@ -480,6 +568,8 @@ def render_markdown(results: dict) -> str:
                         [[r["mode"], r["concurrency"], r["requests"], r["errors"], r["requests_per_s"],
                           r["p50_ms"], r["p99_ms"]] for r in server])
         lines.append("")
+    if not results.get("quick"):
+        lines += ["", STREAMING_NOTES.strip()]
     return "\n".join(lines)
 
 
