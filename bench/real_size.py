@@ -89,11 +89,10 @@ def _stand_in_tokenizer(destination: Path, vocab_size: int, multi30k: Path) -> P
     borrowed dates tokenizer has a few dozen: its warm-up failed on the first id beyond them)."""
     from keras_nlp_week4.data.tokenizer import train_sentencepiece
 
+    problem = stand_in_problem(None, multi30k)
+    if problem:
+        raise FileNotFoundError(problem)
     files = _training_text(multi30k)
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"the real-size stand-in needs Multi30k's training text for its {vocab_size:,}-"
-                                f"piece tokenizer; missing {', '.join(missing)} (see ../shared/data/README.md)")
     # Trained once per work folder: the Multi30k and `base` stand-ins share it.
     shared = destination.parent / f"stand-in-tokenizer-{vocab_size}.model"
     if not shared.is_file():

@@ -352,15 +352,16 @@ class Runtime:
         # onnxruntime reads a bound numpy array where it lies, so writing into these feeds the next call
         index_buffer = np.zeros((), np.int32)
         binding.bind_cpu_input(INDEX, index_buffer)
-        tokens: list[np.ndarray] = []  # the bound token-ids array, once there is one
+        token_buffer: np.ndarray | None = None  # the bound token-ids array, once there is one
         results: dict[str, np.ndarray] = {}  # the fetched outputs' arrays, bound once their shapes are known
 
         def step(token_ids: np.ndarray, index: int, state: dict) -> tuple:
-            if not tokens or tokens[0].shape != np.shape(token_ids):
-                tokens[:] = [np.empty(np.shape(token_ids), np.int32)]
-                binding.bind_cpu_input(TOKEN_IDS, tokens[0])
+            nonlocal token_buffer
+            if token_buffer is None or token_buffer.shape != np.shape(token_ids):
+                token_buffer = np.empty(np.shape(token_ids), np.int32)
+                binding.bind_cpu_input(TOKEN_IDS, token_buffer)
                 results.clear()
-            tokens[0][...] = token_ids
+            token_buffer[...] = token_ids
             index_buffer[...] = index
             for name, value in state.items():
                 if bound.get(name) is value:

@@ -246,7 +246,7 @@ def test_stay_in_place_keeps_each_parents_best_child_in_its_row():
     assert stay_in_place(np.array([[0, 0, 1, 2]])).tolist() == [[0, 2, 3, 1]]
     assert stay_in_place(np.array([[0, 0, 0, 0]])).tolist() == [[0, 1, 2, 3]]  # the first step
     parents = np.random.default_rng(0).integers(0, 4, (200, 4))
-    orders = stay_in_place(parents)  # numpy over many rows, Python over a few: the same rule
+    orders = stay_in_place(parents)  # a row's order does not depend on the others
     assert np.array_equal(np.concatenate([stay_in_place(parents[i:i + 2]) for i in range(0, 200, 2)]), orders)
     for row_parents, order in zip(parents, orders, strict=True):
         assert sorted(order) == [0, 1, 2, 3]  # each new hypothesis gets one row
