@@ -138,10 +138,11 @@ def _builders(preset: str, vocab_size: int, source_length: int,
 
 def run_training(configs: list[tuple], rounds: int = 5, steps: int = 10, warmup: int = 3,
                  vocab_size: int = 64, log: Callable[[str], None] = print,
-                 only: tuple[str, ...] | None = None) -> list[dict]:
+                 only: tuple[str, ...] | dict[str, tuple[str, ...]] | None = None) -> list[dict]:
     """Tokens/s per model and configuration, and the ratios ours/peer (median over rounds).
 
-    `only`: the model names to run (default: all; "ours transformer" is always needed for the ratios).
+    `only`: the model names to run (default: all; "ours transformer" is always needed for the ratios),
+    or a dict from a configuration's preset to its names (a preset not in it runs all).
 
     Returns:
         one dict per configuration: {"config", "preset", "batch", "source_length", "target_length",
@@ -156,8 +157,9 @@ def run_training(configs: list[tuple], rounds: int = 5, steps: int = 10, warmup:
         inputs, labels = _batch(batch, source_length, target_length, vocab_size)
         tokens = batch * (source_length + target_length)
         models = {}
+        wanted = only.get(preset) if isinstance(only, dict) else only
         for label, build in _builders(preset, vocab_size, source_length, with_rnns=not vocab).items():
-            if only is not None and label not in only:
+            if wanted is not None and label not in wanted:
                 continue
             keras.utils.set_random_seed(0)
             model = _compiled(build(), inputs)

@@ -34,6 +34,15 @@ def test_training_bench_reports_every_model_and_the_ratios():
                                     "ours rnn (lstm, luong attention) / ours rnn (lstm, no attention)"}
 
 
+@pytest.mark.large
+def test_training_bench_takes_the_models_per_preset():
+    # `--quick` names the models of each configuration by its preset
+    results = run_training([("t", "tiny", 2, 6, 5)], rounds=1, steps=1, warmup=1, vocab_size=16,
+                           log=lambda _: None, only={"tiny": TEST_MODELS[2:], "compact": TEST_MODELS[:1]})
+    assert set(results[0]["models"]) == set(TEST_MODELS[2:])
+    assert set(results[0]["ratios"]) == {"ours rnn (lstm, luong attention) / ours rnn (lstm, no attention)"}
+
+
 def test_rerun_and_cached_loops_generate_the_same_tokens():
     model = Transformer(source_vocab_size=20, d_model=16, num_heads=2, num_encoder_layers=1,
                         num_decoder_layers=1, d_ff=32, dropout=0.0)
@@ -114,6 +123,25 @@ def test_inference_bench_and_report_structure(tmp_path):
                     "## HTTP server", "make bench QUICK=1", "1.25"):
         assert section in markdown
     assert markdown == render_markdown(written) + "\n"
+
+
+def test_keras_hub_target_counts_only_the_configurations_with_the_peer():
+    def entry(config, ratios):
+        models = {name: {"tokens_per_s": 10.0, "step_ms": 1.0, "parameters": 5}
+                  for name in ["ours transformer", *(n for r in ratios for n in r.split(" / "))]}
+        return {"config": config, "models": models, "ratios": ratios}
+
+    hub = "ours transformer / keras-hub transformer"
+    rnn = "ours rnn (lstm, luong attention) / ours rnn (lstm, no attention)"
+    results = {"command": "make bench QUICK=1", "quick": True, "date": "now", "seconds": 1.0,
+               "environment": {"cpu": "x", "cpu_count": 2, "platform": "p", "python": "3", "load_average": [0],
+                               "versions": {}},
+               "training": [entry("tiny", {rnn: 0.6}), entry("compact", {hub: 1.04})]}
+    assert "Target ours/keras-hub >= 1.0: **holds** (1.04)." in render_markdown(results)
+    results["training"][1]["ratios"][hub] = 0.97
+    assert "**does not hold** (0.97)" in render_markdown(results)
+    results["training"] = results["training"][:1]
+    assert "no keras-hub peer" in render_markdown(results)
 
 
 @pytest.mark.large
