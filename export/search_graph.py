@@ -61,8 +61,8 @@ from serving.contract import (
     updated_name,
 )
 
-__all__ = ["GraphBuilder", "beam_search_graph", "compose_search", "inline_graph", "top_k_step_graph",
-           "write_beam_search"]
+__all__ = ["GraphBuilder", "beam_search_graph", "block_top_k", "compose_search", "inline_graph", "top_k_block",
+           "top_k_step_graph", "write_beam_search"]
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -87,6 +87,57 @@ class GraphBuilder:
         name = self.name("const")
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
+
+
+# Each row's k best of a (rows, V) array by blocks: the max of every block of `block` columns, the k best
+# blocks, then the k best of their k * block columns. Exact, ties included: the k best values (ties to the
+# lower index) lie in the k best blocks (ties to the lower block), and those blocks are gathered in
+# ascending order, so a tie among the candidates also goes to the lower index. onnxruntime's CPU `TopK`
+# costs about as much per column whatever k is (a heap over every column, 250-350 us for 32 x 8,000 here,
+# where `ReduceMax` over the same array takes 30): by blocks of 64 the top-k half costs about half as much
+# at 32 and 128 rows, a few microseconds more at 1 (BENCHMARKS.md).
+BLOCK_TOP_K_MIN_VOCAB = 2048
+
+
+def top_k_block(vocab_size: int) -> int | None:
+    """The block width `block_top_k` uses for a vocabulary: the divisor of `vocab_size` in 32..128 nearest
+    64 (no padding copy), or None (a plain `TopK`) for a small vocabulary or one with no such divisor."""
+    if vocab_size < BLOCK_TOP_K_MIN_VOCAB:
+        return None
+    widths = [d for d in range(32, 129) if vocab_size % d == 0]
+    return min(widths, key=lambda d: (abs(d - 64), d)) if widths else None
+
+
+def block_top_k(g: GraphBuilder, values: str, k: str, vocab_size: int,
+                outputs: int | Sequence[str] = 2) -> list[str]:
+    """`TopK(values, k, axis=-1, largest=1, sorted=1)` of `values` (rows, vocab_size) float32 with `k` an
+    int64 (1,) tensor: the same values and int64 ids (see above)."""
+    block = top_k_block(vocab_size)
+    if block is None:
+        return g.op("TopK", values, k, axis=-1, largest=1, sorted=1, outputs=outputs)
+    i64 = np.int64
+    blocks = vocab_size // block
+    grouped = g.op("Reshape", values, g.const([0, blocks, block], i64))  # (rows, blocks, block)
+    block_max = g.op("ReduceMax", grouped, g.const([2], i64), keepdims=0)  # (rows, blocks)
+    k_blocks = g.op("Min", k, g.const([blocks], i64))  # k > blocks: every block
+    best_blocks = g.op("TopK", block_max, k_blocks, axis=-1, largest=1, sorted=1, outputs=2)[1]
+    # ascending block order: the largest of the negated ids first
+    ascending = g.op("Neg", g.op("TopK", g.op("Neg", best_blocks), k_blocks, axis=-1, largest=1, sorted=1,
+                                 outputs=2)[0])  # (rows, k_blocks)
+    gather_at = g.op("Expand", g.op("Unsqueeze", ascending, g.const([-1], i64)), g.const([1, 1, block], i64))
+    candidates = g.op("Reshape", g.op("GatherElements", grouped, gather_at, axis=1),
+                      g.const([0, -1], i64))  # (rows, k_blocks * block), in ascending column order
+    names = [g.name("top_values"), g.name("top_ids")] if isinstance(outputs, int) else list(outputs)
+    at = g.op("TopK", candidates, k, axis=-1, largest=1, sorted=1, outputs=[names[0], g.name("at")])[1]
+    width = g.const(block, i64)
+    chosen_block = g.op("GatherElements", ascending, g.op("Div", at, width), axis=1)
+    g.op("Add", g.op("Mul", chosen_block, width), g.op("Mod", at, width), outputs=[names[1]])
+    return names
+
+
+def _vocab_size(step: onnx.ModelProto) -> int:
+    (logits,) = [o for o in step.graph.output if o.name == LOGITS]
+    return logits.type.tensor_type.shape.dim[-1].dim_value
 
 
 def _defined_names(graph: onnx.GraphProto) -> set[str]:
@@ -248,8 +299,8 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
 
     # Each hypothesis's K best continuations first (as the runtime's `decoder_step_top_k`): no other can
     # make its sentence's K best, so the sentence's choice ranks K * K candidates, not K * vocabulary.
-    log_probs, ids = body.op("TopK", body.op("LogSoftmax", out[LOGITS], axis=-1), k, axis=-1, largest=1,
-                             sorted=1, outputs=2)  # (B * K, K) float32, int64
+    log_probs, ids = block_top_k(body, body.op("LogSoftmax", out[LOGITS], axis=-1), k,
+                                 _vocab_size(step))  # (B * K, K) float32, int64
     # A finished hypothesis may only continue with PAD, at no cost, so it keeps its score.
     first_column = body.op("Equal", body.op("Range", body.const(0, i64), k_scalar, body.const(1, i64)),
                            body.const(0, i64))  # (K,)
@@ -374,7 +425,7 @@ def _elem(dtype: str) -> int:
 
 def top_k_step_graph(step: onnx.ModelProto, description: Mapping) -> onnx.ModelProto:
     """`decoder_step` with its logits replaced by each row's `beam_size` best log-probabilities and their
-    ids (`LogSoftmax` and `TopK` in the graph; ties to the lower id).
+    ids (`LogSoftmax` and `block_top_k` in the graph; ties to the lower id).
 
     Beam search keeps `beam_size` hypotheses, so each hypothesis's continuations beyond its own
     `beam_size` best can never be chosen: the numpy search ranks `beam_size` x `beam_size` candidates per
@@ -387,7 +438,7 @@ def top_k_step_graph(step: onnx.ModelProto, description: Mapping) -> onnx.ModelP
     builder = GraphBuilder(itertools.count(), "top_k/")
     k = builder.op("Unsqueeze", builder.op("Cast", BEAM_SIZE, to=TensorProto.INT64), builder.const([0], np.int64))
     log_probs = builder.op("LogSoftmax", LOGITS, axis=-1)  # (batch, V)
-    builder.op("TopK", log_probs, k, axis=-1, largest=1, sorted=1, outputs=[TOP_LOG_PROBS, TOP_IDS])
+    block_top_k(builder, log_probs, k, _vocab_size(step), outputs=[TOP_LOG_PROBS, TOP_IDS])
     graph.node.extend(builder.nodes)
     graph.initializer.extend(builder.initializers)
     graph.input.append(helper.make_tensor_value_info(BEAM_SIZE, TensorProto.INT32, []))

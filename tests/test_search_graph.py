@@ -7,9 +7,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 from export.onnx_check import subgraphs
-from export.search_graph import inline_graph
+from export.search_graph import GraphBuilder, block_top_k, inline_graph, top_k_block
 from serving.options import DecodingOptions
 from serving.runtime import Runtime
 from serving.search import beam_search, greedy_search
@@ -195,3 +196,42 @@ def test_the_runtime_steps_with_the_top_k_step_only_without_constraints(runtime,
     calls.clear()
     runtime.generate_ids(sources[:2], DecodingOptions(method="sample", seed=0))
     assert calls == [None]
+
+
+def _top_k_graph(vocab_size: int) -> ort.InferenceSession:
+    g = GraphBuilder(iter(range(10**6)), "t/")
+    block_top_k(g, "values", "k", vocab_size, outputs=["top", "ids"])
+    graph = helper.make_graph(g.nodes, "top_k", [helper.make_tensor_value_info("values", TensorProto.FLOAT,
+                                                                                ["rows", vocab_size]),
+                                                  helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("top", TensorProto.FLOAT, ["rows", "k"]),
+                               helper.make_tensor_value_info("ids", TensorProto.INT64, ["rows", "k"])],
+                              g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_top_k_block_widths():
+    assert top_k_block(8000) == 64 and top_k_block(2048) == 64 and top_k_block(6000) == 60
+    assert top_k_block(1000) is None  # small: a plain TopK
+    assert top_k_block(4099) is None  # a prime: no block width divides it
+
+
+@pytest.mark.parametrize("vocab_size", [8000, 2048, 4099])
+def test_block_top_k_is_top_k_ties_included(vocab_size):
+    """The k best by blocks against a stable sort (descending values, ties to the lower id), on values
+    with many exact ties, for k from 1 to more than the number of blocks."""
+    session = _top_k_graph(vocab_size)
+    rng = np.random.default_rng(vocab_size)
+    for rows in (1, 3, 33):
+        for ties in (False, True):
+            values = rng.normal(size=(rows, vocab_size)).astype(np.float32) * 3
+            if ties:
+                values = np.round(values)  # about 20 distinct values: ties everywhere
+            for k in (1, 2, 4, 7, 40):
+                top, ids = session.run(None, {"values": values, "k": np.array([k], np.int64)})
+                expected = np.argsort(-values, axis=1, kind="stable")[:, :k]
+                np.testing.assert_array_equal(ids, expected, err_msg=f"rows {rows} ties {ties} k {k}")
+                np.testing.assert_array_equal(top, np.take_along_axis(values, expected, axis=1))
