@@ -96,7 +96,7 @@ class GraphBuilder:
 # costs about as much per column whatever k is (a heap over every column, 250-350 us for 32 x 8,000 here,
 # where `ReduceMax` over the same array takes 30): by blocks of 64 the top-k half costs about half as much
 # at 32 and 128 rows, a few microseconds more at 1 (BENCHMARKS.md).
-BLOCK_TOP_K_MIN_VOCAB = 2048
+BLOCK_TOP_K_MIN_VOCAB = 1024
 
 
 def top_k_block(vocab_size: int) -> int | None:

@@ -215,6 +215,7 @@ def _top_k_graph(vocab_size: int) -> ort.InferenceSession:
 
 def test_top_k_block_widths():
     assert top_k_block(8000) == 64 and top_k_block(2048) == 64 and top_k_block(6000) == 60
+    assert top_k_block(2000) == 50  # the test Multi30k-shaped export's
     assert top_k_block(1000) is None  # small: a plain TopK
     assert top_k_block(4099) is None  # a prime: no block width divides it
 
@@ -235,3 +236,34 @@ def test_block_top_k_is_top_k_ties_included(vocab_size):
                 expected = np.argsort(-values, axis=1, kind="stable")[:, :k]
                 np.testing.assert_array_equal(ids, expected, err_msg=f"rows {rows} ties {ties} k {k}")
                 np.testing.assert_array_equal(top, np.take_along_axis(values, expected, axis=1))
+
+
+@pytest.mark.large
+def test_the_searches_by_blocks_on_a_multi30k_shaped_export(multi30k_export):
+    """The 2,000-piece export's top-k step and in-graph search take the top k by blocks (inside the
+    search's `Loop` too): the runtime over the top-k step chooses what it chooses over the logits, and the
+    in-graph beam search returns the runtime's."""
+    runtime = Runtime(multi30k_export, intra_op_threads=1)
+    def reduce_max(*names):
+        graphs = [onnx.load(str(multi30k_export / runtime.config.graph_file(name))).graph for name in names]
+        return sum(n.op_type == "ReduceMax" for graph in graphs for g in subgraphs(graph) for n in g.node)
+
+    # one more ReduceMax (the blocks' maxima) than the graphs they are made of
+    assert reduce_max("decoder_step_top_k") == reduce_max("decoder_step") + 1
+    assert reduce_max("beam_search") == reduce_max("encoder", "decoder_step") + 1
+    lines = [line.split("\t")[0] for line in (multi30k_export.parent / "test.tsv").read_text().splitlines()[:16]]
+    sources, _ = runtime.tokenizer.encode_sources(lines, runtime.config.max_source_length)
+    max_length = runtime.config.max_target_length
+    session = _session(multi30k_export / runtime.config.graph_file("beam_search"))
+    for beam_size in (1, 4):
+        state = runtime.initial_state(sources, max_length)
+        args = (state, len(sources), max_length, runtime.bos_id, runtime.eos_id, runtime.pad_id)
+        kwargs = dict(beam_size=beam_size, length_penalty=0.6, shared=runtime.shared_state)
+        full = beam_search(runtime.step, *args, **kwargs)
+        top_k = beam_search(runtime.step, *args, top_k_step=runtime.in_place_step(top_k=beam_size), **kwargs)
+        np.testing.assert_array_equal(top_k.tokens, full.tokens)
+        got = _in_graph(session, sources, max_length, beam_size, 0.6)
+        expected = runtime.generate_ids(sources, DecodingOptions(method="beam", beam_size=beam_size,
+                                                                 length_penalty=0.6, max_new_tokens=max_length))
+        np.testing.assert_array_equal(got["tokens"], expected.tokens)
+        np.testing.assert_allclose(got["scores"], expected.scores, rtol=1e-5, atol=1e-5)
