@@ -108,8 +108,8 @@ def _load_note(env: dict) -> str:
 # 2026-11-30, format 1, and 2026-12-01/02, format 2, one thread).
 REAL_SIZE_NOTES = """\
 Export format 2, what each step gave. Items (1)-(8) were measured on 2026-12-01 and -02 on a 2-core AMD EPYC
-with AVX2 only, items (9)-(11) on 2026-12-03 on the machine of the table above (a 2-core AMD EPYC with
-AVX-512, Zen 4); every ratio from one run, engines or trees taking turns; on the Multi30k shape with
+with AVX2 only, items (9)-(12) on 2026-12-03 on the machine of the table above (a 2-core AMD EPYC with
+AVX-512, Zen 4; (12) after the table was measured); every ratio from one run, engines or trees taking turns; on the Multi30k shape with
 random weights unless said:
 
 - What changed and what each gave. Before, on the same machine the same day (`--quick`, 2 rounds,
@@ -188,6 +188,20 @@ random weights unless said:
   the whole Multi30k test split gave the same 1,000 of 1,000 beam 4 texts (sacreBLEU 39.9) through
   `Runtime.generate` as at the start of the day (22.9 against 21.4 s, one thread), and the export's
   validation the same 1,000 of 1,000 in-graph beam searches.
+- (12) The top k by blocks (`export.search_graph.block_top_k`, in `decoder_step_top_k` and the in-graph
+  search's loop): the maximum of every 64 columns (`ReduceMax` of the log-probabilities reshaped to
+  (rows, 125, 64)), the k best blocks, sorted by block, and the k best of their k x 64 columns: the same
+  values and ids as `TopK`, ties included (onnxruntime's CPU `TopK` runs a heap over all 8,000 columns
+  whatever k is; `ReduceMax` over the same array costs a tenth of it). `LogSoftmax` + top k alone, 1
+  thread, with a training run beside it: 353 against 182 us at 32 rows and k 1, 402 against 219 at k
+  4, 2,261 against 1,177 at 128 rows; 26 against 30 us at 1 row (16 small nodes instead of one).
+  Whole searches on the trained Multi30k export (`Runtime.generate` over `val.de`, natural EOS, plain
+  against by blocks, alternating, 7 rounds, the machine idle), speed by blocks / plain: fp32 1.06
+  (0.90-1.14), 1.00 (0.91-1.07), 1.05 (0.78-1.26), 0.98 (0.88-1.09); int8 0.99 (0.92-1.04), 1.05
+  (0.96-1.15), 1.03 (0.80-1.30), 1.01 (0.92-1.13) at greedy b1, b32, beam 4 b1, b32: a few per cent
+  where many rows step at once (int8 greedy b32 is the row the table misses), within the noise
+  elsewhere; the same texts on 200 validation sentences in every row. Kept; the table above is from
+  before it.
 - Where the time goes on that Zen 4 EPYC (onnxruntime's profiler, the trained top-k step bound in place,
   1 thread, 32 cache slots, index 20), at 128 rows (32 sentences x 4 beams): float32 20.4 ms of
   kernels, `Gemm` and `FusedGemm` 66 % (about 90 GFLOP/s, near one core's peak: the dense layers are
