@@ -39,7 +39,7 @@ SETTINGS = {
                  real_threads=(1, 2), real_rounds=5, real_requests=200, pipeline_steps=None,
                  pipeline_warmup=10, pipeline_probe_steps=10, search_sentences=64, real_savedmodel=True,
                  eager_repeats=None, training_warmup=3, training_models=None),
-    "quick": dict(rounds=2, steps=4, repeats=3, lengths=(16, 32, 64), requests=40, max_seconds=6.0,
+    "quick": dict(rounds=3, steps=4, repeats=3, lengths=(16, 32, 64), requests=40, max_seconds=6.0,
                   concurrencies=(1, 8, 32), real_sizes=("multi30k",), real_threads=(1,), real_rounds=2,
                   real_requests=20, pipeline_steps=6, search_sentences=16,
                   # 3 warm-up batches: the step is traced for its first shape, then once more with the
