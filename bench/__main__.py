@@ -31,6 +31,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # from a fresh clone after `make train` (2-core Xeon, AVX-512, L3 480 MiB): `make bench QUICK=1` 262 s wall,
 # the dates export 31 s, the benchmark 215 s (training 78 s, inference 27 s, server 3 s, real-size 60 s
 # with the stand-in's export and int8 graphs 22 s, pipeline 47 s).
+# On a 2-core Zen 4 EPYC (AVX-512, 32 MiB L3; 2026-12-03) the quick benchmark took 345 s from a fresh
+# clone; with the cuts since (keras-hub only at the Multi30k size, 6 timed pipeline batches after 3
+# warm-up and 2 probe steps, 16 in-graph search sentences, 20 real-size server requests) 261 s there
+# (training 95 s, inference 37 s, server 4 s, real-size 71 s with the stand-in's export 35 s, pipeline
+# 58 s), `make bench QUICK=1` 4 min 39 s with the dates model already trained. 2 training rounds
+# instead of 3 were tried and dropped: the first round still runs slow, and a median of 2 is their mean.
 # The full one's real-size part alone took 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios
 # near 1.0 needed 5 rounds. `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("artifacts/dates-transformer"),
                         help="trained run with an export/ (default: artifacts/dates-transformer)")
-    parser.add_argument("--quick", action="store_true", help="a short version (about 4.5 minutes on a 2-core Xeon)")
+    parser.add_argument("--quick", action="store_true", help="a short version (about 4.5 minutes on a 2-core machine)")
     parser.add_argument("--out-dir", type=Path, help="write all outputs here (default: repo root + docs/)")
     parser.add_argument("--work", type=Path, default=Path("artifacts/bench-work"),
                         help="scratch: the benchmark SavedModel, int8 and patched graphs")
