@@ -213,11 +213,11 @@ def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_R
 
 
 # ---------------------------------------------------------------------------------------------- engines
-def _ours(export_dir: Path, threads: int, int8: bool) -> Callable:
+def _ours(export_dir: Path, threads: int, int8: bool, provider: str = "cpu") -> Callable:
     from serving.runtime import Runtime
     from serving.search import beam_search, greedy_search
 
-    runtime = Runtime(export_dir, intra_op_threads=threads, verify=False, int8=int8)
+    runtime = Runtime(export_dir, provider=provider, intra_op_threads=threads, verify=False, int8=int8)
     bos, pad = runtime.bos_id, runtime.pad_id
 
     def generate(source: np.ndarray, tokens: int, beam: int) -> np.ndarray:
@@ -274,6 +274,56 @@ def _sources(vocab_size: int, batch: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- timing
+def time_engines(engines: dict[str, Callable], source: np.ndarray, tokens: int, beam: int, rounds: int,
+                 settle: bool = False, last: tuple[str, ...] = ()) -> tuple[dict[str, list[float]], int]:
+    """Seconds per call of every engine on one cell, `rounds` samples each, and the calls per sample.
+
+    The engines take turns within a round, starting one later each round, so every engine sees the same
+    machine load; the ones in `last` (the SavedModel) go last in every round. Every sample repeats the
+    call as often for every engine, from the fastest engine's warm call (`SAMPLE_SECONDS`).
+    """
+    warm = {}
+    for name, engine in engines.items():  # warm-up: first-call allocations and graph tracing
+        engine(source, tokens, beam)
+        started = time.perf_counter()
+        engine(source, tokens, beam)
+        warm[name] = time.perf_counter() - started
+    calls = max(1, math.ceil(SAMPLE_SECONDS / max(min(warm.values()), 1e-6)))
+    turns = [name for name in engines if name not in last]
+    runs: dict[str, list[float]] = {name: [] for name in engines}
+    for round_index in range(rounds):
+        shift = round_index % len(turns)
+        # Thread pools keep spinning for a moment after a call (TensorFlow's, CTranslate2's OpenMP
+        # workers, onnxruntime's): with `settle` (more than one thread) every call is followed by an
+        # untimed pause, so no engine pays for the one before.
+        for name in turns[shift:] + turns[:shift] + [name for name in last if name in engines]:
+            started = time.perf_counter()
+            for _ in range(calls):
+                engines[name](source, tokens, beam)
+            runs[name].append((time.perf_counter() - started) / calls)
+            if settle or name in last:
+                time.sleep(SETTLE_SECONDS)
+    return runs, calls
+
+
+def summarize(runs: dict[str, list[float]], tokens: int, pairs) -> tuple[dict, dict]:
+    """Per engine, tokens/s and ms of the median sample (and every sample's ms); per pair (mine, peer)
+    present in `runs`, the median and range over rounds of the per-round speed ratio mine / peer."""
+    engines = {}
+    for name, seconds in runs.items():
+        median = float(np.median(seconds))
+        engines[name] = {"tokens_per_s": round(tokens / median, 1), "ms": round(1000 * median, 2),
+                         "runs_ms": [round(1000 * s, 2) for s in seconds]}
+    ratios = {}
+    for mine, peer in pairs:
+        if mine in runs and peer in runs:
+            per_round = np.array(runs[peer]) / np.array(runs[mine])
+            ratios[f"{mine} / {peer}"] = {"median": round(float(np.median(per_round)), 3),
+                                          "range": [round(float(per_round.min()), 3),
+                                                    round(float(per_round.max()), 3)]}
+    return engines, ratios
+
+
 def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batches=(1, 32),
                    beams=(1, 4), threads=(1, 2), rounds: int = 3, with_savedmodel: bool = True,
                    log: Callable[[str], None] = print) -> dict:
@@ -303,45 +353,12 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
                 for batch in batches:
                     source = _sources(model.vocab_size, batch)
                     names = [e for e in engines if not (e == "savedmodel" and beam > 1)]
-                    runs = {name: [] for name in names}
-                    warm = {}
-                    for name in names:  # warm-up: first-call allocations and graph tracing
-                        engines[name](source, tokens, beam)
-                        started = time.perf_counter()
-                        engines[name](source, tokens, beam)
-                        warm[name] = time.perf_counter() - started
-                    # The same number of calls per sample for every engine, from the fastest one.
-                    calls = max(1, math.ceil(SAMPLE_SECONDS / max(min(warm.values()), 1e-6)))
-                    onnx_and_ct2 = [name for name in names if name != "savedmodel"]
-                    for round_index in range(rounds):
-                        shift = round_index % len(onnx_and_ct2)
-                        # Thread pools keep spinning for a moment after a call (TensorFlow's, CTranslate2's
-                        # OpenMP workers, onnxruntime's): with more than one thread every call is followed
-                        # by an untimed pause, so no engine pays for the one before; the SavedModel goes
-                        # last in every round.
-                        order = onnx_and_ct2[shift:] + onnx_and_ct2[:shift] + \
-                            (["savedmodel"] if "savedmodel" in names else [])
-                        for name in order:
-                            started = time.perf_counter()
-                            for _ in range(calls):
-                                engines[name](source, tokens, beam)
-                            runs[name].append((time.perf_counter() - started) / calls)
-                            if n_threads > 1 or name == "savedmodel":
-                                time.sleep(SETTLE_SECONDS)
+                    runs, calls = time_engines({name: engines[name] for name in names}, source, tokens, beam,
+                                               rounds, settle=n_threads > 1, last=("savedmodel",))
                     row = {"size": model.name, "method": "greedy" if beam == 1 else f"beam {beam}",
                            "batch": batch, "threads": n_threads, "calls_per_sample": calls, "engines": {},
                            "ratios": {}}
-                    for name, seconds in runs.items():
-                        median = float(np.median(seconds))
-                        row["engines"][name] = {"tokens_per_s": round(batch * tokens / median, 1),
-                                                "ms": round(1000 * median, 2),
-                                                "runs_ms": [round(1000 * s, 2) for s in seconds]}
-                    for mine, peer in RATIO_PAIRS:
-                        if mine in runs and peer in runs:
-                            ratios = np.array(runs[peer]) / np.array(runs[mine])  # speed ratio mine/peer
-                            row["ratios"][f"{mine} / {peer}"] = {
-                                "median": round(float(np.median(ratios)), 3),
-                                "range": [round(float(ratios.min()), 3), round(float(ratios.max()), 3)]}
+                    row["engines"], row["ratios"] = summarize(runs, batch * tokens, RATIO_PAIRS)
                     rows.append(row)
                     log(f"real-size {model.name:<8} {row['method']:<7} batch {batch:>2} threads {n_threads}: "
                         + ", ".join(f"{k} {v['tokens_per_s']:.0f}" for k, v in row["engines"].items())
@@ -363,11 +380,11 @@ def _runtime_tokens(runtime, sources: list[np.ndarray], options) -> list[np.ndar
 
 
 def run_in_graph_search(models: list[RealModel], batches=(1, 32), sentences: int = 64, rounds: int = 3,
-                        log: Callable[[str], None] = print) -> dict:
+                        log: Callable[[str], None] = print, provider: str = "cpu", threads: int = 1) -> dict:
     """`beam_search.onnx` (the whole search in one `session.run`) against the runtime's numpy search over
-    `decoder_step.onnx` (what `python -m serving` runs), one thread, float32, on the first `sentences`
-    test lines of each model's run, in batches of `batch`; both stop at EOS, so both do the same work
-    only where they return the same ids, which every row counts.
+    `decoder_step.onnx` (what `python -m serving` runs), float32, both on `provider` with `threads`
+    intra-op threads, on the first `sentences` test lines of each model's run, in batches of `batch`;
+    both stop at EOS, so both do the same work only where they return the same ids, which every row counts.
 
     Returns:
         {"sentences", "rounds", "rows": [{"size", "method", "batch", "in_graph_ms", "runtime_ms",
@@ -376,16 +393,17 @@ def run_in_graph_search(models: list[RealModel], batches=(1, 32), sentences: int
     import onnxruntime as ort
 
     from serving.options import DecodingOptions
-    from serving.runtime import Runtime, session_options
+    from serving.runtime import Runtime, resolve_providers, session_options
 
     rows = []
     for model in models:
-        runtime = Runtime(model.run_dir / "export", intra_op_threads=1)
+        runtime = Runtime(model.run_dir / "export", provider=provider, intra_op_threads=threads)
         if "beam_search" not in runtime.config.graph_names:
             log(f"in-graph search: {model.name} has no beam_search graph (export the run again)")
             continue
         session = ort.InferenceSession(str(model.run_dir / "export" / runtime.config.graph_file("beam_search")),
-                                       session_options(intra_op_threads=1), providers=["CPUExecutionProvider"])
+                                       session_options(intra_op_threads=threads),
+                                       providers=resolve_providers(provider))
         texts = [line.split("\t")[0] for line in (model.run_dir / "test.tsv").read_text(encoding="utf-8")
                  .splitlines()[:sentences]]
         max_length = runtime.config.max_target_length
@@ -421,4 +439,4 @@ def run_in_graph_search(models: list[RealModel], batches=(1, 32), sentences: int
                 log(f"in-graph search {model.name:<8} {method:<7} batch {batch:>2}: graph {row['in_graph_ms']} ms, "
                     f"runtime {row['runtime_ms']} ms for {len(texts)} sentences | in-graph/runtime speed "
                     f"{row['ratio']['median']}x, identical {identical}/{len(texts)}")
-    return {"sentences": sentences, "rounds": rounds, "threads": 1, "rows": rows}
+    return {"sentences": sentences, "rounds": rounds, "threads": threads, "provider": provider, "rows": rows}

@@ -170,7 +170,7 @@ def ort_session(path: Path, provider: str, threads: int = 0, custom_ops: Mapping
     """
     import onnxruntime as ort
 
-    from serving.runtime import session_options
+    from serving.runtime import check_providers_loaded, session_options
 
     options = session_options(intra_op_threads=threads)
     if custom_ops:
@@ -178,7 +178,9 @@ def ort_session(path: Path, provider: str, threads: int = 0, custom_ops: Mapping
     providers: list = [provider]
     if provider in PROVIDER_OPTIONS:
         providers = [(provider, PROVIDER_OPTIONS[provider]), "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    check_providers_loaded(session, [provider])  # a CUDA row must not quietly be a CPU one
+    return session
 
 
 def onnx_runner(session) -> Runner:

@@ -37,14 +37,14 @@ from serving.contract import (
     updated_outputs,
     zero_state,
 )
-from serving.errors import ExportError, RequestError, first_line
+from serving.errors import ExportError, RequestError, ServingError, first_line
 from serving.export_config import ExportConfig
 from serving.manifest import verify_manifest
 from serving.options import METHODS, DecodingOptions
 from serving.search import STREAMS, SearchResult, SearchSteps, drain, new_final_ids
 from serving.tokenizer import SentencePieceTokenizer
 
-__all__ = ["METHODS", "DecodingOptions", "Generation", "Runtime", "resolve_providers"]
+__all__ = ["METHODS", "DecodingOptions", "Generation", "Runtime", "check_providers_loaded", "resolve_providers"]
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -72,6 +72,21 @@ def resolve_providers(provider: str | Sequence[str] = "cpu") -> list[str]:
     if "CPUExecutionProvider" not in resolved:
         resolved.append("CPUExecutionProvider")
     return resolved
+
+
+def check_providers_loaded(session: ort.InferenceSession, requested: Sequence[str]) -> None:
+    """onnxruntime falls back to the CPU, with only a logged warning, when a provider it offers cannot
+    start (onnxruntime-gpu without the CUDA or cuDNN libraries it was built for): say so instead.
+
+    Raises:
+        ServingError: when a requested provider other than the CPU is not among the session's.
+    """
+    started = session.get_providers()
+    missing = [name for name in requested if name != "CPUExecutionProvider" and name not in started]
+    if missing:
+        raise ServingError(f"{', '.join(missing)} did not start (onnxruntime fell back to "
+                           f"{', '.join(started)}); install the CUDA and cuDNN libraries this "
+                           f"onnxruntime {ort.__version__} was built for, or run with --provider cpu")
 
 
 @dataclass
@@ -269,10 +284,12 @@ class Runtime:
         try:
             providers = [(name, self._provider_options[name]) if name in self._provider_options else name
                          for name in self.providers]
-            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ExportError(f"cannot load {path}: {first_line(e)}; the file is damaged, export the run "
                               "again") from None
+        check_providers_loaded(session, self.providers)
+        return session
 
     def _check_signatures(self) -> None:
         """The sessions must take and give the state entries the config lists, by name."""

@@ -184,6 +184,37 @@ def test_real_size_generation_against_ctranslate2_and_its_report(tiny_run, tmp_p
     assert "## Real size: generation against CTranslate2" in markdown and "no Multi30k folder" in markdown
 
 
+
+def test_the_cuda_rows_script_end_to_end_on_the_cpu(tiny_run, tmp_path, monkeypatch):
+    """`python -m bench.cuda`, which the GPU machine runs without TensorFlow: here with `--provider cpu`
+    in the GPU's place, on a copy holding only the export and the test split, as travels there."""
+    import shutil
+
+    from bench import cuda
+
+    run = tmp_path / "gpu" / "tiny"
+    shutil.copytree(tiny_run / "export", run / "export")
+    shutil.copy(tiny_run / "test.tsv", run / "test.tsv")
+    monkeypatch.setattr(cuda, "_machine", lambda: {"gpu": None})
+    out = tmp_path / "cuda.json"
+    assert cuda.main([str(run), "--out", str(out), "--provider", "cpu", "--rounds", "2", "--tokens", "3",
+                      "--sentences", "4"]) == 0
+    results = json.loads(out.read_text())
+    rows = results["generation"]["rows"]
+    assert [(r["method"], r["batch"]) for r in rows] == [("greedy", 1), ("greedy", 32), ("beam 4", 1),
+                                                         ("beam 4", 32)]
+    for row in rows:
+        assert set(row["engines"]) == {"ours cpu", "ours cpu 1 thread", "ours cpu all cores"}
+        assert all(len(e["runs_ms"]) == 2 for e in row["engines"].values())
+        assert set(row["ratios"]) == {"ours cpu / ours cpu 1 thread", "ours cpu / ours cpu all cores"}
+    search = results["in_graph_search"]
+    assert search["provider"] == "cpu" and len(search["rows"]) == 4
+    assert all(r["identical"] == 4 for r in search["rows"])  # the in-graph search returns the runtime's ids
+    # A folder without its export is refused before anything runs, and nothing is written.
+    (tmp_path / "empty").mkdir()
+    assert cuda.main([str(tmp_path / "empty"), "--out", str(tmp_path / "no.json"), "--provider", "cpu"]) == 2
+    assert not (tmp_path / "no.json").exists()
+
 @pytest.mark.large
 def test_the_random_stand_in_goes_through_every_real_size_step(tiny_run, tmp_path):
     """What `make bench QUICK=1` does without a trained Multi30k run, at a tiny size: the stand-in gets a

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from helpers import TINY_RUN_TEST_EXAMPLES, copy_export
 
-from serving.errors import ExportError
+from serving.errors import ExportError, ServingError
 from serving.export_config import ExportConfig
 from serving.manifest import Manifest, sha256_file, verify_manifest
-from serving.runtime import Runtime, resolve_providers
+from serving.runtime import Runtime, check_providers_loaded, resolve_providers
 
 
 def rewrite_manifest(export_dir: Path) -> None:
@@ -168,6 +168,17 @@ def test_providers():
     with pytest.raises(ExportError, match="'tpu' is not available"):
         resolve_providers("tpu")
 
+
+
+def test_a_provider_that_did_not_start_is_an_error_not_a_quiet_cpu_run():
+    class FellBack:  # what onnxruntime-gpu gives when CUDA's libraries are missing: a CPU-only session
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    check_providers_loaded(FellBack(), ["CPUExecutionProvider"])  # the CPU alone was asked for: fine
+    with pytest.raises(ServingError, match=r"^CUDAExecutionProvider did not start \(onnxruntime fell back to "
+                       r"CPUExecutionProvider\); install the CUDA .* or run with --provider cpu$"):
+        check_providers_loaded(FellBack(), ["CUDAExecutionProvider", "CPUExecutionProvider"])
 
 def test_thread_settings_give_the_same_outputs(tiny_export, runtime):
     texts = ["9/27/94", "sept. 3, 2001"]
