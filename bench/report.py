@@ -108,9 +108,9 @@ def _load_note(env: dict) -> str:
 # 2026-11-30, format 1, and 2026-12-01/02, format 2, one thread).
 REAL_SIZE_NOTES = """\
 Export format 2, what each step gave. Items (1)-(8) were measured on 2026-12-01 and -02 on a 2-core AMD EPYC
-with AVX2 only, items (9)-(12) on 2026-12-03 on the machine of the table above (a 2-core AMD EPYC with
-AVX-512, Zen 4; (12) after the table was measured); every ratio from one run, engines or trees taking turns; on the Multi30k shape with
-random weights unless said:
+with AVX2 only, items (9)-(12) on 2026-12-03 on a 2-core AMD EPYC with AVX-512 (Zen 4), the machine of
+that day's table (the table above is 2026-12-04's, on an AVX2 EPYC, with all of them); every ratio from
+one run, engines or trees taking turns; on the Multi30k shape with random weights unless said:
 
 - What changed and what each gave. Before, on the same machine the same day (`--quick`, 2 rounds,
   format 1), ours fp32 / ct2 fp32 at one thread was 0.85 (greedy, batch 1), 0.75 (greedy, 32), 0.99
@@ -200,8 +200,8 @@ random weights unless said:
   (0.90-1.14), 1.00 (0.91-1.07), 1.05 (0.78-1.26), 0.98 (0.88-1.09); int8 0.99 (0.92-1.04), 1.05
   (0.96-1.15), 1.03 (0.80-1.30), 1.01 (0.92-1.13) at greedy b1, b32, beam 4 b1, b32: a few per cent
   where many rows step at once (int8 greedy b32 is the row the table misses), within the noise
-  elsewhere; the same texts on 200 validation sentences in every row. Kept; the table above is from
-  before it.
+  elsewhere; the same texts on 200 validation sentences in every row. Kept: the table above has
+  it.
 - Where the time goes on that Zen 4 EPYC (onnxruntime's profiler, the trained top-k step bound in place,
   1 thread, 32 cache slots, index 20), at 128 rows (32 sentences x 4 beams): float32 20.4 ms of
   kernels, `Gemm` and `FusedGemm` 66 % (about 90 GFLOP/s, near one core's peak: the dense layers are
