@@ -516,7 +516,7 @@ def render_markdown(results: dict) -> str:
                         [[e["config"], name, value,
                           "-".join(str(r) for r in e.get("ratio_ranges", {}).get(name, []))]
                          for e in training for name, value in e["ratios"].items()])
-        # configurations without the peer (the quick run's tiny one) do not count either way
+        # configurations without the peer do not count either way
         hub = [e["ratios"][HUB_RATIO] for e in training if HUB_RATIO in e["ratios"]]
         if not hub:
             lines += ["", "keras-hub is not installed (`pip install -e \".[bench]\"`): no keras-hub peer."]
