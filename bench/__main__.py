@@ -44,7 +44,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # 8,000-piece vocabulary are still trained, in the pipeline part, and the full run keeps the pair. That
 # gave 5 min 1 s for `make bench QUICK=1` there (285 s the benchmark: training 65 s, inference 39 s,
 # server 5 s, real-size 85 s, pipeline 91 s), so the quick run also leaves out the RNN pair (14 s) and
-# times 4 pipeline batches and 8 in-graph search sentences.
+# times 4 pipeline batches and 8 in-graph search sentences: 4 min 39 s from a fresh clone with the dates
+# export made (264 s the benchmark: training 51 s, inference 38 s, server 5 s, real-size 82 s, pipeline
+# 87 s, of which the model's build and 3 warm-up batches 51 s).
 # The full one's real-size part alone took 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios
 # near 1.0 needed 5 rounds. `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {
