@@ -114,6 +114,8 @@ def _copy_of_the_project(target: Path) -> Path:
     return target
 
 
+# 31 s on a 2-core AVX2 EPYC (a fresh virtual environment and an install): in the large tier, which CI runs.
+@pytest.mark.large
 def test_a_notebook_runs_in_a_fresh_environment_where_its_first_cell_installs_the_project(tmp_path, monkeypatch):
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("copies the project with git ls-files")

@@ -156,6 +156,9 @@ def test_translation_recipe_reversed_with_disjoint_deterministic_splits(tmp_path
     assert samples and all(s["references"] for s in samples)  # no fixed inputs: test sources + refs
 
 
+# A whole training run from the command line (18 s on a 2-core AVX2 EPYC): large tier, which CI runs;
+# the line-aligned readers are unit-tested in tests/test_readers.py.
+@pytest.mark.large
 def test_translation_from_line_aligned_files_with_given_held_out_files(tmp_path):
     pairs = [tuple(line.split("\t")[:2]) for line in
              translation_slice(tmp_path).read_text(encoding="utf-8").splitlines()]
