@@ -10,8 +10,7 @@
 # The payload holds onnxruntime-gpu's package folder (its wheel for Python 3.12 and CUDA 13, less the
 # TensorRT provider, xz-compressed) and, for every RUN, its export/ and test.tsv as artifacts/gpu/<name>/.
 # Results go to $OUT: validate-<name>.log, parity-<name>.json, cuda.json, gpu_check.log.
-# .gpu/ must be git-ignored: `echo /.gpu/ >> .git/info/exclude` (it is not in .gitignore, so a carried
-# path is not mistaken for a build output).
+# .gpu/ is git-ignored (.gitignore): the device tool carries only the parts a call names.
 set -euo pipefail
 ORT_GPU=${ORT_GPU:-onnxruntime-gpu==1.31.1}
 PART_BYTES=60000000
