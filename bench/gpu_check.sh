@@ -3,7 +3,7 @@
 # at most 64 MiB carried per call): onnxruntime-gpu and the exports travel as parts of one payload, then
 # the CUDA parity of every carried export and the CUDA rows (`bench.cuda`).
 #
-#   bash bench/gpu_check.sh pack RUN...   # here: .gpu/payload.part0.. (60 MB each) and .gpu/payload.sha256
+#   bash bench/gpu_check.sh pack RUN...   # here: .gpu/payload.part00.. (60 MB each) and .gpu/payload.sha256
 #   bash bench/gpu_check.sh stage         # there, one call per part (carry .gpu/payload.partN): kept in /tmp
 #   bash bench/gpu_check.sh run           # there, the last call (carry the last part and .gpu/payload.sha256)
 #
@@ -13,13 +13,17 @@
 # .gpu/ is git-ignored (.gitignore): the device tool carries only the parts a call names.
 set -euo pipefail
 ORT_GPU=${ORT_GPU:-onnxruntime-gpu==1.31.1}
-PART_BYTES=60000000
+PART_BYTES=${PART_BYTES:-60000000}  # below the 64 MiB a device call carries, with the tree
 parts=/tmp/gpu-parts
 
 case "${1:-}" in
 pack)
     shift
     [ $# -gt 0 ] || { echo "usage: bash bench/gpu_check.sh pack RUN..." >&2; exit 2; }
+    for run in "$@"; do  # every run checked before anything is written
+        [ -f "$run/export/config.json" ] && [ -f "$run/test.tsv" ] || {
+            echo "error: $run has no export/config.json or test.tsv; make export first" >&2; exit 2; }
+    done
     mkdir -p .gpu/build
     if [ ! -s .gpu/ort.tar.xz ]; then
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -32,13 +36,11 @@ pack)
     fi
     rm -rf .gpu/build/runs && mkdir -p .gpu/build/runs/artifacts/gpu
     for run in "$@"; do
-        [ -f "$run/export/config.json" ] && [ -f "$run/test.tsv" ] || {
-            echo "error: $run has no export/config.json or test.tsv; make export first" >&2; exit 2; }
         mkdir -p ".gpu/build/runs/artifacts/gpu/$(basename "$run")"
         cp -r "$run/export" "$run/test.tsv" ".gpu/build/runs/artifacts/gpu/$(basename "$run")/"
     done
     rm -f .gpu/payload.part*
-    tar -C .gpu -cf - ort.tar.xz -C build/runs artifacts | split -b $PART_BYTES -d -a 1 - .gpu/payload.part
+    tar -C .gpu -cf - ort.tar.xz -C build/runs artifacts | split -b $PART_BYTES -d -a 2 - .gpu/payload.part
     cat .gpu/payload.part* | sha256sum | sed 's#-$#/tmp/payload.tar#' > .gpu/payload.sha256
     ls -l .gpu/payload.part*
     ;;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -217,6 +218,43 @@ def test_the_cuda_rows_script_end_to_end_on_the_cpu(tiny_run, tmp_path, monkeypa
     (tmp_path / "empty").mkdir()
     assert cuda.main([str(tmp_path / "empty"), "--out", str(tmp_path / "no.json"), "--provider", "cpu"]) == 2
     assert not (tmp_path / "no.json").exists()
+
+
+def test_the_gpu_payload_packs_into_parts_that_reassemble(tiny_run, tmp_path):
+    """`bench/gpu_check.sh pack`: the exports (and onnxruntime-gpu, a stand-in file here) in parts below a
+    device call's limit, which put back together match the sha256 the last call checks and unpack to
+    artifacts/gpu/<run>/; a run without its export is refused before anything is written."""
+    import hashlib
+    import shutil
+    import subprocess
+    import tarfile
+
+    from helpers import ROOT
+
+    work = tmp_path / "repo"
+    (work / "bench").mkdir(parents=True)
+    shutil.copy(ROOT / "bench" / "gpu_check.sh", work / "bench" / "gpu_check.sh")
+    (tmp_path / "empty").mkdir()
+    refused = subprocess.run(["bash", "bench/gpu_check.sh", "pack", str(tmp_path / "empty")], cwd=work,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "has no export/config.json" in refused.stderr
+    assert not (work / ".gpu").exists()
+    (work / ".gpu").mkdir()
+    (work / ".gpu" / "ort.tar.xz").write_bytes(b"onnxruntime-gpu stand-in")  # skips the 255 MB download
+    size = sum(f.stat().st_size for f in (tiny_run / "export").rglob("*") if f.is_file())
+    packed = subprocess.run(["bash", "bench/gpu_check.sh", "pack", str(tiny_run)], cwd=work, capture_output=True,
+                            text=True, env={**os.environ, "PART_BYTES": str(size // 3)})
+    assert packed.returncode == 0, packed.stderr
+    parts = sorted((work / ".gpu").glob("payload.part*"))
+    assert len(parts) >= 3 and all(p.stat().st_size <= size // 3 for p in parts)
+    payload = b"".join(p.read_bytes() for p in parts)
+    digest, name = (work / ".gpu" / "payload.sha256").read_text().split()
+    assert digest == hashlib.sha256(payload).hexdigest() and name == "/tmp/payload.tar"
+    (tmp_path / "payload.tar").write_bytes(payload)
+    with tarfile.open(tmp_path / "payload.tar") as tar:
+        names = set(tar.getnames())
+    assert {"ort.tar.xz", "artifacts/gpu/run/test.tsv", "artifacts/gpu/run/export/config.json",
+            "artifacts/gpu/run/export/manifest.json"} <= names
 
 @pytest.mark.large
 def test_the_random_stand_in_goes_through_every_real_size_step(tiny_run, tmp_path):
