@@ -461,6 +461,9 @@ def test_export_failing_validation_is_not_installed_nor_loadable(export_of, monk
         Runtime(run_dir / "export").generate(["9/27/94"])[0].text
 
 
+# The opt-in fused variant's whole export (15 s on a 2-core AVX2 EPYC): large tier, which CI runs; its step
+# against Keras is in tests/test_transformer_step.py.
+@pytest.mark.large
 def test_an_export_of_some_graphs_with_fused_attention_is_validated_and_served(tiny_run, tmp_path):
     """`export_run(graphs=..., saved_model=False)` (what the benchmark's stand-in uses): only those graphs
     are written and described, validation checks them (the runtime's greedy loop against Keras) and

@@ -167,6 +167,9 @@ def test_training_curves_show_the_log(runs, tmp_path):
         plots.plot_training_curves(empty)
 
 
+# `make plot`'s command end to end (15 s on a 2-core AVX2 EPYC): large tier, which CI runs; the pictures'
+# functions are tested above.
+@pytest.mark.large
 def test_plot_command_draws_both_pictures(runs):
     run = runs["transformer"]
     result = cli("plot", str(run), "--text", PAIRS[3][0], timeout=120)
