@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +37,6 @@ from bench.real_size import (
 )
 
 __all__ = ["export_stand_in", "main", "run_cuda_generation"]
-
 
 
 def _model(run_dir: Path) -> RealModel:
@@ -74,25 +71,25 @@ def run_cuda_generation(models: list[RealModel], tokens: int = 32, batches=(1, 3
     return {"tokens": tokens, "eos": NEVER, "rounds": rounds, "provider": provider, "rows": rows}
 
 
-
 def export_stand_in(base_run: Path, destination: Path, multi30k: Path = Path("../shared/data/multi30k"),
                     test_examples: int = 256) -> Path:
     """A random model of the Multi30k Transformer's shape (`bench.real_size`'s stand-in) exported with the
     graphs the runtime runs, its Keras reference on the first `test_examples` test lines, and checked here
     on the CPU: what travels to the GPU machine when no trained Multi30k run is at hand (needs
     TensorFlow; the trained run's export is `make export RUN=artifacts/compare-multi30k/transformer`)."""
-    from bench.real_size import MULTI30K_SHAPE, STAND_IN_GRAPHS, _stand_in_run
-    from export.exporter import export_run
-    from export.validate import validate
+    from bench.real_size import MULTI30K_SHAPE, _exported, _stand_in_run
 
     run_dir = _stand_in_run(Path(base_run), Path(destination), **MULTI30K_SHAPE, multi30k=Path(multi30k))
-    export_run(run_dir, validate=False, max_test_examples=test_examples, verbose=False, saved_model=False,
-               graphs=STAND_IN_GRAPHS)
-    validate(run_dir / "export", reference_only=True, providers=["cpu"], verbose=False)
+    _exported(run_dir, print, test_examples)
     return run_dir
 
+
 def _machine() -> dict:
+    """`bench.report.environment()`, the GPU, and the onnxruntime that runs (carried onnxruntime-gpu
+    shadows the machine's own onnxruntime, whose package metadata `environment` would report)."""
     import onnxruntime as ort
+
+    from bench.report import environment
 
     gpu = None
     try:
@@ -100,9 +97,7 @@ def _machine() -> dict:
                              capture_output=True, text=True, timeout=30).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else None
-    return {"gpu": gpu, "cpu": cpu, "cores": os.cpu_count(), "onnxruntime": ort.__version__,
+    return {**environment(), "gpu": gpu, "onnxruntime": ort.__version__,
             "providers": ort.get_available_providers()}
 
 

@@ -152,17 +152,19 @@ def _ctranslate2_dir(run_dir: Path, destination: Path) -> Path:
 STAND_IN_GRAPHS = ("encoder", "decoder_step", "decoder_step_top_k", "beam_search")
 
 
-def _exported(run_dir: Path, log: Callable[[str], None]) -> Path:
+def _exported(run_dir: Path, log: Callable[[str], None], test_examples: int = 2) -> Path:
     """The stand-in run's export (`STAND_IN_GRAPHS`), made and checked when missing: against its Keras
-    reference in onnxruntime only, as the numbers are all a benchmark of random weights relies on."""
+    reference (greedy on the first `test_examples` test lines) in onnxruntime only, as the numbers are all
+    a benchmark of random weights relies on."""
     from export.exporter import export_run
     from export.validate import validate
 
     if not (run_dir / "export" / "config.json").is_file():
-        log(f"exporting {run_dir} ({', '.join(STAND_IN_GRAPHS)}; checked on 2 test sequences; int8 after)")
+        log(f"exporting {run_dir} ({', '.join(STAND_IN_GRAPHS)}; checked on {test_examples} test sequences; "
+            "int8 after)")
         # No int8 quality check here either: it decodes generated ids to text.
-        export_run(run_dir, validate=False, max_test_examples=2, verbose=False, graphs=STAND_IN_GRAPHS,
-                   saved_model=False)
+        export_run(run_dir, validate=False, max_test_examples=test_examples, verbose=False,
+                   graphs=STAND_IN_GRAPHS, saved_model=False)
         validate(run_dir / "export", reference_only=True, verbose=False)
     return run_dir / "export"
 
@@ -393,7 +395,7 @@ def run_in_graph_search(models: list[RealModel], batches=(1, 32), sentences: int
     import onnxruntime as ort
 
     from serving.options import DecodingOptions
-    from serving.runtime import Runtime, resolve_providers, session_options
+    from serving.runtime import Runtime, check_providers_loaded, session_options
 
     rows = []
     for model in models:
@@ -402,8 +404,8 @@ def run_in_graph_search(models: list[RealModel], batches=(1, 32), sentences: int
             log(f"in-graph search: {model.name} has no beam_search graph (export the run again)")
             continue
         session = ort.InferenceSession(str(model.run_dir / "export" / runtime.config.graph_file("beam_search")),
-                                       session_options(intra_op_threads=threads),
-                                       providers=resolve_providers(provider))
+                                       session_options(intra_op_threads=threads), providers=runtime.providers)
+        check_providers_loaded(session, runtime.providers)  # as the runtime's own sessions
         texts = [line.split("\t")[0] for line in (model.run_dir / "test.tsv").read_text(encoding="utf-8")
                  .splitlines()[:sentences]]
         max_length = runtime.config.max_target_length

@@ -191,13 +191,15 @@ def test_the_cuda_rows_script_end_to_end_on_the_cpu(tiny_run, tmp_path, monkeypa
     in the GPU's place, on a copy holding only the export and the test split, as travels there."""
     import shutil
 
+    from helpers import copy_export
+
     from bench import cuda, real_size
 
     # The rows' layout is under test, not their timing: samples of one call, no settling pauses.
     monkeypatch.setattr(real_size, "SAMPLE_SECONDS", 0.0)
     monkeypatch.setattr(real_size, "SETTLE_SECONDS", 0.0)
     run = tmp_path / "gpu" / "tiny"
-    shutil.copytree(tiny_run / "export", run / "export")
+    copy_export(tiny_run / "export", run)
     shutil.copy(tiny_run / "test.tsv", run / "test.tsv")
     monkeypatch.setattr(cuda, "_machine", lambda: {"gpu": None})
     out = tmp_path / "cuda.json"
