@@ -238,6 +238,30 @@ def test_reorder_rows_equals_fancy_indexing():
     assert out is not frozen and np.array_equal(out, expected) and np.array_equal(frozen, values)
 
 
+def test_row_by_row_reorder_only_where_no_moved_row_is_read():
+    """`row_copies` refuses a reorder where a moved row is another's source (copied row by row, it would
+    be read after it was overwritten); where it gives pairs, copying by them is the fancy-indexed reorder.
+    And what `stay_in_place` orders never needs the refusal."""
+    from serving.search import _reorder_rows, row_copies, stay_in_place
+
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(6, 2, 5, 3))
+    read_and_moved = np.array([0, 0, 3, 3, 1, 5])  # row 1 moves and row 4 reads it
+    assert row_copies(read_and_moved, np.flatnonzero(read_and_moved != np.arange(6))) is None
+    source = np.array([0, 0, 2, 2, 4, 4])
+    moved = np.flatnonzero(source != np.arange(6))
+    copies = row_copies(source, moved)
+    assert copies == [(1, 0), (3, 2), (5, 4)]
+    by_rows = _reorder_rows(values.copy(), source, moved, (slice(None), slice(0, 3)), copies)
+    assert np.array_equal(by_rows[:, :, :3], values[source][:, :, :3])
+    assert np.array_equal(by_rows[:, :, 3:], values[:, :, 3:])  # positions not written yet are left alone
+    k = 4
+    parents = rng.integers(0, k, (300, k))  # the parent of each new hypothesis, best first
+    for row, order in zip(parents, stay_in_place(parents), strict=True):
+        step_source = row[order]
+        assert row_copies(step_source, np.flatnonzero(step_source != np.arange(k))) is not None
+
+
 def test_stay_in_place_keeps_each_parents_best_child_in_its_row():
     """The new hypotheses take rows so that every parent's best child stays in its parent's row and
     only the other children move, the fewest rows a reorder can copy."""
