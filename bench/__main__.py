@@ -48,15 +48,20 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # export made (264 s the benchmark: training 51 s, inference 38 s, server 5 s, real-size 82 s, pipeline
 # 87 s, of which the model's build and 3 warm-up batches 51 s).
 # The full one's real-size part alone took 24 min on the noisy 2-core EPYC of 2026-12-02, whose ratios
-# near 1.0 needed 5 rounds. `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
+# near 1.0 needed 5 rounds. On the AVX2 EPYC of 2026-12-04 one-thread batch-1 samples of the same engine
+# ranged 40-77 ms within a run, and two runs of the command an hour apart read 1.32 and 0.97 on the same
+# row: cells of short calls (batch 1) take 15 rounds, about 2-3 min more in all.
+# `real_*`: the real-size part (`bench.real_size`, `bench.pipeline`).
 SETTINGS = {
     "full": dict(rounds=9, steps=10, repeats=5, lengths=(16, 32, 64, 128, 256), requests=300,
                  max_seconds=20.0, concurrencies=(1, 8, 32), real_sizes=("multi30k", "base"),
-                 real_threads=(1, 2), real_rounds=5, real_requests=200, pipeline_steps=None,
+                 real_threads=(1, 2), real_rounds=5, real_short_rounds=15, real_requests=200,
+                 pipeline_steps=None,
                  pipeline_warmup=10, pipeline_probe_steps=10, search_sentences=64, real_savedmodel=True,
                  eager_repeats=None, training_warmup=3, training_models=None),
     "quick": dict(rounds=3, steps=4, repeats=3, lengths=(16, 32, 64), requests=40, max_seconds=6.0,
                   concurrencies=(1, 8, 32), real_sizes=("multi30k",), real_threads=(1,), real_rounds=2,
+                  real_short_rounds=None,
                   real_requests=20, pipeline_steps=4, search_sentences=8,
                   # 3 warm-up batches: the step is traced for its first shape, then once more with the
                   # lengths relaxed (`reduce_retracing`), which every later bucket shape reuses
@@ -162,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         models = prepare_models(args.run, args.work / "real-size", args.real_run, log=log, multi30k=args.multi30k,
                                 names=s["real_sizes"])
         real = run_generation(models, args.work / "real-size", threads=s["real_threads"],
-                              rounds=s["real_rounds"], with_savedmodel=s["real_savedmodel"], log=log)
+                              rounds=s["real_rounds"], with_savedmodel=s["real_savedmodel"], log=log,
+                              short_rounds=s["real_short_rounds"])
         real["in_graph_search"] = run_in_graph_search(models, sentences=s["search_sentences"],
                                                       rounds=s["real_rounds"], log=log)
         multi30k = models[0]

@@ -277,12 +277,15 @@ def _sources(vocab_size: int, batch: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- timing
 def time_engines(engines: dict[str, Callable], source: np.ndarray, tokens: int, beam: int, rounds: int,
-                 settle: bool = False, last: tuple[str, ...] = ()) -> tuple[dict[str, list[float]], int]:
+                 settle: bool = False, last: tuple[str, ...] = (), short_rounds: int | None = None
+                 ) -> tuple[dict[str, list[float]], int]:
     """Seconds per call of every engine on one cell, `rounds` samples each, and the calls per sample.
 
     The engines take turns within a round, starting one later each round, so every engine sees the same
     machine load; the ones in `last` (the SavedModel) go last in every round. Every sample repeats the
-    call as often for every engine, from the fastest engine's warm call (`SAMPLE_SECONDS`).
+    call as often for every engine, from the fastest engine's warm call (`SAMPLE_SECONDS`). A cell whose
+    fastest call is shorter than a sample (the batch-1 rows) is measured in `short_rounds` rounds where
+    that is more: its rounds cost a second or two, and on a shared 2-vCPU machine one sample swung 2x.
     """
     warm = {}
     for name, engine in engines.items():  # warm-up: first-call allocations and graph tracing
@@ -291,6 +294,8 @@ def time_engines(engines: dict[str, Callable], source: np.ndarray, tokens: int, 
         engine(source, tokens, beam)
         warm[name] = time.perf_counter() - started
     calls = max(1, math.ceil(SAMPLE_SECONDS / max(min(warm.values()), 1e-6)))
+    if calls > 1 and short_rounds:
+        rounds = max(rounds, short_rounds)
     turns = [name for name in engines if name not in last]
     runs: dict[str, list[float]] = {name: [] for name in engines}
     for round_index in range(rounds):
@@ -328,8 +333,9 @@ def summarize(runs: dict[str, list[float]], tokens: int, pairs) -> tuple[dict, d
 
 def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batches=(1, 32),
                    beams=(1, 4), threads=(1, 2), rounds: int = 3, with_savedmodel: bool = True,
-                   log: Callable[[str], None] = print) -> dict:
-    """Tokens/s of every engine for every (size, method, batch, threads), and the ratios per pair.
+                   log: Callable[[str], None] = print, short_rounds: int | None = None) -> dict:
+    """Tokens/s of every engine for every (size, method, batch, threads), and the ratios per pair; a
+    cell of short calls in `short_rounds` rounds where that is more (`time_engines`).
 
     Returns:
         {"tokens", "source_tokens", "rounds", "models": [...], "rows": [{"size", "method", "batch",
@@ -356,17 +362,18 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
                     source = _sources(model.vocab_size, batch)
                     names = [e for e in engines if not (e == "savedmodel" and beam > 1)]
                     runs, calls = time_engines({name: engines[name] for name in names}, source, tokens, beam,
-                                               rounds, settle=n_threads > 1, last=("savedmodel",))
+                                               rounds, settle=n_threads > 1, last=("savedmodel",),
+                                               short_rounds=short_rounds)
                     row = {"size": model.name, "method": "greedy" if beam == 1 else f"beam {beam}",
-                           "batch": batch, "threads": n_threads, "calls_per_sample": calls, "engines": {},
-                           "ratios": {}}
+                           "batch": batch, "threads": n_threads, "calls_per_sample": calls,
+                           "rounds": len(runs[names[0]]), "engines": {}, "ratios": {}}
                     row["engines"], row["ratios"] = summarize(runs, batch * tokens, RATIO_PAIRS)
                     rows.append(row)
                     log(f"real-size {model.name:<8} {row['method']:<7} batch {batch:>2} threads {n_threads}: "
                         + ", ".join(f"{k} {v['tokens_per_s']:.0f}" for k, v in row["engines"].items())
                         + f" tok/s | ours/ct2 fp32 {row['ratios']['ours fp32 / ct2 fp32']['median']}x")
             del engines
-    return {"tokens": tokens, "source_tokens": SOURCE_TOKENS, "rounds": rounds,
+    return {"tokens": tokens, "source_tokens": SOURCE_TOKENS, "rounds": rounds, "short_rounds": short_rounds,
             "models": [{"name": m.name, "description": m.description, "parameters": m.parameters,
                         "trained": m.trained, "run": str(m.run_dir)} for m in models],
             "rows": rows}

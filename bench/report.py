@@ -396,7 +396,10 @@ def _real_size_markdown(real: dict, pipeline: dict | None, training: list | None
              f"source {real['source_tokens']} tokens per sentence, distinct random sentences per row, the "
              "encoder included. Engines take turns within each of "
              f"{real['rounds']} rounds (a round's sample repeats a short call until it lasts about "
-             "0.25 s, the same count for every engine of a row); a figure is the median over rounds, a "
+             "0.25 s, the same count for every engine of a row"
+             + (f"; a row of such short calls takes {real['short_rounds']} rounds"
+                if real.get("short_rounds") and real["short_rounds"] > real["rounds"] else "")
+             + "); a figure is the median over rounds, a "
              "ratio the median of the "
              "per-round ratios (speed of the first over the second) with their range. `ours` is "
              "`serving.runtime` (onnxruntime, one decoder step per token with the key/value cache, numpy "

@@ -302,3 +302,27 @@ def test_the_benchmark_refuses_a_real_size_part_it_cannot_run_before_running_any
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: the real-size part needs") and err.count("\n") == 1
     assert "--skip real-size" in err and not out.exists()
+
+
+def test_a_cell_of_short_calls_takes_the_short_rounds_and_a_long_one_does_not():
+    """`time_engines`: where every sample repeats a short call, `short_rounds` samples per engine, the
+    engines still taking turns; a cell whose call outlasts a sample keeps `rounds`."""
+    import time
+
+    from bench.real_size import SAMPLE_SECONDS, time_engines
+
+    order = []
+
+    def engine(name, seconds):
+        def call(source, tokens, beam):
+            order.append(name)
+            time.sleep(seconds)
+        return call
+
+    short = {"a": engine("a", 0.001), "b": engine("b", 0.001)}
+    runs, calls = time_engines(short, np.zeros((1, 3), np.int32), 4, 1, rounds=2, short_rounds=5)
+    assert calls > 1 and [len(runs[name]) for name in short] == [5, 5]
+    assert order[4:4 + calls] == ["a"] * calls and order[4 + calls:4 + 2 * calls] == ["b"] * calls
+    long = {"a": engine("a", SAMPLE_SECONDS * 1.2)}
+    runs, calls = time_engines(long, np.zeros((1, 3), np.int32), 4, 1, rounds=2, short_rounds=5)
+    assert calls == 1 and len(runs["a"]) == 2
