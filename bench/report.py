@@ -109,7 +109,8 @@ def _load_note(env: dict) -> str:
 REAL_SIZE_NOTES = """\
 Export format 2, what each step gave. Items (1)-(8) were measured on 2026-12-01 and -02 on a 2-core AMD EPYC
 with AVX2 only, items (9)-(12) on 2026-12-03 on a 2-core AMD EPYC with AVX-512 (Zen 4), the machine of
-that day's table (the table above is 2026-12-04's, on an AVX2 EPYC, with all of them); every ratio from
+that day's table, item (13) on 2026-12-04 on an AVX2 EPYC (the table above is that one's, with all of
+them); every ratio from
 one run, engines or trees taking turns; on the Multi30k shape with random weights unless said:
 
 - What changed and what each gave. Before, on the same machine the same day (`--quick`, 2 rounds,
@@ -202,6 +203,27 @@ one run, engines or trees taking turns; on the Multi30k shape with random weight
   where many rows step at once (int8 greedy b32 is the row the table misses), within the noise
   elsewhere; the same texts on 200 validation sentences in every row. Kept: the table above has
   it.
+- (13) Beam search's own work per step at small batches (2026-12-04, AVX2 EPYC): the few values a
+  step ranks indexed with the sentence index instead of `take_along_axis` (three calls a step: 5.3 against
+  1.2 us each at 1 x 4 values), the top-k step's outputs read where they lie and
+  copied only when a finished hypothesis changes them, and each moved cache row copied by one slice
+  assignment (`serving.search.row_copies`; after `stay_in_place` no moved row is read, so nothing has to
+  be gathered first): 6.6 against 12.4 us per cache entry with 3 of 4 rows moved, 106 against 118 us
+  with 64 of 128. The search alone on a stub step: 146 -> 114 us a step at 1 sentence x 4 beams. Whole
+  searches on the Multi30k-shape export, the tree before against after, alternating, 15 rounds, the same
+  ids: int8 beam 4 at batch 1 1.10x (0.85-1.19), fp32 0.97 (0.87-1.15, within the noise: the fp32 step
+  is three times as long). The in-graph search's lead at beam 4 batch 1 went from 1.10-1.14x to 1.09x
+  (the table above), and 1.085x in int8 measured alone (25.7 against 27.3 ms a search).
+- Where the time goes on the AVX2 EPYC (2026-12-04, int8 Multi30k shape, one thread), the row that
+  misses (beam 4, batch 1): the encoder 1.2-1.4 ms a search (213 nodes after onnxruntime's optimizer,
+  about 120 of them tf2onnx's shape arithmetic), then 32 top-k steps at 4 rows, 0.52-0.83 ms each bound
+  in place (the `DynamicQuantizeMatMul`s are most of it; the output projection's alone about a fifth),
+  and the numpy search about 0.11 ms a step. Without Python between the steps (`beam_search.onnx`) the
+  search takes 25.7 ms, CTranslate2's int8 25.3 ms in the table's run: the engines' int8 steps at 4 rows
+  are at parity there, and what is left to gain is the search's few percent, not the graph's. Per-node
+  cost is not it either: a chain of 201 `Add` or `Reshape` nodes runs 106 and 81 us, 0.4-0.5 us a node,
+  60-70 us of a 140-node step. Tried and not kept: onnxruntime without weight prepacking
+  (`session.disable_prepacking`), 0.65x in fp32 at 1 row, 0.53x int8 at 1 row, 0.63x at 4.
 - Where the time goes on that Zen 4 EPYC (onnxruntime's profiler, the trained top-k step bound in place,
   1 thread, 32 cache slots, index 20), at 128 rows (32 sentences x 4 beams): float32 20.4 ms of
   kernels, `Gemm` and `FusedGemm` 66 % (about 90 GFLOP/s, near one core's peak: the dense layers are
