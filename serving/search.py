@@ -538,8 +538,8 @@ def beam_steps(step: StepFn, state: dict, batch_size: int, max_length: int, bos_
         best = top_k_stable(total, k)  # (batch, k), best first
         parents = best // width
         order = stay_in_place(parents)  # fewest rows moved
-        # Indexing with `sentence` rather than `take_along_axis`: a tenth of the per-call cost on these
-        # few values, which at batch 1 is what a step of the search costs beside the graph.
+        # Indexing with `sentence` rather than `take_along_axis`: a quarter of the per-call cost on these
+        # few values (1.2 against 5.3 us at 1 x 4), which at batch 1 is what the search's step costs.
         best, parents = best[sentence, order], parents[sentence, order]
         scores = total[sentence, best]
         source = (rows + parents).reshape(-1)  # the hypothesis each new one extends
