@@ -365,8 +365,8 @@ def run_generation(models: list[RealModel], work: Path, tokens: int = 32, batche
                                                rounds, settle=n_threads > 1, last=("savedmodel",),
                                                short_rounds=short_rounds)
                     row = {"size": model.name, "method": "greedy" if beam == 1 else f"beam {beam}",
-                           "batch": batch, "threads": n_threads, "calls_per_sample": calls,
-                           "rounds": len(runs[names[0]]), "engines": {}, "ratios": {}}
+                           "batch": batch, "threads": n_threads, "calls_per_sample": calls, "engines": {},
+                           "ratios": {}}
                     row["engines"], row["ratios"] = summarize(runs, batch * tokens, RATIO_PAIRS)
                     rows.append(row)
                     log(f"real-size {model.name:<8} {row['method']:<7} batch {batch:>2} threads {n_threads}: "

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import subprocess
+import tarfile
+import time
 
 import numpy as np
 import onnx
@@ -189,8 +194,6 @@ def test_real_size_generation_against_ctranslate2_and_its_report(tiny_run, tmp_p
 def test_the_cuda_rows_script_end_to_end_on_the_cpu(tiny_run, tmp_path, monkeypatch):
     """`python -m bench.cuda`, which the GPU machine runs without TensorFlow: here with `--provider cpu`
     in the GPU's place, on a copy holding only the export and the test split, as travels there."""
-    import shutil
-
     from helpers import copy_export
 
     from bench import cuda, real_size
@@ -226,11 +229,6 @@ def test_the_gpu_payload_packs_into_parts_that_reassemble(tiny_run, tmp_path):
     """`bench/gpu_check.sh pack`: the exports (and onnxruntime-gpu, a stand-in file here) in parts below a
     device call's limit, which put back together match the sha256 the last call checks and unpack to
     artifacts/gpu/<run>/; a run without its export is refused before anything is written."""
-    import hashlib
-    import shutil
-    import subprocess
-    import tarfile
-
     from helpers import ROOT
 
     work = tmp_path / "repo"
@@ -307,8 +305,6 @@ def test_the_benchmark_refuses_a_real_size_part_it_cannot_run_before_running_any
 def test_a_cell_of_short_calls_takes_the_short_rounds_and_a_long_one_does_not():
     """`time_engines`: where every sample repeats a short call, `short_rounds` samples per engine, the
     engines still taking turns; a cell whose call outlasts a sample keeps `rounds`."""
-    import time
-
     from bench.real_size import SAMPLE_SECONDS, time_engines
 
     order = []
