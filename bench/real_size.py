@@ -216,6 +216,7 @@ def prepare_models(base_run: Path, work: Path, real_run: Path | None = DEFAULT_R
 
 # ---------------------------------------------------------------------------------------------- engines
 def _ours(export_dir: Path, threads: int, int8: bool, provider: str = "cpu") -> Callable:
+    from serving.options import DecodingOptions
     from serving.runtime import Runtime
     from serving.search import beam_search, greedy_search
 
@@ -223,6 +224,10 @@ def _ours(export_dir: Path, threads: int, int8: bool, provider: str = "cpu") -> 
     bos, pad = runtime.bos_id, runtime.pad_id
 
     def generate(source: np.ndarray, tokens: int, beam: int) -> np.ndarray:
+        options = DecodingOptions(method="beam", beam_size=beam) if beam > 1 else DecodingOptions()
+        if runtime.runs_in_graph(source.shape[0], options):
+            # As the runtime searches a batch-1 request; EOS is kept out by the graph's min_length instead.
+            return runtime.in_graph_search(source, tokens, beam, 0.6 if beam > 1 else 0.0, min_length=tokens).tokens
         state, step, top_k = runtime.search_start(source, tokens, beam)  # as the runtime's own searches
         if beam == 1:
             return greedy_search(step, state, source.shape[0], tokens, bos, NEVER, pad, top_k_step=top_k).tokens
@@ -406,7 +411,8 @@ def run_in_graph_search(models: list[RealModel], batches=(1, 32), sentences: int
 
     rows = []
     for model in models:
-        runtime = Runtime(model.run_dir / "export", provider=provider, intra_op_threads=threads)
+        runtime = Runtime(model.run_dir / "export", provider=provider, intra_op_threads=threads,
+                          in_graph_search=False)  # the numpy search, at every batch
         if "beam_search" not in runtime.config.graph_names:
             log(f"in-graph search: {model.name} has no beam_search graph (export the run again)")
             continue
@@ -420,7 +426,7 @@ def run_in_graph_search(models: list[RealModel], batches=(1, 32), sentences: int
             options = DecodingOptions(method="greedy" if beam_size == 1 else "beam", beam_size=beam_size,
                                       length_penalty=length_penalty, max_new_tokens=max_length)
             feeds = {"max_length": np.array(max_length, np.int32), "beam_size": np.array(beam_size, np.int32),
-                     "length_penalty": np.array(length_penalty, np.float32)}
+                     "length_penalty": np.array(length_penalty, np.float32), "min_length": np.array(0, np.int32)}
             for batch in batches:
                 sources = [runtime.tokenizer.encode_sources(texts[i:i + batch], runtime.config.max_source_length)[0]
                            for i in range(0, len(texts), batch)]

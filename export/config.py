@@ -23,6 +23,7 @@ from serving.contract import (
     LENGTH_PENALTY,
     LOGITS,
     MAX_LENGTH,
+    MIN_LENGTH,
     OUTPUT_TEXT,
     RESERVED_NAMES,
     SCORES,
@@ -127,7 +128,7 @@ def describe_graphs(state: Sequence[Mapping], vocab_size: int,
         "beam_search": {
             "file": GRAPH_FILES["beam_search"],
             "inputs": [encoder_input, tensor(MAX_LENGTH, "int32", ()), tensor(BEAM_SIZE, "int32", ()),
-                       tensor(LENGTH_PENALTY, "float32", ())],
+                       tensor(LENGTH_PENALTY, "float32", ()), tensor(MIN_LENGTH, "int32", ())],
             "outputs": [tensor(TOKENS, "int32", ("batch", "max_length")), tensor(SCORES, "float32", ("batch",)),
                         *([tensor(ATTENTION, "float32", ("batch", "max_length", *attention, "source_length"))]
                           if attention is not None else [])],

@@ -196,12 +196,13 @@ def onnx_runner(session) -> Runner:
 
 def validation_runtime(export_dir: Path, provider: str, threads: int = 0):
     """The serving runtime itself (`serving.runtime.Runtime`) on one provider, with the validator's
-    provider options. The manifest is checked by the validator before this runs (and is not marked
-    validated yet), so the runtime does not check it."""
+    provider options, always with its numpy search (what `beam_search.onnx`, which the runtime runs for
+    a batch-1 request, is compared with). The manifest is checked by the validator before this runs (and
+    is not marked validated yet), so the runtime does not check it."""
     from serving.runtime import Runtime
 
     return Runtime(export_dir, provider=provider, intra_op_threads=threads, verify=False,
-                   provider_options=PROVIDER_OPTIONS)
+                   provider_options=PROVIDER_OPTIONS, in_graph_search=False)
 
 
 def runtime_generate(runtime, **options) -> Callable[[np.ndarray, int], np.ndarray]:

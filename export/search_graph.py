@@ -7,7 +7,7 @@ graphs gets it, and any engine that runs standard ONNX (onnxruntime-web, onnxrun
 and Java bindings) gets the whole translation from ids to ids without writing a search loop:
 
     inputs   encoder_input int32 (batch, source_length), max_length int32 (), beam_size int32 (),
-             length_penalty float32 ()
+             length_penalty float32 (), min_length int32 () (EOS not allowed before it; 0: no rule)
     outputs  tokens int32 (batch, length)          best hypothesis per sentence, EOS included, PAD after
              scores float32 (batch,)               its log-probability / GNMT length penalty
              attention float32 (batch, length, layers, heads, source_length)   models with attention
@@ -52,12 +52,14 @@ from serving.contract import (
     LENGTH_PENALTY,
     LOGITS,
     MAX_LENGTH,
+    MIN_LENGTH,
     SCORES,
     TOKEN_IDS,
     TOKENS,
     TOP_IDS,
     TOP_LOG_PROBS,
     numpy_dtype,
+    position_axes,
     updated_name,
 )
 
@@ -251,10 +253,19 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
              "max_length": main.op("Unsqueeze", steps, main.const([0], i64))}
 
     # The state before the first step: shared entries as the encoder gave them, the other encoder
-    # entries repeated per beam (row b * K + j is hypothesis j of sentence b), caches as zeros.
+    # entries repeated per beam (row b * K + j is hypothesis j of sentence b), caches as zeros; a cache
+    # with a position axis (`position_axes`) starts with none and grows by one a step (below).
+    grows = position_axes(state)
+    sizes_at_start = {**sizes, "max_length": main.const([0], i64)}
+    new_position: dict[str, str] = {}  # per growing cache, the zeros of one position it grows by
     initial: dict[str, str] = {}
     for entry in state:
         name = entry["name"]
+        if name in grows:
+            dims = [sizes[d] if isinstance(d, str) and d != "max_length" else main.const([1 if d == "max_length" else d], i64)
+                    for d in entry["shape"]]
+            zero = numpy_helper.from_array(np.zeros((1,), dtype=numpy_dtype(entry["dtype"])), "zero")
+            new_position[name] = main.op("ConstantOfShape", main.op("Concat", *dims, axis=0), value=zero)
         if entry["source"] == "encode":
             value = encoded[name]
             if not entry.get("shared_by_beams"):
@@ -264,12 +275,14 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
                                   main.op("Concat", batch, k, rest, axis=0))  # (B, K, ...)
                 value = main.op("Reshape", widened, main.op("Concat", rows, rest, axis=0))  # (B * K, ...)
         else:
-            dims = [sizes[d] if isinstance(d, str) else main.const([d], i64) for d in entry["shape"]]
+            at_start = sizes_at_start if name in grows else sizes
+            dims = [at_start[d] if isinstance(d, str) else main.const([d], i64) for d in entry["shape"]]
             zero = numpy_helper.from_array(np.zeros((1,), dtype=numpy_dtype(entry["dtype"])), "zero")
             value = main.op("ConstantOfShape", main.op("Concat", *dims, axis=0), value=zero)
         initial[name] = value
     updated = [entry["name"] for entry in state if entry["updated"]]
 
+    eos_column = main.const(np.arange(_vocab_size(step)) == eos, np.bool_)  # (V,): True at EOS only
     beam_offsets = main.op("Mul", main.op("Range", main.const(0, i64), main.op("Squeeze", batch),
                                           main.const(1, i64)), k_scalar)  # (B,) = b * K
     beam_offsets = main.op("Unsqueeze", beam_offsets, main.const([1], i64))  # (B, 1)
@@ -290,17 +303,34 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
     carried = {key: f"in/{key}" for key in loop_inputs}
     index = body.op("Cast", "iteration", to=TensorProto.INT32)
     # Hypotheses continue the rows they were chosen from: reorder the caches by the previous step's parent.
+    # A cache with a position axis then gets the one position this step writes, so the step attends over
+    # the positions written, not over `max_length` slots of which it masks the unwritten ones, and the
+    # reorder copies only those (the int8 Multi30k-shaped search at one sentence, 4 beams, 32 tokens:
+    # BENCHMARKS.md (14)).
     step_state = {name: initial[name] for name in initial}
     for name in updated:
         step_state[name] = body.op("Gather", carried[f"state/{name}"], carried["parent"], axis=0)
+        if name in grows:
+            step_state[name] = body.op("Concat", step_state[name], new_position[name], axis=grows[name])
     nodes, weights, out = inline_graph(step, "step/", {TOKEN_IDS: carried["token"], INDEX: index, **step_state})
     body.nodes += nodes
     main.initializers += weights  # read from the outer scope: one copy of the weights
 
+    # EOS is not allowed before `min_length` tokens (`serving.search.Constraints.min_new_tokens`): its
+    # logit is -inf before the log-softmax, as the numpy rule sets it. In an `If`, so a search without the
+    # rule pays one comparison a step, not a pass over (B * K, vocabulary) logits.
+    vocab_size = _vocab_size(step)
+    masked = GraphBuilder(counter, "min_length/")
+    masked.op("Where", eos_column, masked.const(-np.inf, np.float32), out[LOGITS], outputs=[masked.name("logits")])
+    unmasked = GraphBuilder(counter, "min_length/")
+    unmasked.op("Identity", out[LOGITS], outputs=[unmasked.name("logits")])
+    logits = body.op("If", body.op("Less", index, MIN_LENGTH),
+                     then_branch=_branch(masked, "eos_masked"), else_branch=_branch(unmasked, "eos_allowed"))
+
     # Each hypothesis's K best continuations first (as the runtime's `decoder_step_top_k`): no other can
     # make its sentence's K best, so the sentence's choice ranks K * K candidates, not K * vocabulary.
-    log_probs, ids = block_top_k(body, body.op("LogSoftmax", out[LOGITS], axis=-1), k,
-                                 _vocab_size(step))  # (B * K, K) float32, int64
+    log_probs, ids = block_top_k(body, body.op("LogSoftmax", logits, axis=-1), k,
+                                 vocab_size)  # (B * K, K) float32, int64
     # A finished hypothesis may only continue with PAD, at no cost, so it keeps its score.
     first_column = body.op("Equal", body.op("Range", body.const(0, i64), k_scalar, body.const(1, i64)),
                            body.const(0, i64))  # (K,)
@@ -417,6 +447,12 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
     model = helper.make_model(graph, opset_imports=_opsets(encoder, step))
     model.ir_version = IR_VERSION
     return model
+
+
+def _branch(builder: GraphBuilder, name: str) -> onnx.GraphProto:
+    """An `If` branch of the nodes of `builder`, whose last node's output is the branch's one output."""
+    return helper.make_graph(builder.nodes, name, [], [_value(builder.nodes[-1].output[0], TensorProto.FLOAT, None)],
+                             initializer=builder.initializers)
 
 
 def _elem(dtype: str) -> int:

@@ -38,6 +38,7 @@ from serving.contract import (
     ENCODER_INPUT,
     LENGTH_PENALTY,
     MAX_LENGTH,
+    MIN_LENGTH,
     OUTPUT_TEXT,
     SCORES,
     TEXT,
@@ -81,8 +82,10 @@ def generate_text_graph(search: onnx.ModelProto, tokenizer_model: bytes, special
     encoder_input = main.op("Where", main.op("Less", column, kept), pieces, tail)  # (B, L) int32
 
     # The search --------------------------------------------------------------------------------------------
+    # Without `min_length` (the text graph's callers decode to EOS): 0, no rule.
     nodes, weights, found = inline_graph(search, "search/", {ENCODER_INPUT: encoder_input, MAX_LENGTH: MAX_LENGTH,
-                                                             BEAM_SIZE: BEAM_SIZE, LENGTH_PENALTY: LENGTH_PENALTY})
+                                                             BEAM_SIZE: BEAM_SIZE, LENGTH_PENALTY: LENGTH_PENALTY,
+                                                             MIN_LENGTH: main.const(0, np.int32)})
     main.nodes += nodes
     main.initializers += weights
     main.op("Identity", found[SCORES], outputs=[SCORES])

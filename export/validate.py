@@ -127,7 +127,8 @@ def in_graph_search(search: Callable, pad_id: int, beam_size: int, length_penalt
     def generate(encoder_input: np.ndarray, max_length: int) -> np.ndarray:
         tokens = search({"encoder_input": encoder_input, "max_length": np.array(max_length, np.int32),
                          "beam_size": np.array(beam_size, np.int32),
-                         "length_penalty": np.array(length_penalty, np.float32)})["tokens"]
+                         "length_penalty": np.array(length_penalty, np.float32),
+                         "min_length": np.array(0, np.int32)})["tokens"]
         return np.pad(tokens, ((0, 0), (0, max_length - tokens.shape[1])), constant_values=pad_id)
 
     return generate

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "ATTENTION", "BEAM_SIZE", "ENCODER_INPUT", "INDEX", "LENGTH_PENALTY", "LOGITS", "MAX_LENGTH",
+    "ATTENTION", "BEAM_SIZE", "ENCODER_INPUT", "INDEX", "LENGTH_PENALTY", "LOGITS", "MAX_LENGTH", "MIN_LENGTH",
     "OUTPUT_TEXT", "RESERVED_NAMES", "SCORES", "SYMBOLIC_AXES", "TEXT", "TOKENS", "TOKEN_IDS",
     "TOP_IDS", "TOP_LOG_PROBS", "concrete_shape", "numpy_dtype", "position_axes", "shared_by_beams", "updated_name",
     "updated_outputs", "zero_state",
@@ -26,6 +26,7 @@ INDEX = "index"  # decoder_step: int32 scalar, the position of token_ids in the 
 LOGITS = "logits"  # decoder_step: float32 (batch, vocab)
 ATTENTION = "attention"  # decoder_step, models with attention: float32 (batch, layers, heads, source_length)
 MAX_LENGTH = "max_length"  # generate: int32 scalar
+MIN_LENGTH = "min_length"  # beam_search: int32 scalar, EOS not allowed before this many tokens (0: no rule)
 TOKENS = "tokens"  # generate: int32 (batch, max_length); beam_search: (batch, length)
 BEAM_SIZE = "beam_size"  # beam_search: int32 scalar, hypotheses kept per sentence (1: greedy)
 LENGTH_PENALTY = "length_penalty"  # beam_search: float32 scalar, GNMT's alpha (0: none)
@@ -34,8 +35,8 @@ TOP_LOG_PROBS = "top_log_probs"  # decoder_step_top_k: float32 (batch, beam_size
 TOP_IDS = "top_ids"  # decoder_step_top_k: int64 (batch, beam_size), their token ids, best first
 TEXT = "text"  # generate_text: string (batch,), the source texts
 OUTPUT_TEXT = "output_text"  # generate_text: string (batch,), the generated texts
-RESERVED_NAMES = frozenset({ENCODER_INPUT, TOKEN_IDS, INDEX, LOGITS, ATTENTION, MAX_LENGTH, TOKENS, BEAM_SIZE,
-                            LENGTH_PENALTY, SCORES, TEXT, OUTPUT_TEXT, TOP_LOG_PROBS, TOP_IDS})
+RESERVED_NAMES = frozenset({ENCODER_INPUT, TOKEN_IDS, INDEX, LOGITS, ATTENTION, MAX_LENGTH, MIN_LENGTH, TOKENS,
+                            BEAM_SIZE, LENGTH_PENALTY, SCORES, TEXT, OUTPUT_TEXT, TOP_LOG_PROBS, TOP_IDS})
 
 # The decoder step returns the new value of state entry `<name>` as output `<name>_out`.
 _UPDATED_SUFFIX = "_out"

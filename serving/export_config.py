@@ -27,9 +27,10 @@ CONFIG = "config.json"
 FORMAT_VERSION = 2
 OPERATOR_SETS = ("standard", "onnxruntime")  # config.json's `operators` (absent: standard)
 SERVED_GRAPHS = ("encoder", "decoder_step")  # what the runtime loads; "generate" is the greedy loop
-# Loaded too where the export has it: the decoder step returning each row's best log-probabilities
-# instead of its logits, which beam search without constraints steps with.
-OPTIONAL_SERVED_GRAPHS = ("decoder_step_top_k",)
+# Loaded too where the export has them: the decoder step returning each row's best log-probabilities
+# instead of its logits, which beam search without constraints steps with, and the whole beam search in
+# one graph, which a batch-1 request runs (`serving.runtime.IN_GRAPH_MAX_BATCH`).
+OPTIONAL_SERVED_GRAPHS = ("decoder_step_top_k", "beam_search")
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,13 @@ from serving.contract import (
     BEAM_SIZE,
     ENCODER_INPUT,
     INDEX,
+    LENGTH_PENALTY,
     LOGITS,
+    MAX_LENGTH,
+    MIN_LENGTH,
+    SCORES,
     TOKEN_IDS,
+    TOKENS,
     TOP_IDS,
     TOP_LOG_PROBS,
     numpy_dtype,
@@ -209,6 +214,14 @@ def growing_caches(step: Callable[[np.ndarray, int, dict], tuple], position_axes
     return grown
 
 
+# The most sentences for which an unconstrained greedy or beam search runs the export's
+# `beam_search.onnx` (the whole search in one `session.run`) instead of the numpy search over
+# `decoder_step_top_k`. At batch 1 a step is short enough that the Python between steps shows; from a
+# few sentences on, the graph's per-step reorder of every cache (a `Gather`) costs more than the numpy
+# search's row copies in place (BENCHMARKS.md, (14)).
+IN_GRAPH_MAX_BATCH = 1
+
+
 class Runtime:
     """An export loaded into onnxruntime sessions.
 
@@ -223,6 +236,10 @@ class Runtime:
         int8: load the dynamic-int8 graphs (`python -m export RUN --quantize`) instead of float32.
         provider_options: onnxruntime options per provider name, e.g. `{"CUDAExecutionProvider":
             {"use_tf32": "0"}}` (what parity validation uses).
+        in_graph_search: run a greedy or beam search of at most `IN_GRAPH_MAX_BATCH` sentences, without
+            rules or n-best lists, in the export's `beam_search.onnx` where it has one (CPU only: that is
+            where it was measured); False: always the numpy search. Both give the same outputs
+            (`export.validate` compares them on the whole test split).
 
     Raises:
         ExportError: with one line naming the file, for a missing or damaged export.
@@ -231,7 +248,7 @@ class Runtime:
     def __init__(self, export_dir: str | Path, provider: str | Sequence[str] = "cpu",
                  intra_op_threads: int = 1, inter_op_threads: int = 1, allow_spinning: bool = True,
                  verify: bool = True, int8: bool = False,
-                 provider_options: Mapping[str, dict] | None = None) -> None:
+                 provider_options: Mapping[str, dict] | None = None, in_graph_search: bool = True) -> None:
         self.export_dir = Path(export_dir)
         self.config = ExportConfig.read(self.export_dir)
         self.int8 = int8
@@ -266,6 +283,9 @@ class Runtime:
         options = session_options(intra_op_threads, inter_op_threads, allow_spinning)
         self._options = options
         self._top_k: ort.InferenceSession | None = None
+        self._beam_search: ort.InferenceSession | None = None
+        self.has_in_graph_search = in_graph_search and self.providers == ["CPUExecutionProvider"] and \
+            "beam_search" in config.graphs and (not int8 or "beam_search" in config.int8_graph_files())
         self.encoder = self._session("encoder", options)
         self.decoder = self._session("decoder_step", options)
         self._encoder_outputs = [o.name for o in self.encoder.get_outputs()]
@@ -446,6 +466,34 @@ class Runtime:
             self._top_k = self._session("decoder_step_top_k", self._options)
         return self._top_k
 
+    def runs_in_graph(self, batch: int, options: DecodingOptions, constraints: object = None) -> bool:
+        """Whether a search of `batch` sentences with `options` (and these `constraints`) runs in
+        `beam_search.onnx` (`in_graph_search`)."""
+        return (self.has_in_graph_search and batch <= IN_GRAPH_MAX_BATCH and not constraints
+                and (options.method == "greedy" or (options.method == "beam" and options.num_hypotheses == 1)))
+
+    def in_graph_search(self, encoder_input: np.ndarray, max_length: int, beam_size: int, length_penalty: float,
+                        return_attention: bool = False, min_length: int = 0) -> SearchResult:
+        """`beam_search.onnx` on encoded sources `(batch, src_len)`: the `SearchResult` the numpy beam
+        search gives (scores in float32; `beam_size` 1 with `length_penalty` 0 is greedy decoding's).
+        `min_length`: EOS not allowed before that many tokens (the
+        `min_new_tokens` rule, which `runs_in_graph` leaves to the numpy search: the graph is validated
+        without it)."""
+        if self._beam_search is None:
+            self.graph_files["beam_search"] = self.config.graph_file("beam_search", self.int8)
+            self._beam_search = self._session("beam_search", self._options)
+        session = self._beam_search
+        feeds = {ENCODER_INPUT: np.ascontiguousarray(encoder_input, np.int32),
+                 MAX_LENGTH: np.asarray(max_length, np.int32), BEAM_SIZE: np.asarray(beam_size, np.int32),
+                 LENGTH_PENALTY: np.asarray(length_penalty, np.float32), MIN_LENGTH: np.asarray(min_length, np.int32)}
+        takes = [i.name for i in session.get_inputs()]
+        if min_length and MIN_LENGTH not in takes:
+            raise ExportError(f"{self.export_dir / self.graph_files['beam_search']} takes no min_length; export "
+                              "the run again")
+        wanted = [TOKENS, SCORES] + ([ATTENTION] if return_attention and self.has_attention else [])
+        values = dict(zip(wanted, session.run(wanted, {name: feeds[name] for name in takes}), strict=True))
+        return SearchResult(values[TOKENS], values[SCORES], values.get(ATTENTION))
+
     def generate_ids(self, encoder_input: np.ndarray, options: DecodingOptions = DecodingOptions(),
                      return_attention: bool = False, seeds: Sequence | None = None) -> SearchResult:
         """Searches from encoded sources `(batch, src_len)`; ids `(batch, length)`, PAD after EOS.
@@ -462,7 +510,16 @@ class Runtime:
 
     def _search(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
                 seeds: Sequence | None) -> SearchResult:
+        max_length = options.max_new_tokens or self.max_target_length
+        if self.has_in_graph_search and self.runs_in_graph(
+                encoder_input.shape[0], options, self._constraints(options, encoder_input.shape[0], max_length)):
+            beam = options.method == "beam"
+            return self.in_graph_search(encoder_input, max_length, options.beam_size if beam else 1,
+                                        options.length_penalty if beam else 0.0, return_attention=return_attention)
         return drain(self._search_steps(encoder_input, options, return_attention, seeds))
+
+    def _constraints(self, options: DecodingOptions, batch: int, max_length: int):
+        return options.constraints(batch, max_length, encode=lambda text: self.tokenizer.encode([text])[0])
 
     def _search_steps(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
                       seeds: Sequence | None) -> SearchSteps:
@@ -470,8 +527,7 @@ class Runtime:
         kwargs = {**options.search_kwargs(), "shared": self.shared_state, "position_axes": self.position_axes}
         if options.method == "sample" and seeds is not None:
             kwargs["seed"] = list(seeds)
-        constraints = options.constraints(encoder_input.shape[0], max_length,
-                                          encode=lambda text: self.tokenizer.encode([text])[0])
+        constraints = self._constraints(options, encoder_input.shape[0], max_length)
         columns = None
         if options.method in ("greedy", "beam") and not constraints:
             columns = options.beam_size if options.method == "beam" else 1
@@ -611,8 +667,10 @@ class Runtime:
         return generations
 
     def warmup(self) -> None:
-        """One tiny generation, so the first request does not pay for onnxruntime's lazy set-up."""
-        self.generate(["0"], replace(DecodingOptions(), max_new_tokens=2))
+        """Tiny generations, so the first request does not pay for onnxruntime's lazy set-up: of two texts
+        (the numpy search) and of one (`beam_search.onnx`, where `runs_in_graph`)."""
+        for texts in (["0", "0"], ["0"]):
+            self.generate(texts, replace(DecodingOptions(), max_new_tokens=2))
 
     def describe(self) -> dict:
         config = self.config

@@ -3,6 +3,8 @@ runtime's numpy search (`serving.search.beam_search` over the decoder step) on t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -22,11 +24,12 @@ def _session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _in_graph(session, encoder_input, max_length, beam_size, length_penalty):
+def _in_graph(session, encoder_input, max_length, beam_size, length_penalty, min_length=0):
     names = [o.name for o in session.get_outputs()]
     values = session.run(None, {"encoder_input": encoder_input, "max_length": np.array(max_length, np.int32),
                                 "beam_size": np.array(beam_size, np.int32),
-                                "length_penalty": np.array(length_penalty, np.float32)})
+                                "length_penalty": np.array(length_penalty, np.float32),
+                                "min_length": np.array(min_length, np.int32)})
     return dict(zip(names, values, strict=True))
 
 
@@ -58,6 +61,29 @@ def test_in_graph_beam_search_is_the_runtimes(runtime, tiny_export, sources, bea
                                rtol=1e-5, atol=1e-6)
     if max_length == 3:
         assert not (got["tokens"] == runtime.eos_id).any()
+
+
+def test_min_length_is_the_runtimes_min_new_tokens(runtime, tiny_export, sources):
+    """`min_length` forbids EOS before that many tokens as the numpy rule `min_new_tokens` does: the same
+    tokens and scores, every output at least that long, and longer than without the rule. At beam 4: the
+    tiny model's narrower searches end no output of these within max_target_length, leaving nothing to
+    forbid."""
+    beam_size = 4
+    session = _session(tiny_export / runtime.config.graph_file("beam_search"))
+    max_length = runtime.config.max_target_length
+    free = _in_graph(session, sources, max_length, beam_size, 0.6)
+    ends = [np.flatnonzero(row == runtime.eos_id) for row in free["tokens"]]
+    min_length = int(min(end[0] for end in ends if end.size)) + 3  # above the shortest output without the rule
+    assert min_length < max_length
+    got = _in_graph(session, sources, max_length, beam_size, 0.6, min_length=min_length)
+    expected = runtime.generate_ids(sources, DecodingOptions(method="beam", beam_size=beam_size, length_penalty=0.6,
+                                                             max_new_tokens=max_length, min_new_tokens=min_length))
+    np.testing.assert_array_equal(got["tokens"], expected.tokens)
+    np.testing.assert_allclose(got["scores"], expected.scores, rtol=1e-5, atol=1e-5)
+    for row in got["tokens"]:
+        eos = np.flatnonzero(row == runtime.eos_id)
+        assert not eos.size or eos[0] >= min_length
+    assert not np.array_equal(got["tokens"][:, : free["tokens"].shape[1]], free["tokens"])
 
 
 def test_beam_one_without_penalty_is_greedy_decoding(runtime, tiny_export, sources):
@@ -268,3 +294,32 @@ def test_the_searches_by_blocks_on_a_multi30k_shaped_export(multi30k_export):
                                                                  length_penalty=0.6, max_new_tokens=max_length))
         np.testing.assert_array_equal(got["tokens"], expected.tokens)
         np.testing.assert_allclose(got["scores"], expected.scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_batch_one_request_runs_in_the_graph_with_the_numpy_searchs_output(tiny_export, tiny_run, int8):
+    """`Runtime.generate` of one text, greedy or beam, runs `beam_search.onnx` (`runs_in_graph`) and returns
+    what the numpy search returns (text, ids, score, attention); a request the graph cannot serve (two
+    texts, an n-best list, a rule, sampling) and the numpy-only runtime never load the graph."""
+    runtime = Runtime(tiny_export, intra_op_threads=1, int8=int8)
+    numpy_only = Runtime(tiny_export, intra_op_threads=1, int8=int8, in_graph_search=False)
+    lines = [line.split("\t")[0] for line in (tiny_run / "test.tsv").read_text().splitlines()[:6]]
+    options = DecodingOptions(method="beam", beam_size=3)
+    for other in (replace(options, num_hypotheses=2), replace(options, no_repeat_ngram_size=2),
+                  replace(options, target_prefix="1"), DecodingOptions(method="sample", seed=1)):
+        assert not runtime.runs_in_graph(1, other, runtime._constraints(other, 1, 16))
+        runtime.generate(lines[:1], other)
+    runtime.generate(lines[:2], options)
+    assert runtime._beam_search is None and runtime.has_in_graph_search and not numpy_only.has_in_graph_search
+    for line in lines:
+        for method in (options, DecodingOptions()):
+            got = runtime.generate([line], method, return_attention=True)[0].to_json(tokens=True, attention=True)
+            expected = numpy_only.generate([line], method, return_attention=True)[0].to_json(tokens=True,
+                                                                                             attention=True)
+            assert got["text"] == expected["text"] and got["token_ids"] == expected["token_ids"]
+            # int8: the same ids, scores about 2e-4 apart (relative) between the loop's inlined int8 graphs
+            # and the step's own session; float32 to the tolerance of the rest of this file.
+            tolerance = {"rel": 1e-3} if int8 else {"abs": 1e-5}
+            assert got["score"] == pytest.approx(expected["score"], **tolerance)
+            np.testing.assert_allclose(got["attention"], expected["attention"], atol=1e-3 if int8 else 1e-6)
+    assert runtime._beam_search is not None and numpy_only._beam_search is None

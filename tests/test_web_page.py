@@ -21,8 +21,10 @@ from serving.runtime import Runtime
 pytestmark = pytest.mark.skipif(not ORT_WEB_DIST.is_dir(),
                                 reason="js/node_modules lacks onnxruntime-web: run make js")
 
-# (method, beam_size, length_penalty, max_new_tokens); None: the defaults.
-SETTINGS = [("greedy", None, None, None), ("beam", 4, 0.6, None), ("beam", 2, 1.0, 5)]
+# (method, beam_size, length_penalty, max_new_tokens, min_new_tokens); None: the defaults. A dates output
+# is 10 pieces and EOS: min_new_tokens 11 makes it longer.
+SETTINGS = [("greedy", None, None, None, None), ("beam", 4, 0.6, None, None), ("beam", 2, 1.0, 5, None),
+            ("greedy", None, None, None, 11), ("beam", 3, 0.6, None, 11)]
 # In the page: the back end page.js picks on the page server, called on each text and setting.
 RUN_BACKEND = """async ({ texts, settings }) => {
   const ort = await import("/ort/ort.wasm.min.mjs");
@@ -31,12 +33,13 @@ RUN_BACKEND = """async ({ texts, settings }) => {
   const { WebBackend } = await import("/static/web_backend.js");
   const backend = await WebBackend.load(ort, new URL("export/", location.href).href);
   const results = [];
-  for (const [method, beam_size, length_penalty, max_new_tokens] of settings) {
+  for (const [method, beam_size, length_penalty, max_new_tokens, min_new_tokens] of settings) {
     const outputs = [];
     for (const inputs of texts) {
       const body = { inputs, method, return_attention: true };
       if (beam_size !== null) Object.assign(body, { beam_size, length_penalty });
       if (max_new_tokens !== null) body.max_new_tokens = max_new_tokens;
+      if (min_new_tokens !== null) body.min_new_tokens = min_new_tokens;
       for await (const { name, data } of backend.generate(body)) if (name === "done") outputs.push(data);
     }
     results.push(outputs);
@@ -58,8 +61,9 @@ def export_and_texts(request, tiny_export, tiny_run) -> tuple[Path, list[str]]:
     return export, [line.split("\t")[0] for line in lines]
 
 
-def _options(method, beam_size, length_penalty, max_new_tokens) -> DecodingOptions:
-    given = {"beam_size": beam_size, "length_penalty": length_penalty, "max_new_tokens": max_new_tokens}
+def _options(method, beam_size, length_penalty, max_new_tokens, min_new_tokens) -> DecodingOptions:
+    given = {"beam_size": beam_size, "length_penalty": length_penalty, "max_new_tokens": max_new_tokens,
+             "min_new_tokens": min_new_tokens}
     return DecodingOptions(method=method, **{k: v for k, v in given.items() if v is not None})
 
 

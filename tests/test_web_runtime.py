@@ -125,11 +125,14 @@ def test_node_example_beam_search_equals_onnxruntime_python_on_the_same_graph(ti
     if "beam_search" not in graphs:
         pytest.skip("this export has no beam_search graph yet")
     inputs = test_inputs[:16]
-    got = records(translate(tiny_export, json.dumps(inputs.tolist()), "--beam", "3", "--length-penalty", "0.6"))
+    # With min_length, which only this graph takes: an output of at least 4 tokens before its EOS.
+    got = records(translate(tiny_export, json.dumps(inputs.tolist()), "--beam", "3", "--length-penalty", "0.6",
+                            "--min-new-tokens", "4"))
     session = ort.InferenceSession(str(tiny_export / graphs["beam_search"]["file"]), providers=["CPUExecutionProvider"])
     max_length = json.loads((tiny_export / "config.json").read_text())["max_target_length"]
     feeds = {"encoder_input": inputs, "max_length": np.array(max_length, np.int32),
-             "beam_size": np.array(3, np.int32), "length_penalty": np.array(0.6, np.float32)}
+             "beam_size": np.array(3, np.int32), "length_penalty": np.array(0.6, np.float32),
+             "min_length": np.array(4, np.int32)}
     tokens, scores = session.run(["tokens", "scores"], {i.name: feeds[i.name] for i in session.get_inputs()})
     special = json.loads((tiny_export / "config.json").read_text())["special_ids"]
     from serving.tokenizer import strip_special_ids
@@ -137,6 +140,7 @@ def test_node_example_beam_search_equals_onnxruntime_python_on_the_same_graph(ti
     assert [r["token_ids"] for r in got] == [strip_special_ids(row, special["pad"], special["bos"], special["eos"])
                                              for row in tokens]
     np.testing.assert_allclose([r["score"] for r in got], scores, atol=1e-5)
+    assert min(len(r["token_ids"]) for r in got) >= 4
 
 
 @needs_node
@@ -145,6 +149,8 @@ def test_node_example_beam_search_equals_onnxruntime_python_on_the_same_graph(ti
     ((), "not json", "stdin is not valid JSON"),
     ((), "[[5, 99999]]", "not an id in [0,"),
     (("--max-length", "1000"), "[[5, 3]]", "is above the limit max_target_length"),
+    (("--min-new-tokens", "2"), "[[5, 3]]", "--min-new-tokens needs --beam"),
+    (("--beam", "2", "--max-length", "5", "--min-new-tokens", "5"), "[[5, 3]]", "leaves no room for EOS"),
 ])
 def test_node_example_errors_are_one_line(tiny_export, args, stdin, message):
     done = translate(tiny_export, stdin, *args)

@@ -15,6 +15,8 @@
 //   --beam N             beam search with N hypotheses (the export's beam_search graph; default: greedy,
 //                        the generate graph)
 //   --length-penalty A   beam search's GNMT length penalty (default 0.6, as the Python runtime's)
+//   --min-new-tokens N   beam search: fewest tokens before EOS may end an output (default 0: no rule; the
+//                        Python runtime's min_new_tokens, CTranslate2's min_decoding_length)
 //   --max-length N       most tokens per output (default and limit: config.json's max_target_length)
 //   --threads N          onnxruntime intra-op threads (default 1, as the Python runtime's)
 //   --text               one text per line on stdin instead of ids; prints "input", "text" too
@@ -49,7 +51,7 @@ const fail = (message) => {
 
 function parseArgs(argv) {
   const args = { exportDir: null, beam: null, lengthPenalty: DEFAULT_LENGTH_PENALTY, maxLength: null,
-                 threads: 1, text: false, verify: true };
+                 minNewTokens: 0, threads: 1, text: false, verify: true };
   const positiveInt = (flag, value) => {
     const number = Number(value);
     if (!Number.isInteger(number) || number < 1) fail(`${flag} must be an integer >= 1, got ${value}`);
@@ -63,6 +65,11 @@ function parseArgs(argv) {
       args.lengthPenalty = Number(value());
       if (!Number.isFinite(args.lengthPenalty) || args.lengthPenalty < 0) {
         fail(`--length-penalty must be a finite number >= 0, got ${argv[i]}`);
+      }
+    } else if (arg === "--min-new-tokens") {
+      args.minNewTokens = Number(value());
+      if (!Number.isInteger(args.minNewTokens) || args.minNewTokens < 0) {
+        fail(`--min-new-tokens must be an integer >= 0, got ${argv[i]}`);
       }
     } else if (arg === "--max-length") args.maxLength = positiveInt(arg, value());
     else if (arg === "--threads") args.threads = positiveInt(arg, value());
@@ -78,6 +85,9 @@ function parseArgs(argv) {
   }
   if (args.exportDir === null) fail("usage: node examples/node/translate.mjs EXPORT_DIR [--beam N] < ids.json");
   if (args.beam === null && argv.includes("--length-penalty")) fail("--length-penalty needs --beam");
+  if (args.beam === null && argv.includes("--min-new-tokens")) {
+    fail("--min-new-tokens needs --beam (the greedy graph has no min_length; --beam 1 --length-penalty 0 is greedy)");
+  }
   return args;
 }
 
@@ -213,6 +223,7 @@ async function search(ort, { graph, session }, encoderInput, args, maxLength) {
   if (args.beam !== null) {
     scalar.beam_size = new ort.Tensor("int32", Int32Array.of(args.beam), []);
     scalar.length_penalty = new ort.Tensor("float32", Float32Array.of(args.lengthPenalty), []);
+    scalar.min_length = new ort.Tensor("int32", Int32Array.of(args.minNewTokens), []);
   }
   const feeds = {};
   for (const input of graph.inputs) {
@@ -252,6 +263,12 @@ async function main() {
   const maxLength = args.maxLength ?? config.max_target_length;
   if (maxLength > config.max_target_length) {
     fail(`--max-length ${maxLength} is above the limit max_target_length ${config.max_target_length}`);
+  }
+  if (args.minNewTokens >= maxLength) {
+    fail(`--min-new-tokens ${args.minNewTokens} leaves no room for EOS within ${maxLength} tokens; lower it or raise --max-length`);
+  }
+  if (args.minNewTokens > 0 && !config.graphs[name].inputs.some((i) => i.name === "min_length")) {
+    fail(`${exportDir}'s beam_search graph has no min_length input; export the run again for --min-new-tokens`);
   }
   const special = config.special_ids;
   const tokenizerFile = config.tokenizer ?? "tokenizer.model";

@@ -15,6 +15,7 @@ const DESCRIPTIONS = {
   max_new_tokens: "most output tokens (at most the model's max_target_length)",
   beam_size: "beam: hypotheses kept",
   length_penalty: "beam: GNMT length-penalty alpha (0: none)",
+  min_new_tokens: "fewest tokens before EOS may end the output (0: no rule)",
 };
 
 /** `value` rounded to `digits` decimals, as the server's JSON rounds it (Python's `round`). */
@@ -54,6 +55,8 @@ export class WebBackend {
     this.tokenizer = tokenizer;
     this.session = session;
     this.hasAttention = config.graphs.beam_search.outputs.some((o) => o.name === "attention");
+    // An export made before the graph took min_length still runs, without that rule.
+    this.takesMinLength = config.graphs.beam_search.inputs.some((i) => i.name === "min_length");
   }
 
   async describe() {
@@ -70,6 +73,9 @@ export class WebBackend {
       max_new_tokens: { type: "integer", default: this.config.max_target_length, description: DESCRIPTIONS.max_new_tokens },
       beam_size: { type: "integer", default: 4, description: DESCRIPTIONS.beam_size },
       length_penalty: { type: "number", default: 0.6, description: DESCRIPTIONS.length_penalty },
+      ...(this.takesMinLength
+        ? { min_new_tokens: { type: "integer", default: 0, description: DESCRIPTIONS.min_new_tokens } }
+        : {}),
     };
   }
 
@@ -79,6 +85,7 @@ export class WebBackend {
     const beam = body.method === "beam";
     const beamSize = beam ? (body.beam_size ?? 4) : 1;
     const lengthPenalty = beam ? (body.length_penalty ?? 0.6) : 0;
+    const minNewTokens = body.min_new_tokens ?? 0;
     if (typeof body.inputs !== "string" || body.inputs.trim() === "") throw new Error("inputs must be a non-empty text");
     if (!["greedy", "beam"].includes(body.method)) throw new Error(`method must be greedy or beam here, got ${body.method}`);
     if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > this.config.max_target_length) {
@@ -88,18 +95,27 @@ export class WebBackend {
       throw new Error(`beam_size must be between 1 and the vocabulary size ${this.config.vocab_size}, got ${beamSize}`);
     }
     if (!Number.isFinite(lengthPenalty) || lengthPenalty < 0) throw new Error(`length_penalty must be >= 0, got ${lengthPenalty}`);
-    return { maxLength, beamSize, lengthPenalty };
+    if (!Number.isInteger(minNewTokens) || minNewTokens < 0) throw new Error(`min_new_tokens must be >= 0, got ${minNewTokens}`);
+    if (minNewTokens >= maxLength) {
+      throw new Error(`min_new_tokens ${minNewTokens} leaves no room for EOS within ${maxLength} tokens; lower it or raise max_new_tokens`);
+    }
+    if (minNewTokens > 0 && !this.takesMinLength) {
+      throw new Error("this export's beam_search graph has no min_length input; export the run again for min_new_tokens");
+    }
+    return { maxLength, beamSize, lengthPenalty, minNewTokens };
   }
 
   /** Runs the search on ids `(batch, longest)`; {tokens: rows of ids, scores, attention (or null), width}. */
-  async search(ids, shape, { maxLength, beamSize, lengthPenalty }) {
+  async search(ids, shape, { maxLength, beamSize, lengthPenalty, minNewTokens = 0 }) {
     const { Tensor } = this.ort;
-    const outputs = await this.session.run({
+    const feeds = {
       encoder_input: new Tensor("int32", ids, shape),
       max_length: new Tensor("int32", Int32Array.of(maxLength), []),
       beam_size: new Tensor("int32", Int32Array.of(beamSize), []),
       length_penalty: new Tensor("float32", Float32Array.of(lengthPenalty), []),
-    });
+    };
+    if (this.takesMinLength) feeds.min_length = new Tensor("int32", Int32Array.of(minNewTokens), []);
+    const outputs = await this.session.run(feeds);
     const [batch, width] = outputs.tokens.dims;
     const tokens = [];
     for (let b = 0; b < batch; b += 1) tokens.push(Array.from(outputs.tokens.data.subarray(b * width, (b + 1) * width)));
