@@ -282,7 +282,7 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
         initial[name] = value
     updated = [entry["name"] for entry in state if entry["updated"]]
 
-    eos_column = main.const(np.arange(_vocab_size(step)) == eos, np.bool_)  # (V,): True at EOS only
+    eos_mask = main.const(np.where(np.arange(_vocab_size(step)) == eos, -np.inf, 0.0), np.float32)  # (V,)
     beam_offsets = main.op("Mul", main.op("Range", main.const(0, i64), main.op("Squeeze", batch),
                                           main.const(1, i64)), k_scalar)  # (B,) = b * K
     beam_offsets = main.op("Unsqueeze", beam_offsets, main.const([1], i64))  # (B, 1)
@@ -317,11 +317,12 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
     main.initializers += weights  # read from the outer scope: one copy of the weights
 
     # EOS is not allowed before `min_length` tokens (`serving.search.Constraints.min_new_tokens`): its
-    # logit is -inf before the log-softmax, as the numpy rule sets it. In an `If`, so a search without the
-    # rule pays one comparison a step, not a pass over (B * K, vocabulary) logits.
+    # logit is -inf before the log-softmax, as the numpy rule sets it, by adding a row that is -inf at EOS
+    # and 0 elsewhere (a `Where` on a broadcast mask took 35 us a step at 4 x 8,000 logits, the `Add` 5).
+    # In an `If`, so a search without the rule pays one comparison a step, not a pass over the logits.
     vocab_size = _vocab_size(step)
     masked = GraphBuilder(counter, "min_length/")
-    masked.op("Where", eos_column, masked.const(-np.inf, np.float32), out[LOGITS], outputs=[masked.name("logits")])
+    masked.op("Add", out[LOGITS], eos_mask, outputs=[masked.name("logits")])
     unmasked = GraphBuilder(counter, "min_length/")
     unmasked.op("Identity", out[LOGITS], outputs=[unmasked.name("logits")])
     logits = body.op("If", body.op("Less", index, MIN_LENGTH),
