@@ -3,13 +3,14 @@
 Two sizes: the Multi30k Transformer (the trained run of `make train TASK=multi30k` when it has an export,
 else a model of the same shape with random weights) and the paper's `base` (random weights, the Multi30k
 vocabulary size). Random weights are as good as trained ones for speed: every path is forced to generate
-exactly `tokens` tokens (our searches get an EOS id no token has; CTranslate2 gets
-`min_decoding_length = max_decoding_length = tokens`), so all do the same work.
+exactly `tokens` tokens (our numpy searches get an EOS id no token has, our in-graph one and CTranslate2
+`min_length` / `min_decoding_length = max_decoding_length = tokens`), so all do the same work.
 
 Engines, each on the same source ids:
-- ours fp32 / ours int8: `serving.runtime.Runtime` (encoder once, then `decoder_step.onnx` per token with the
-  key/value cache), with `serving.search`'s greedy or beam search (beam: over `decoder_step_top_k`, each
-  hypothesis's best continuations from the graph): what `python -m serving` runs.
+- ours fp32 / ours int8: `serving.runtime.Runtime` (encoder once, then `decoder_step_top_k.onnx` per token
+  with the key/value caches, each hypothesis's best continuations from the graph), with `serving.search`'s
+  greedy or beam search; at batch 1 `beam_search.onnx`, the same search in one graph, whose `min_length`
+  keeps EOS out as CTranslate2's `min_decoding_length` does: what `python -m serving` runs.
 - ct2 fp32 / ct2 int8: `ctranslate2.Translator` on the model `export.ctranslate2_target` converts from
   the same Keras weights (compute type float32 or int8).
 - savedmodel: the export's TensorFlow path (`bench.rerun`'s cached greedy loop as a SavedModel), greedy

@@ -214,6 +214,26 @@ one run, engines or trees taking turns; on the Multi30k shape with random weight
   ids: int8 beam 4 at batch 1 1.10x (0.85-1.19), fp32 0.97 (0.87-1.15, within the noise: the fp32 step
   is three times as long). The in-graph search's lead at beam 4 batch 1 went from 1.10-1.14x to 1.09x
   (the table above), and 1.085x in int8 measured alone (25.7 against 27.3 ms a search).
+- (14) Batch-1 searches in one graph (2026-12-06, a 2-core AMD EPYC with AVX-512, Zen 4; the figures
+  are `bench.real_size`'s engines side by side, 9-11 rounds, one thread, the Multi30k shape, 32 forced
+  tokens). Where a batch-1 search went: the encoder 0.9-1.2 ms, 32 int8 top-k steps at 4
+  rows 0.36 ms each in `run_with_iobinding`, and the numpy search 2.6 ms (about 80 us a step between the
+  steps; 53 us a step on a stub step). `beam_search.onnx` had been no faster in int8 on this machine
+  (0.97x the numpy search at beam 4 batch 1, 0.80x at batch 32): its caches had `max_length` slots from
+  the first step, every step attending over all of them and the reorder (`Gather`) copying them all.
+  Now its self-attention caches start empty and grow by one position a step (a `Concat` after the
+  reorder): in-graph / numpy, int8, 1.06x at beam 4 batch 1, 0.95 at 4 sentences, 0.92 at 32; fp32 1.07,
+  1.04, 0.93. Its new `min_length` input (EOS not before it: `min_new_tokens`, CTranslate2's
+  `min_decoding_length`) adds a row that is -inf at EOS to the logits, 5 us a step at 4 x 8,000 (a
+  `Where` on a broadcast mask took 35). The runtime now runs a batch-1 greedy or beam request without
+  rules in that graph (`Runtime.runs_in_graph`, `IN_GRAPH_MAX_BATCH` 1), and so does the benchmark's
+  "ours" at batch 1, forced by `min_length` as CTranslate2 is by `min_decoding_length`. Against
+  CTranslate2 in one run, numpy search -> in-graph: int8 beam 4 batch 1 1.00 -> 1.09, greedy 1.07 ->
+  1.06 (in-graph / numpy 1.05), fp32 beam 4 1.34 -> 1.73, greedy 1.75 -> 2.05; at 2 sentences in-graph
+  / numpy 1.00 int8 and 1.07 fp32, so the rule stays at one sentence. Validation compares the graph
+  with the numpy search on the whole test split as before (`export.validate`'s runtime keeps the numpy
+  search); float32 scores agree to 1e-5, int8 ones to about 2e-4 relative with the same ids
+  (`tests/test_search_graph.py`).
 - Where the time goes on the AVX2 EPYC (2026-12-04, int8 Multi30k shape, one thread), the row that
   misses (beam 4, batch 1): the encoder 1.2-1.4 ms a search (213 nodes after onnxruntime's optimizer,
   about 120 of them tf2onnx's shape arithmetic), then 32 top-k steps at 4 rows, 0.52-0.83 ms each bound

@@ -46,7 +46,7 @@ from serving.errors import ExportError, RequestError, ServingError, first_line
 from serving.export_config import ExportConfig
 from serving.manifest import verify_manifest
 from serving.options import METHODS, DecodingOptions
-from serving.search import STREAMS, SearchResult, SearchSteps, drain, new_final_ids
+from serving.search import STREAMS, Constraints, SearchResult, SearchSteps, drain, new_final_ids
 from serving.tokenizer import SentencePieceTokenizer
 
 __all__ = ["METHODS", "DecodingOptions", "Generation", "Runtime", "check_providers_loaded", "resolve_providers"]
@@ -466,19 +466,20 @@ class Runtime:
             self._top_k = self._session("decoder_step_top_k", self._options)
         return self._top_k
 
-    def runs_in_graph(self, batch: int, options: DecodingOptions, constraints: object = None) -> bool:
+    def runs_in_graph(self, batch: int, options: DecodingOptions, constraints: Constraints | None = None) -> bool:
         """Whether a search of `batch` sentences with `options` (and these `constraints`) runs in
-        `beam_search.onnx` (`in_graph_search`)."""
+        `beam_search.onnx` (`in_graph_search`): the graph ranks each hypothesis's `beam_size` best
+        continuations, so the beam may not be wider than the vocabulary."""
+        beam = options.method == "beam" and options.num_hypotheses == 1 and options.beam_size <= self.config.vocab_size
         return (self.has_in_graph_search and batch <= IN_GRAPH_MAX_BATCH and not constraints
-                and (options.method == "greedy" or (options.method == "beam" and options.num_hypotheses == 1)))
+                and (options.method == "greedy" or beam))
 
     def in_graph_search(self, encoder_input: np.ndarray, max_length: int, beam_size: int, length_penalty: float,
                         return_attention: bool = False, min_length: int = 0) -> SearchResult:
         """`beam_search.onnx` on encoded sources `(batch, src_len)`: the `SearchResult` the numpy beam
         search gives (scores in float32; `beam_size` 1 with `length_penalty` 0 is greedy decoding's).
-        `min_length`: EOS not allowed before that many tokens (the
-        `min_new_tokens` rule, which `runs_in_graph` leaves to the numpy search: the graph is validated
-        without it)."""
+        `min_length`: EOS not allowed before that many tokens (the `min_new_tokens` rule, which
+        `runs_in_graph` leaves to the numpy search: the graph is validated without it)."""
         if self._beam_search is None:
             self.graph_files["beam_search"] = self.config.graph_file("beam_search", self.int8)
             self._beam_search = self._session("beam_search", self._options)
@@ -518,7 +519,7 @@ class Runtime:
                                         options.length_penalty if beam else 0.0, return_attention=return_attention)
         return drain(self._search_steps(encoder_input, options, return_attention, seeds))
 
-    def _constraints(self, options: DecodingOptions, batch: int, max_length: int):
+    def _constraints(self, options: DecodingOptions, batch: int, max_length: int) -> Constraints | None:
         return options.constraints(batch, max_length, encode=lambda text: self.tokenizer.encode([text])[0])
 
     def _search_steps(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
