@@ -397,7 +397,8 @@ def _runtime_tokens(runtime, sources: list[np.ndarray], options) -> list[np.ndar
 def run_in_graph_search(models: list[RealModel], batches=(1, 32), sentences: int = 64, rounds: int = 3,
                         log: Callable[[str], None] = print, provider: str = "cpu", threads: int = 1) -> dict:
     """`beam_search.onnx` (the whole search in one `session.run`) against the runtime's numpy search over
-    `decoder_step.onnx` (what `python -m serving` runs), float32, both on `provider` with `threads`
+    `decoder_step_top_k.onnx` (what `python -m serving` runs for more than one sentence; for one it runs
+    the graph, `Runtime.runs_in_graph`), float32, both on `provider` with `threads`
     intra-op threads, on the first `sentences` test lines of each model's run, in batches of `batch`;
     both stop at EOS, so both do the same work only where they return the same ids, which every row counts.
 

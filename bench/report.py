@@ -471,7 +471,8 @@ def _real_size_markdown(real: dict, pipeline: dict | None, training: list | None
     search = real.get("in_graph_search")
     if search and search["rows"]:
         lines += ["", f"The in-graph search (`onnx/beam_search.onnx`, one `session.run` per batch) against the "
-                  f"runtime's numpy search over `decoder_step.onnx` (what `python -m serving` runs), "
+                  f"runtime's numpy search over `decoder_step_top_k.onnx` (what `python -m serving` runs for "
+                  f"more than one sentence; for one, since (14), the in-graph search), "
                   f"{search['threads']} thread, float32, the first {search['sentences']} test lines of each "
                   f"run, stopping at EOS; ms for all of them, median of {search['rounds']} rounds; speed "
                   "ratio in-graph / runtime with its range; `identical`: outputs equal to the runtime's.", ""]
