@@ -143,7 +143,8 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         functions = GraphFunctions(run.model, described, run.config.special_ids)
         graphs = {name: graph for name, graph in described.items() if name in written}
         shutil.copyfile(run.tokenizer.model_path, staging / "tokenizer.model")
-        # A Transformer's step is written from its weights, for speed (export.transformer_step).
+        # A Transformer's encoder and step are written from its weights, for speed
+        # (export.transformer_encoder, export.transformer_step).
         step_by_hand = supports(run.model) is None
         fused = step_by_hand and fused_attention
         if fused_attention and not fused:
@@ -151,6 +152,11 @@ def export_run(run_dir: Path, quantize: bool = False, validate: bool = True,
         for name in GRAPH_FILES:
             if name in COMPOSED_GRAPHS or name not in graphs:
                 continue  # composed from the converted graphs below, or left out
+            if name == "encoder" and step_by_hand:
+                log("writing encoder as ONNX from the weights (export.transformer_encoder)")
+                onnx_export.write_transformer_encoder(run.model, graphs[name], staging / graphs[name]["file"],
+                                                      step_positions(run.config.max_source_length))
+                continue
             if name == "decoder_step" and step_by_hand:
                 log("writing decoder_step as ONNX from the weights (export.transformer_step"
                     f"{', fused attention' if fused else ', standard operators'})")

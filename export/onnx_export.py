@@ -24,7 +24,7 @@ from export.functions import GraphFunctions
 from export.onnx_check import check_onnx
 from export.onnx_fusions import fuse_graph_patterns
 
-__all__ = ["convert_graph", "save_graph", "write_transformer_step"]
+__all__ = ["convert_graph", "save_graph", "write_transformer_encoder", "write_transformer_step"]
 
 def _set_shape(value: onnx.ValueInfoProto, shape: list) -> None:
     """Declares `shape` (ints and symbolic axis names) on a graph input/output."""
@@ -86,6 +86,17 @@ def write_transformer_step(model, description: Mapping, path: Path, max_position
     _conform(proto, description, "decoder_step")
     return save_graph(proto, description, "decoder_step", path, "keras-nlp-week4 export/transformer_step",
                       onnxruntime_ops=fused_attention)
+
+
+def write_transformer_encoder(model, description: Mapping, path: Path, max_positions: int,
+                              opset: int = OPSET) -> Path:
+    """The Transformer's encoder written from its weights (`export.transformer_encoder`), saved and
+    checked like a converted graph."""
+    from export.transformer_encoder import transformer_encoder_graph
+
+    proto = transformer_encoder_graph(model, description, max_positions, opset)
+    _conform(proto, description, "encoder")
+    return save_graph(proto, description, "encoder", path, "keras-nlp-week4 export/transformer_encoder")
 
 
 def save_graph(model: onnx.ModelProto, description: Mapping, graph: str, path: Path, producer: str,

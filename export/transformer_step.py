@@ -53,11 +53,11 @@ from serving.contract import numpy_dtype, updated_name
 __all__ = ["in_place_updates", "step_positions", "supports", "transformer_step_graph"]
 
 
-def step_positions(max_target_length: int) -> int:
-    """Output positions the step's position table covers: the runtime never goes past
-    `max_target_length` (it refuses a longer `max_new_tokens`); validation and benchmarks go a little
-    further."""
-    return max(256, 2 * int(max_target_length))
+def step_positions(max_length: int) -> int:
+    """Positions a written graph's position table covers, for the run's `max_target_length` (the step)
+    or `max_source_length` (the encoder): the runtime never goes past them (it refuses a longer
+    `max_new_tokens`, it cuts longer sources); validation and benchmarks go a little further."""
+    return max(256, 2 * int(max_length))
 
 # The fill of masked scores before the softmax, as `keras_nlp_week4.layers.masks.large_negative`
 # gives for float32: exp(-1e9 - max) is exactly 0.
@@ -79,7 +79,7 @@ def supports(model) -> str | None:
         return "not a Transformer"
     if model.compute_dtype != "float32":
         return f"compute dtype {model.compute_dtype} (only float32 is written by hand)"
-    for layer in model.decoder_layers:
+    for layer in (*model.encoder_layers, *model.decoder_layers):
         if getattr(layer.activation, "__name__", "") != "relu":
             return f"feed-forward activation {layer.activation.__name__} (only relu is written by hand)"
     return None
@@ -133,11 +133,10 @@ def _sublayer(g: _Graph, x: str, norm, norm_first: bool, body, hint: str) -> str
     return _layer_norm(g, g.op("Add", [x, body(x)], hint), norm, f"{hint}_norm")
 
 
-def _positions(model, count: int) -> np.ndarray:
-    """The sinusoidal encoding of positions 0..count-1, `(count, d)`, computed by the model's own layer so
-    the table holds exactly the numbers its step adds."""
-    embedding = model.target_embedding
-    return _array(embedding.position_encoding(np.zeros((1, count, model.d_model), np.float32))[0])
+def _positions(embedding, d_model: int, count: int) -> np.ndarray:
+    """The sinusoidal encoding of positions 0..count-1, `(count, d)`, computed by the embedding's own layer
+    so the table holds exactly the numbers the model adds."""
+    return _array(embedding.position_encoding(np.zeros((1, count, d_model), np.float32))[0])
 
 
 def transformer_step_graph(model, description: Mapping, max_positions: int, opset: int = OPSET,
@@ -160,7 +159,7 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
     x = g.op("Gather", [table_name, "token_ids"], "token_embedding", axis=0)  # (B, d)
     if embedding.scale_by_sqrt_d_model:
         x = g.op("Mul", [x, g.const("sqrt_d_model", np.float32(math.sqrt(d)))], "scaled_embedding")
-    position = g.op("Gather", [g.const("positions", _positions(model, max_positions)), "index"], "position",
+    position = g.op("Gather", [g.const("positions", _positions(embedding, d, max_positions)), "index"], "position",
                     axis=0)  # (d,)
     x = g.op("Add", [x, position], "decoder_input")  # (B, d)
     if not fused_attention:
