@@ -234,6 +234,26 @@ one run, engines or trees taking turns; on the Multi30k shape with random weight
   with the numpy search on the whole test split as before (`export.validate`'s runtime keeps the numpy
   search); float32 scores agree to 1e-5, int8 ones to about 2e-4 relative with the same ids
   (`tests/test_search_graph.py`).
+- (15) The Transformer's encoder written from its weights (`export/transformer_encoder.py`, 2026-12-06,
+  the same Zen 4 EPYC), as its step is: 83 nodes against tf2onnx's 261 for the Multi30k shape (3 encoder
+  layers and the 3 decoder layers' cross-attention keys and values), one `Gemm` per dense layer on
+  `(batch * source_length, d_model)` rows and one for each layer's keys and values together. tf2onnx's,
+  quantized, kept 15 `MatMulIntegerToFloat`s with their own `DynamicQuantizeLinear`s and its shape
+  arithmetic; the written one quantizes to `DynamicQuantizeMatMul`s (157 nodes in int8 against 338).
+  The encoders alone, alternating, 15 rounds, 20 source tokens: int8 0.52 against 0.71 ms at one
+  sentence (1.39x), 13.6 against 17.3 ms at 32 (1.27x); fp32 1.31 against 1.46 ms (1.08x) and 37.4
+  against 37.9 ms (1.01x). The queries are scaled by 1/sqrt(d_k) with a `Mul` rather than in their
+  weights (as the step's are): int8 quantizes the query, key and value weights as one matrix with one
+  scale, and on the stand-in's weights the int8 encoder was 2.11 % off float32 with the scale folded,
+  1.99 % with the `Mul`, tf2onnx's 1.77 % (mean relative error of its outputs at 32 sentences), at the
+  same speed (the table's run had the scale folded, 80 nodes). The outputs agree to 3.5e-6 in float32 (`tests/test_transformer_encoder.py`
+  compares them with `Transformer.encode` at 1e-5; the export validates them as every graph). The
+  evening's two table runs, before and after (15), do not measure it: the machine itself changed speed
+  between them (CTranslate2's int8 beam 4 at batch 32 ran 34 % faster in the second), and the int8
+  ratios moved both ways (0.99, 1.10, 1.11, 1.20 before; 1.02, 1.08, 1.07, 1.11 after, greedy b1, b32,
+  beam 4 b1, b32), within their per-round ranges. Not re-measured: the int8 quality on the
+  trained Multi30k model (the step has quantized its query, key and value weights as one matrix since
+  format 2, and its int8 test BLEU was 38.95 against 39.00 in float32).
 - Where the time goes on the AVX2 EPYC (2026-12-04, int8 Multi30k shape, one thread), the row that
   misses (beam 4, batch 1): the encoder 1.2-1.4 ms a search (213 nodes after onnxruntime's optimizer,
   about 120 of them tf2onnx's shape arithmetic), then 32 top-k steps at 4 rows, 0.52-0.83 ms each bound

@@ -58,4 +58,4 @@ def test_the_written_encoder_is_small():
     """The Multi30k model's shape of encoder (3 layers, 3 decoder layers' cross entries) in well under the
     215 nodes onnxruntime keeps of tf2onnx's: the point of writing it."""
     nodes = len(_encoder_graph(_model(num_encoder_layers=3, num_decoder_layers=3)).graph.node)
-    assert nodes <= 80, nodes
+    assert nodes <= 85, nodes
