@@ -35,9 +35,11 @@ from export.transformer_step import (
     _MASKED,
     _array,
     _dense,
+    _feed_forward,
     _Graph,
     _layer_norm,
     _positions,
+    _qkv_weights,
     _sublayer,
     supports,
 )
@@ -97,12 +99,7 @@ def transformer_encoder_graph(model, description: Mapping, max_positions: int, o
     for i, layer in enumerate(model.encoder_layers):
         def self_attention(h, layer=layer, i=i):
             mha = layer.self_attention
-            kernel = np.concatenate([_array(mha.query_dense.kernel).reshape(d, -1),
-                                     _array(mha.key_dense.kernel).reshape(d, -1),
-                                     _array(mha.value_dense.kernel).reshape(d, -1)], axis=1)  # (d, 3d)
-            bias = np.concatenate([_array(mha.query_dense.bias).reshape(-1),
-                                   _array(mha.key_dense.bias).reshape(-1), _array(mha.value_dense.bias).reshape(-1)])
-            q, k, v = split_heads(_dense(g, h, kernel, bias, f"e{i}_qkv"), 3, f"e{i}_heads")  # (B, H, S, hd)
+            q, k, v = split_heads(_dense(g, h, *_qkv_weights(mha, d), f"e{i}_qkv"), 3, f"e{i}_heads")  # (B, H, S, hd)
             q = g.op("Mul", [q, scaled], f"e{i}_query")
             scores = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])], f"e{i}_scores")  # (B, H, S, S)
             weights = g.op("Softmax", [g.op("Where", [key_visible, scores, masked])], axis=-1)
@@ -110,14 +107,9 @@ def transformer_encoder_graph(model, description: Mapping, max_positions: int, o
             return _dense(g, g.op("Reshape", [context, rows]), _array(mha.output_dense.kernel).reshape(-1, d),
                           _array(mha.output_dense.bias), f"e{i}_out")
 
-        def feed_forward(h, layer=layer, i=i):
-            inner = g.op("Relu", [_dense(g, h, _array(layer.feed_forward_inner.kernel),
-                                         _array(layer.feed_forward_inner.bias), f"e{i}_ffn_inner")])
-            return _dense(g, inner, _array(layer.feed_forward_outer.kernel), _array(layer.feed_forward_outer.bias),
-                          f"e{i}_ffn_outer")
-
         x = _sublayer(g, x, layer.self_attention_layer_norm, model.norm_first, self_attention, f"e{i}_self")
-        x = _sublayer(g, x, layer.feed_forward_layer_norm, model.norm_first, feed_forward, f"e{i}_ffn")
+        x = _sublayer(g, x, layer.feed_forward_layer_norm, model.norm_first,
+                      lambda h, layer=layer, i=i: _feed_forward(g, h, layer, f"e{i}_ffn"), f"e{i}_ffn")
     if model.encoder_norm is not None:
         x = _layer_norm(g, x, model.encoder_norm, "encoder_norm")
 

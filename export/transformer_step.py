@@ -133,6 +133,25 @@ def _sublayer(g: _Graph, x: str, norm, norm_first: bool, body, hint: str) -> str
     return _layer_norm(g, g.op("Add", [x, body(x)], hint), norm, f"{hint}_norm")
 
 
+def _feed_forward(g: _Graph, h: str, layer, hint: str) -> str:
+    """The position-wise feed-forward network `relu(h W1 + b1) W2 + b2` of `layer`, two `Gemm`s."""
+    inner = g.op("Relu", [_dense(g, h, _array(layer.feed_forward_inner.kernel), _array(layer.feed_forward_inner.bias),
+                                 f"{hint}_inner")])
+    return _dense(g, inner, _array(layer.feed_forward_outer.kernel), _array(layer.feed_forward_outer.bias),
+                  f"{hint}_outer")
+
+
+def _qkv_weights(mha, d_model: int, query_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The query, key and value projections of `mha` as one `(d, 3d)` kernel and `(3d,)` bias, the
+    query's scaled by `query_scale`."""
+    kernel = np.concatenate([_array(mha.query_dense.kernel).reshape(d_model, -1) * query_scale,
+                             _array(mha.key_dense.kernel).reshape(d_model, -1),
+                             _array(mha.value_dense.kernel).reshape(d_model, -1)], axis=1)
+    bias = np.concatenate([_array(mha.query_dense.bias).reshape(-1) * query_scale,
+                           _array(mha.key_dense.bias).reshape(-1), _array(mha.value_dense.bias).reshape(-1)])
+    return kernel, bias
+
+
 def _positions(embedding, d_model: int, count: int) -> np.ndarray:
     """The sinusoidal encoding of positions 0..count-1, `(count, d)`, computed by the embedding's own layer
     so the table holds exactly the numbers the model adds."""
@@ -196,12 +215,7 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
     for i, layer in enumerate(model.decoder_layers):
         def self_attention(h, layer=layer, i=i):
             mha = layer.self_attention
-            kernel = np.concatenate([_array(mha.query_dense.kernel).reshape(d, -1) * scale,
-                                     _array(mha.key_dense.kernel).reshape(d, -1),
-                                     _array(mha.value_dense.kernel).reshape(d, -1)], axis=1)  # (d, 3d)
-            bias = np.concatenate([_array(mha.query_dense.bias).reshape(-1) * scale,
-                                   _array(mha.key_dense.bias).reshape(-1), _array(mha.value_dense.bias).reshape(-1)])
-            qkv = _dense(g, h, kernel, bias, f"l{i}_self_qkv")  # (B, 3d)
+            qkv = _dense(g, h, *_qkv_weights(mha, d, scale), f"l{i}_self_qkv")  # (B, 3d)
             key_entry, value_entry = cache_entries("self", i)
             if fused_attention:
                 # onnxruntime's kernel writes the new key and value at `index` into the caches (the same
@@ -246,15 +260,10 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
             return _dense(g, context, _array(mha.output_dense.kernel).reshape(-1, d),
                           _array(mha.output_dense.bias), f"l{i}_cross_out")
 
-        def feed_forward(h, layer=layer, i=i):
-            inner = g.op("Relu", [_dense(g, h, _array(layer.feed_forward_inner.kernel),
-                                         _array(layer.feed_forward_inner.bias), f"l{i}_ffn_inner")])
-            return _dense(g, inner, _array(layer.feed_forward_outer.kernel), _array(layer.feed_forward_outer.bias),
-                          f"l{i}_ffn_outer")
-
         x = _sublayer(g, x, layer.self_attention_layer_norm, model.norm_first, self_attention, f"l{i}_self")
         x = _sublayer(g, x, layer.cross_attention_layer_norm, model.norm_first, cross_attention, f"l{i}_cross")
-        x = _sublayer(g, x, layer.feed_forward_layer_norm, model.norm_first, feed_forward, f"l{i}_ffn")
+        x = _sublayer(g, x, layer.feed_forward_layer_norm, model.norm_first,
+                      lambda h, layer=layer, i=i: _feed_forward(g, h, layer, f"l{i}_ffn"), f"l{i}_ffn")
 
     if model.decoder_norm is not None:
         x = _layer_norm(g, x, model.decoder_norm, "decoder_norm")
