@@ -256,16 +256,19 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
     # entries repeated per beam (row b * K + j is hypothesis j of sentence b), caches as zeros; a cache
     # with a position axis (`position_axes`) starts with none and grows by one a step (below).
     grows = position_axes(state)
-    sizes_at_start = {**sizes, "max_length": main.const([0], i64)}
-    new_position: dict[str, str] = {}  # per growing cache, the zeros of one position it grows by
+
+    def zeros(entry: Mapping, positions: str | None = None) -> str:
+        """Zeros of `entry`'s shape, with `positions` ([P] int64) along its `max_length` axis if given."""
+        at = {**sizes, "max_length": positions} if positions is not None else sizes
+        dims = [at[d] if isinstance(d, str) else main.const([d], i64) for d in entry["shape"]]
+        zero = numpy_helper.from_array(np.zeros((1,), dtype=numpy_dtype(entry["dtype"])), "zero")
+        return main.op("ConstantOfShape", main.op("Concat", *dims, axis=0), value=zero)
+
+    # per growing cache, the zeros of the one position a step adds
+    new_position = {entry["name"]: zeros(entry, main.const([1], i64)) for entry in state if entry["name"] in grows}
     initial: dict[str, str] = {}
     for entry in state:
         name = entry["name"]
-        if name in grows:
-            dims = [sizes[d] if isinstance(d, str) and d != "max_length" else main.const([1 if d == "max_length" else d], i64)
-                    for d in entry["shape"]]
-            zero = numpy_helper.from_array(np.zeros((1,), dtype=numpy_dtype(entry["dtype"])), "zero")
-            new_position[name] = main.op("ConstantOfShape", main.op("Concat", *dims, axis=0), value=zero)
         if entry["source"] == "encode":
             value = encoded[name]
             if not entry.get("shared_by_beams"):
@@ -275,14 +278,12 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
                                   main.op("Concat", batch, k, rest, axis=0))  # (B, K, ...)
                 value = main.op("Reshape", widened, main.op("Concat", rows, rest, axis=0))  # (B * K, ...)
         else:
-            at_start = sizes_at_start if name in grows else sizes
-            dims = [at_start[d] if isinstance(d, str) else main.const([d], i64) for d in entry["shape"]]
-            zero = numpy_helper.from_array(np.zeros((1,), dtype=numpy_dtype(entry["dtype"])), "zero")
-            value = main.op("ConstantOfShape", main.op("Concat", *dims, axis=0), value=zero)
+            value = zeros(entry, main.const([0], i64) if name in grows else None)
         initial[name] = value
     updated = [entry["name"] for entry in state if entry["updated"]]
 
-    eos_mask = main.const(np.where(np.arange(_vocab_size(step)) == eos, -np.inf, 0.0), np.float32)  # (V,)
+    vocab_size = _vocab_size(step)
+    eos_mask = main.const(np.where(np.arange(vocab_size) == eos, -np.inf, 0.0), np.float32)  # (V,)
     beam_offsets = main.op("Mul", main.op("Range", main.const(0, i64), main.op("Squeeze", batch),
                                           main.const(1, i64)), k_scalar)  # (B,) = b * K
     beam_offsets = main.op("Unsqueeze", beam_offsets, main.const([1], i64))  # (B, 1)
@@ -320,7 +321,6 @@ def beam_search_graph(encoder: onnx.ModelProto, step: onnx.ModelProto, state: Se
     # logit is -inf before the log-softmax, as the numpy rule sets it, by adding a row that is -inf at EOS
     # and 0 elsewhere (a `Where` on a broadcast mask took 35 us a step at 4 x 8,000 logits, the `Add` 5).
     # In an `If`, so a search without the rule pays one comparison a step, not a pass over the logits.
-    vocab_size = _vocab_size(step)
     masked = GraphBuilder(counter, "min_length/")
     masked.op("Add", out[LOGITS], eos_mask, outputs=[masked.name("logits")])
     unmasked = GraphBuilder(counter, "min_length/")

@@ -28,23 +28,22 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from export.config import IR_VERSION, OPSET
+from export.config import OPSET
 from export.transformer_step import (
     _MASKED,
     _array,
     _dense,
     _feed_forward,
-    _Graph,
     _layer_norm,
+    _model,
     _positions,
     _qkv_weights,
+    _start,
     _sublayer,
-    supports,
 )
 from keras_nlp_week4.models.transformer import cache_entries
-from serving.contract import ENCODER_INPUT, numpy_dtype
+from serving.contract import ENCODER_INPUT
 
 __all__ = ["transformer_encoder_graph"]
 
@@ -54,12 +53,7 @@ def transformer_encoder_graph(model, description: Mapping, max_positions: int, o
     """The encoder graph of `model` (a `Transformer`, see `supports`) with the inputs and outputs of
     `description` (`export.config.describe_graphs(...)["encoder"]`), for sources shorter than
     `max_positions`; standard operators only."""
-    reason = supports(model)
-    if reason is not None:
-        raise ValueError(f"cannot write this model's encoder by hand: {reason}")
-    g = _Graph()
-    d, heads, hd = model.d_model, model.num_heads, model.head_dim
-    scale = 1.0 / math.sqrt(hd)
+    g, d, heads, hd, scale = _start(model, "encoder")
     embedding = model.source_embedding
 
     # Shared by all layers --------------------------------------------------------------------------
@@ -115,19 +109,10 @@ def transformer_encoder_graph(model, description: Mapping, max_positions: int, o
 
     # Each decoder layer's cross-attention keys and values, once per source ------------------------------
     for i, layer in enumerate(model.decoder_layers):
-        mha = layer.cross_attention
-        kernel = np.concatenate([_array(mha.key_dense.kernel).reshape(d, -1),
-                                 _array(mha.value_dense.kernel).reshape(d, -1)], axis=1)  # (d, 2d)
-        bias = np.concatenate([_array(mha.key_dense.bias).reshape(-1), _array(mha.value_dense.bias).reshape(-1)])
+        kernel, bias = _qkv_weights(layer.cross_attention, d)
+        kernel, bias = kernel[:, d:], bias[d:]  # the keys' and values' columns, (d, 2d)
         split_heads(_dense(g, x, kernel, bias, f"cross{i}_kv"), list(cache_entries("cross", i)),
                     f"cross{i}_heads")  # (B * S, 2d) -> (B, H, S, hd) each
 
-    def value(entry: Mapping) -> onnx.ValueInfoProto:
-        elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(numpy_dtype(entry["dtype"])))
-        return helper.make_tensor_value_info(entry["name"], elem_type, list(entry["shape"]))
-
-    graph = helper.make_graph(g.nodes, "encoder", [value(e) for e in description["inputs"]],
-                              [value(e) for e in description["outputs"]], g.initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION,
-                             producer_name="keras-nlp-week4 export/transformer_encoder")
+    return _model(g, "encoder", description, opset, "keras-nlp-week4 export/transformer_encoder")
 

@@ -158,18 +158,38 @@ def _positions(embedding, d_model: int, count: int) -> np.ndarray:
     return _array(embedding.position_encoding(np.zeros((1, count, d_model), np.float32))[0])
 
 
+def _start(model, what: str) -> tuple[_Graph, int, int, int, float]:
+    """A new graph for `model` and its sizes `(graph, d_model, heads, head_dim, 1/sqrt(head_dim))`, or
+    the `ValueError` of `supports` for a model this module cannot write (`what`: "encoder", ...)."""
+    reason = supports(model)
+    if reason is not None:
+        raise ValueError(f"cannot write this model's {what} by hand: {reason}")
+    return _Graph(), model.d_model, model.num_heads, model.head_dim, 1.0 / math.sqrt(model.head_dim)
+
+
+def _model(g: _Graph, name: str, description: Mapping, opset: int, producer: str,
+           onnxruntime_ops: bool = False) -> onnx.ModelProto:
+    """The written graph `g` as a model, with the inputs and outputs of `description` (shapes and
+    dtypes as the export describes them); `onnxruntime_ops`: it also uses com.microsoft operators."""
+    def value(entry: Mapping) -> onnx.ValueInfoProto:
+        elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(numpy_dtype(entry["dtype"])))
+        return helper.make_tensor_value_info(entry["name"], elem_type, list(entry["shape"]))
+
+    graph = helper.make_graph(g.nodes, name, [value(e) for e in description["inputs"]],
+                              [value(e) for e in description["outputs"]], g.initializers, value_info=g.value_info)
+    opsets = [helper.make_opsetid("", opset)]
+    if onnxruntime_ops:
+        opsets.append(helper.make_opsetid(ONNXRUNTIME_DOMAIN, 1))
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name=producer)
+
+
 def transformer_step_graph(model, description: Mapping, max_positions: int, opset: int = OPSET,
                            fused_attention: bool = False) -> onnx.ModelProto:
     """The decoder-step graph of `model` (a `Transformer`, see `supports`) with the inputs and outputs of
     `description` (`export.config.describe_graphs(...)["decoder_step"]`), for output positions below
     `max_positions`; with `fused_attention`, each self-attention is onnxruntime's
     `DecoderMaskedMultiHeadAttention` (see the module's docstring), else standard operators only."""
-    reason = supports(model)
-    if reason is not None:
-        raise ValueError(f"cannot write this model's decoder step by hand: {reason}")
-    g = _Graph()
-    d, heads, hd = model.d_model, model.num_heads, model.head_dim
-    scale = 1.0 / math.sqrt(hd)
+    g, d, heads, hd, scale = _start(model, "decoder step")
     embedding = model.target_embedding
     table = _array(embedding.embeddings)  # (V, d)
 
@@ -274,15 +294,5 @@ def transformer_step_graph(model, description: Mapping, max_positions: int, opse
                       g.const("projection_bias", _array(model.output_projection.bias))], outputs=["logits"])
     g.op("Concat", attentions, outputs=["attention"], axis=1)  # (B, layers, H, S)
 
-    def value(entry: Mapping) -> onnx.ValueInfoProto:
-        elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(numpy_dtype(entry["dtype"])))
-        return helper.make_tensor_value_info(entry["name"], elem_type, list(entry["shape"]))
-
-    graph = helper.make_graph(g.nodes, "decoder_step", [value(e) for e in description["inputs"]],
-                              [value(e) for e in description["outputs"]], g.initializers,
-                              value_info=g.value_info)
-    opsets = [helper.make_opsetid("", opset)]
-    if fused_attention:
-        opsets.append(helper.make_opsetid(ONNXRUNTIME_DOMAIN, 1))
-    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
-                             producer_name="keras-nlp-week4 export/transformer_step")
+    return _model(g, "decoder_step", description, opset, "keras-nlp-week4 export/transformer_step",
+                  onnxruntime_ops=fused_attention)

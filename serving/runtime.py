@@ -285,6 +285,7 @@ class Runtime:
         self._options = options
         self._top_k: ort.InferenceSession | None = None
         self._beam_search: ort.InferenceSession | None = None
+        self._beam_search_inputs: list[str] = []
         self.has_in_graph_search = in_graph_search and self.providers == ["CPUExecutionProvider"] and \
             "beam_search" in config.graphs and (not int8 or "beam_search" in config.int8_graph_files())
         self.encoder = self._session("encoder", options)
@@ -484,11 +485,12 @@ class Runtime:
         if self._beam_search is None:
             self.graph_files["beam_search"] = self.config.graph_file("beam_search", self.int8)
             self._beam_search = self._session("beam_search", self._options)
-        session = self._beam_search
+            # An export made before `min_length` lacks that input.
+            self._beam_search_inputs = [i.name for i in self._beam_search.get_inputs()]
+        session, takes = self._beam_search, self._beam_search_inputs
         feeds = {ENCODER_INPUT: np.ascontiguousarray(encoder_input, np.int32),
                  MAX_LENGTH: np.asarray(max_length, np.int32), BEAM_SIZE: np.asarray(beam_size, np.int32),
                  LENGTH_PENALTY: np.asarray(length_penalty, np.float32), MIN_LENGTH: np.asarray(min_length, np.int32)}
-        takes = [i.name for i in session.get_inputs()]
         if min_length and MIN_LENGTH not in takes:
             raise ExportError(f"{self.export_dir / self.graph_files['beam_search']} takes no min_length; export "
                               "the run again")
@@ -512,24 +514,28 @@ class Runtime:
 
     def _search(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
                 seeds: Sequence | None) -> SearchResult:
-        max_length = options.max_new_tokens or self.max_target_length
-        if self.has_in_graph_search and self.runs_in_graph(
-                encoder_input.shape[0], options, self._constraints(options, encoder_input.shape[0], max_length)):
+        constraints = self._constraints(options, encoder_input.shape[0])
+        if self.runs_in_graph(encoder_input.shape[0], options, constraints):
             beam = options.method == "beam"
-            return self.in_graph_search(encoder_input, max_length, options.beam_size if beam else 1,
+            return self.in_graph_search(encoder_input, self._max_length(options), options.beam_size if beam else 1,
                                         options.length_penalty if beam else 0.0, return_attention=return_attention)
-        return drain(self._search_steps(encoder_input, options, return_attention, seeds))
+        return drain(self._search_steps(encoder_input, options, return_attention, seeds, constraints))
 
-    def _constraints(self, options: DecodingOptions, batch: int, max_length: int) -> Constraints | None:
-        return options.constraints(batch, max_length, encode=lambda text: self.tokenizer.encode([text])[0])
+    def _max_length(self, options: DecodingOptions) -> int:
+        return options.max_new_tokens or self.max_target_length
+
+    def _constraints(self, options: DecodingOptions, batch: int) -> Constraints | None:
+        return options.constraints(batch, self._max_length(options),
+                                   encode=lambda text: self.tokenizer.encode([text])[0])
 
     def _search_steps(self, encoder_input: np.ndarray, options: DecodingOptions, return_attention: bool,
-                      seeds: Sequence | None) -> SearchSteps:
-        max_length = options.max_new_tokens or self.max_target_length
+                      seeds: Sequence | None, constraints: Constraints | None) -> SearchSteps:
+        """The numpy search of `options` (`serving.search.STREAMS`), its rules `constraints`
+        (`_constraints`), step by step."""
+        max_length = self._max_length(options)
         kwargs = {**options.search_kwargs(), "shared": self.shared_state, "position_axes": self.position_axes}
         if options.method == "sample" and seeds is not None:
             kwargs["seed"] = list(seeds)
-        constraints = self._constraints(options, encoder_input.shape[0], max_length)
         columns = None
         if options.method in ("greedy", "beam") and not constraints:
             columns = options.beam_size if options.method == "beam" else 1
@@ -614,7 +620,8 @@ class Runtime:
         self._validate(options)
         seeds = self._row_seeds(options, len(texts), seeds)
         encoder_input, lengths = self.tokenizer.encode_sources(texts, self.max_source_length)
-        stream = new_final_ids(self._search_steps(encoder_input, options, return_attention, seeds),
+        stream = new_final_ids(self._search_steps(encoder_input, options, return_attention, seeds,
+                                                  self._constraints(options, len(texts))),
                                self.eos_id, self.pad_id)
         ids: list[list[int]] = [[] for _ in texts]
         pending: list[list[int]] = [[] for _ in texts]

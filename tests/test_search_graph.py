@@ -307,7 +307,7 @@ def test_a_batch_one_request_runs_in_the_graph_with_the_numpy_searchs_output(tin
     options = DecodingOptions(method="beam", beam_size=3)
     for other in (replace(options, num_hypotheses=2), replace(options, no_repeat_ngram_size=2),
                   replace(options, target_prefix="1"), DecodingOptions(method="sample", seed=1)):
-        assert not runtime.runs_in_graph(1, other, runtime._constraints(other, 1, 16))
+        assert not runtime.runs_in_graph(1, other, runtime._constraints(other, 1))
         runtime.generate(lines[:1], other)
     wider = replace(options, beam_size=runtime.config.vocab_size + 1)  # the numpy search takes any width
     assert not runtime.runs_in_graph(1, wider) and runtime.runs_in_graph(1, replace(wider, beam_size=3))
